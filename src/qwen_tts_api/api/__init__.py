@@ -1,0 +1,1 @@
+"""HTTP layer: schemas, routers, errors. Never touches torch."""

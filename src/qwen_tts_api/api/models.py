@@ -1,0 +1,34 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's list shape."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ..engine.synthesis import Engine
+from .errors import APIError
+from .schemas import ModelCard, ModelList
+
+router = APIRouter()
+
+# What clients send as `model` in the specification's examples; always served.
+MODEL_ALIAS = "qwen3-tts"
+
+
+def model_cards(engine: Engine) -> list[ModelCard]:
+    loaded = list(engine.models.values())
+    cards = [ModelCard(id=MODEL_ALIAS, created=min(m.created for m in loaded))]
+    cards += [ModelCard(id=m.name, created=m.created) for m in loaded]
+    return cards
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=model_cards(request.app.state.engine))
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelCard)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    for card in model_cards(request.app.state.engine):
+        if card.id == model_id:
+            return card
+    raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")

@@ -1,0 +1,40 @@
+"""``create_app(settings)``: the FastAPI application, with models loaded in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import health, models, speech
+from .api.errors import install_error_handlers
+from .engine.synthesis import Engine
+from .settings import Settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Pass ``engine`` to reuse models already loaded (the CLI loads them before binding)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.engine is None:
+            from .engine.loading import load_models
+
+            app.state.engine = Engine(await asyncio.to_thread(load_models, settings))
+        try:
+            yield
+        finally:
+            app.state.engine.close()
+
+    app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(speech.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

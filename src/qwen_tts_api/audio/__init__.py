@@ -1,0 +1,1 @@
+"""Audio in and out: encoders, tempo, reference-audio decoding and fetching."""

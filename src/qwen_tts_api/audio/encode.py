@@ -1,0 +1,155 @@
+"""Encoders from float32 24 kHz mono samples to the six OpenAI response formats.
+
+Every encoder takes audio in pieces (``encode``) and ends with ``finish``, so the same
+code serves whole responses and streamed ones. Compressed formats go through PyAV,
+which bundles FFmpeg's encoders: no system ffmpeg is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Protocol
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 24000
+
+CONTENT_TYPES: dict[str, str] = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+RESPONSE_FORMATS = tuple(CONTENT_TYPES)
+
+# format -> (container, codec, bit rate or None for lossless)
+_PYAV_FORMATS: dict[str, tuple[str, str, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", 64_000),
+    "opus": ("ogg", "libopus", 32_000),
+    "aac": ("adts", "aac", 64_000),
+    "flac": ("flac", "flac", None),
+}
+
+
+class AudioEncoder(Protocol):
+    def encode(self, samples: np.ndarray) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    return (clipped * 32767.0).round().astype("<i2").tobytes()
+
+
+def wav_header(num_samples: int | None) -> bytes:
+    """RIFF header for 16-bit mono PCM; unknown length (streaming) uses the maximum sizes."""
+    data_size = 0xFFFFFFFF if num_samples is None else num_samples * 2
+    riff_size = 0xFFFFFFFF if num_samples is None else 36 + data_size
+    return (
+        b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
+        + b"data" + struct.pack("<I", data_size)
+    )
+
+
+class PcmEncoder:
+    def encode(self, samples: np.ndarray) -> bytes:
+        return to_pcm16(samples)
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class WavEncoder:
+    """A WAV stream: header first (exact when the length is known up front), then PCM."""
+
+    def __init__(self, total_samples: int | None = None):
+        self._header: bytes | None = wav_header(total_samples)
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        head, self._header = self._header or b"", None
+        return head + to_pcm16(samples)
+
+    def finish(self) -> bytes:
+        head, self._header = self._header or b"", None
+        return head
+
+
+class _Drain(io.RawIOBase):
+    """A write-only sink whose contents are taken out after each step."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out, self._chunks = b"".join(self._chunks), []
+        return out
+
+
+class PyAVEncoder:
+    """``whole=True`` writes into a seekable buffer and returns everything at ``finish``:
+    the muxer can then go back and fill in headers (mp3's gapless LAME tag), so decoders
+    trim the encoder delay exactly. Streaming uses a forward-only drain instead."""
+
+    def __init__(self, fmt: str, whole: bool = False):
+        container_fmt, codec, bit_rate = _PYAV_FORMATS[fmt]
+        self._whole = whole
+        self._sink: _Drain | io.BytesIO = io.BytesIO() if whole else _Drain()
+        self._container = av.open(self._sink, mode="w", format=container_fmt)
+        self._stream = self._container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
+        if bit_rate:
+            self._stream.bit_rate = bit_rate
+        self._pts = 0
+
+    def _mux(self, frame: av.AudioFrame | None) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        samples = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+        if samples.size:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            frame.pts = self._pts
+            self._pts += samples.size
+            self._mux(frame)
+        return self._take()
+
+    def finish(self) -> bytes:
+        self._mux(None)
+        self._container.close()
+        return self._take(final=True)
+
+    def _take(self, final: bool = False) -> bytes:
+        if isinstance(self._sink, _Drain):
+            return self._sink.take()
+        return self._sink.getvalue() if final else b""
+
+
+def make_encoder(fmt: str, total_samples: int | None = None) -> AudioEncoder:
+    """``total_samples`` known up front means a whole response; None means a stream."""
+    if fmt == "pcm":
+        return PcmEncoder()
+    if fmt == "wav":
+        return WavEncoder(total_samples)
+    if fmt in _PYAV_FORMATS:
+        return PyAVEncoder(fmt, whole=total_samples is not None)
+    raise ValueError(f"unknown response format {fmt!r}")
+
+
+def encode_audio(samples: np.ndarray, fmt: str) -> bytes:
+    """Encode a whole utterance."""
+    encoder = make_encoder(fmt, total_samples=len(samples))
+    return encoder.encode(samples) + encoder.finish()

@@ -1,0 +1,1 @@
+"""Inference only: model loading, generation and the worker that runs it. Never touches HTTP."""

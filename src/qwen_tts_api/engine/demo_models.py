@@ -1,0 +1,358 @@
+"""Tiny random-weight Qwen3-TTS checkpoints with the published file layout.
+
+They load through the real ``qwen_tts.Qwen3TTSModel.from_pretrained`` path, so tests and
+demos exercise every line the server runs with real weights. They make noise, not
+speech. Shapes can be scaled up (see ``ModelShape``) to build a random-weight model
+with the published 0.6B/1.7B dimensions for benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# Speaker ids, dialects and language ids follow the published CustomVoice config where
+# they are known; the exact numbers only need to be valid codec-vocabulary rows.
+SPEAKER_IDS: dict[str, int] = {
+    "vivian": 3065,
+    "serena": 3066,
+    "uncle_fu": 3010,
+    "dylan": 2878,
+    "eric": 2875,
+    "ryan": 3061,
+    "aiden": 2861,
+    "ono_anna": 2873,
+    "sohee": 2864,
+}
+SPEAKER_DIALECTS: dict[str, str | bool] = {name: False for name in SPEAKER_IDS} | {
+    "eric": "sichuan_dialect",
+    "dylan": "beijing_dialect",
+}
+LANGUAGE_IDS: dict[str, int] = {
+    "english": 2050,
+    "german": 2053,
+    "spanish": 2054,
+    "chinese": 2055,
+    "japanese": 2058,
+    "french": 2061,
+    "sichuan_dialect": 2062,
+    "korean": 2064,
+    "russian": 2069,
+    "italian": 2070,
+    "portuguese": 2071,
+    "beijing_dialect": 2074,
+}
+CODEC_IDS = {
+    "codec_pad_id": 2148,
+    "codec_bos_id": 2149,
+    "codec_eos_token_id": 2150,
+    "codec_think_id": 2154,
+    "codec_nothink_id": 2155,
+    "codec_think_bos_id": 2156,
+    "codec_think_eos_id": 2157,
+}
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
+]
+# Words the prompt template relies on being single tokens ("<|im_start|>assistant\n").
+SINGLE_TOKEN_WORDS = ["assistant", "user"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Talker and code-predictor sizes. ``tiny()`` for tests, ``published_0_6b()`` for benches."""
+
+    hidden: int = 64
+    intermediate: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    text_hidden: int = 32
+    predictor_layers: int = 1
+    predictor_intermediate: int = 128
+    size_tag: str = "0b6"
+
+    @classmethod
+    def tiny(cls) -> "ModelShape":
+        return cls()
+
+    @classmethod
+    def published_0_6b(cls) -> "ModelShape":
+        return cls(
+            hidden=1024, intermediate=3072, layers=28, heads=16, kv_heads=8, head_dim=128,
+            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="0b6",
+        )
+
+    @classmethod
+    def published_1_7b(cls) -> "ModelShape":
+        return cls(
+            hidden=2048, intermediate=8192, layers=28, heads=16, kv_heads=8, head_dim=128,
+            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="1b7",
+        )
+
+    @property
+    def mrope_section(self) -> list[int]:
+        # Published checkpoints split head_dim/2 = 64 rotary pairs as [24, 20, 20].
+        half = self.head_dim // 2
+        first = half - 2 * (half * 20 // 64)
+        return [first, (half - first) // 2, (half - first) // 2]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_text_tokenizer(directory: Path) -> int:
+    """Write a small byte-level BPE Qwen2 tokenizer; return its vocabulary size.
+
+    Special tokens sit right after the byte alphabet and merges, so the text embedding
+    table stays small; the model config points at their ids.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    merges: list[tuple[str, str]] = []
+    for word in SINGLE_TOKEN_WORDS:
+        prefix = word[0]
+        for ch in word[1:]:
+            merges.append((prefix, ch))
+            prefix += ch
+            vocab.setdefault(prefix, len(vocab))
+    bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
+    tok = Tokenizer(bpe)
+    qwen2_pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=131072,
+    )
+    fast.save_pretrained(str(directory))
+    # The package loads the processor with tokenizer_class "Qwen2Tokenizer".
+    cfg_path = directory / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    _write_json(cfg_path, cfg)
+    return len(fast)
+
+
+def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool) -> dict:
+    rope = {"rope_type": "default", "mrope_section": shape.mrope_section, "interleaved": True}
+    return {
+        "vocab_size": 3072,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000,
+        "rope_scaling": rope,
+        "num_code_groups": 16,
+        "text_hidden_size": shape.text_hidden,
+        "text_vocab_size": text_vocab_size,
+        **CODEC_IDS,
+        "spk_id": dict(SPEAKER_IDS) if with_speakers else {},
+        "spk_is_dialect": dict(SPEAKER_DIALECTS) if with_speakers else {},
+        "codec_language_id": dict(LANGUAGE_IDS),
+        "code_predictor_config": {
+            "vocab_size": 2048,
+            "hidden_size": shape.hidden,
+            "intermediate_size": shape.predictor_intermediate,
+            "num_hidden_layers": shape.predictor_layers,
+            "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads,
+            "head_dim": shape.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": 65536,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000,
+            "num_code_groups": 16,
+        },
+    }
+
+
+def _speech_tokenizer_config() -> dict:
+    """A small 12 Hz codec: real rates (24 kHz, 1920 samples a frame), tiny widths."""
+    return {
+        "model_type": "qwen3_tts_tokenizer_12hz",
+        "architectures": ["Qwen3TTSTokenizerV2Model"],
+        "encoder_valid_num_quantizers": 16,
+        "input_sample_rate": 24000,
+        "output_sample_rate": 24000,
+        "decode_upsample_rate": 1920,
+        "encode_downsample_rate": 1920,
+        "encoder_config": {
+            "sampling_rate": 24000,
+            "frame_rate": 12.5,
+            "hidden_size": 32,
+            "num_filters": 4,
+            "num_residual_layers": 1,
+            "upsampling_ratios": [8, 6, 5, 4],
+            "upsample_groups": 32,
+            "num_hidden_layers": 1,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "codebook_size": 2048,
+            "codebook_dim": 16,
+            "vector_quantization_hidden_dimension": 16,
+            "num_quantizers": 16,
+            "num_semantic_quantizers": 1,
+            "use_cache": False,
+        },
+        "decoder_config": {
+            "codebook_size": 2048,
+            "codebook_dim": 16,
+            "hidden_size": 32,
+            "latent_dim": 32,
+            "head_dim": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_quantizers": 16,
+            "sliding_window": 72,
+            "upsample_rates": [8, 5, 4, 3],
+            "upsampling_ratios": [2, 2],
+            "decoder_dim": 64,
+        },
+    }
+
+
+def _reinitialise(module, seed: int) -> None:
+    """Fan-in scaled init so activations neither vanish nor explode through the tiny stack."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.dim() >= 2:
+                fan_in = math.prod(param.shape[1:]) if "embed" not in name else 1
+                std = 1.0 / math.sqrt(max(fan_in, 1))
+                if "embed" in name or "codebook" in name:
+                    std = 1.0
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+            elif name.endswith("bias"):
+                param.zero_()
+
+
+def build_model(directory: Path, kind: str, seed: int = 0, shape: ModelShape | None = None) -> Path:
+    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``."""
+    import torch
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    if kind not in ("custom_voice", "base"):
+        raise ValueError(f"unknown model kind {kind!r}")
+    shape = shape or ModelShape.tiny()
+    directory.mkdir(parents=True, exist_ok=True)
+    text_vocab = build_text_tokenizer(directory)
+    token_id = {tok: text_vocab - len(SPECIAL_TOKENS) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+
+    config_dict = {
+        "model_type": "qwen3_tts",
+        "architectures": ["Qwen3TTSForConditionalGeneration"],
+        "tokenizer_type": "qwen3_tts_tokenizer_12hz",
+        "tts_model_size": shape.size_tag,
+        "tts_model_type": kind,
+        "im_start_token_id": token_id["<|im_start|>"],
+        "im_end_token_id": token_id["<|im_end|>"],
+        "tts_pad_token_id": token_id["<tts_pad>"],
+        "tts_bos_token_id": token_id["<tts_text_bos>"],
+        "tts_eos_token_id": token_id["<tts_text_eod>"],
+        "talker_config": _talker_config(shape, text_vocab, with_speakers=(kind == "custom_voice")),
+        # The speaker-encoder sub-config must not carry a model_type key.
+        "speaker_encoder_config": {
+            "mel_dim": 128,
+            "enc_dim": shape.hidden,
+            "enc_channels": [32, 32, 32, 32, 96],
+            "enc_kernel_sizes": [5, 3, 3, 3, 1],
+            "enc_dilations": [1, 2, 3, 4, 1],
+            "enc_attention_channels": 16,
+            "enc_res2net_scale": 8,
+            "enc_se_channels": 16,
+            "sample_rate": 24000,
+        },
+    }
+    torch.manual_seed(seed)
+    config = Qwen3TTSConfig(**config_dict)
+    model = Qwen3TTSForConditionalGeneration(config)
+    _reinitialise(model, seed)
+    with torch.no_grad():
+        # The end-of-speech logit stays at zero so greedy decoding of random weights runs to
+        # the token budget: output length then follows the input length deterministically.
+        model.talker.codec_head.weight[CODEC_IDS["codec_eos_token_id"]].zero_()
+    model.save_pretrained(str(directory), safe_serialization=True)
+    # save_pretrained writes the class defaults; keep our exact dict (no nested model_type).
+    saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    saved.update(config_dict)
+    _write_json(directory / "config.json", saved)
+    # Greedy decoding makes demo output deterministic; the budget comes from the server.
+    _write_json(directory / "generation_config.json", {
+        "do_sample": False,
+        "top_k": 50,
+        "top_p": 1.0,
+        "temperature": 0.9,
+        "repetition_penalty": 1.05,
+        "subtalker_dosample": False,
+        "subtalker_top_k": 50,
+        "subtalker_top_p": 1.0,
+        "subtalker_temperature": 0.9,
+        "max_new_tokens": 8192,
+    })
+
+    codec_dir = directory / "speech_tokenizer"
+    codec_dir.mkdir(exist_ok=True)
+    codec_cfg = Qwen3TTSTokenizerV2Config(**{k: v for k, v in _speech_tokenizer_config().items() if k != "model_type"})
+    codec = Qwen3TTSTokenizerV2Model(codec_cfg)
+    _reinitialise(codec, seed + 1)
+    with torch.no_grad():
+        # Keep the waveform well inside [-1, 1] (the decoder clamps) so it is noise, not clipping.
+        codec.decoder.decoder[-1].conv.weight.mul_(0.02)
+    codec.save_pretrained(str(codec_dir), safe_serialization=True)
+    _write_json(codec_dir / "preprocessor_config.json", {
+        "feature_extractor_type": "EncodecFeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 24000,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+        "chunk_length_s": None,
+        "overlap": None,
+    })
+    return directory
+
+
+def build_demo_models(root: Path, seed: int = 0, shape: ModelShape | None = None) -> dict[str, Path]:
+    """Write ``root/customvoice`` and ``root/base``."""
+    return {
+        "customvoice": build_model(root / "customvoice", "custom_voice", seed=seed, shape=shape),
+        "base": build_model(root / "base", "base", seed=seed + 100, shape=shape),
+    }

@@ -1,0 +1,97 @@
+"""Loads Qwen3-TTS checkpoints through the official ``qwen_tts`` package."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..settings import Settings
+from ..voices.speakers import display_speaker_name
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded with the configured device, dtype or attention."""
+
+
+@dataclass
+class LoadedModel:
+    kind: str  # "customvoice" or "base"
+    name: str  # directory name, e.g. Qwen3-TTS-12Hz-0.6B-CustomVoice
+    path: Path
+    tts: Any  # qwen_tts.Qwen3TTSModel
+    speakers: list[str]  # display names, e.g. "Uncle_Fu"
+    languages: list[str]  # lower-case names the model accepts, including "auto"
+    size_tag: str  # "0b6" or "1b7"
+    max_new_tokens: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def supports_instructions(self) -> bool:
+        # Mirrors qwen_tts: the 0.6B checkpoints drop `instruct` before generation.
+        return self.size_tag not in "0b6"
+
+
+def resolve_attention(requested: str | None, device: str) -> str | None:
+    """Fall back from flash attention when it cannot run, instead of failing to start."""
+    if requested != "flash_attention_2":
+        return requested
+    if not device.startswith("cuda"):
+        log.warning("QWEN_TTS_ATTN=flash_attention_2 needs a CUDA device; using sdpa on %s", device)
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        log.warning("flash-attn is not installed; using sdpa attention (see README to install it)")
+        return "sdpa"
+    return requested
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"QWEN_TTS_DEVICE={device} but no CUDA device is available; "
+            "set QWEN_TTS_DEVICE=cpu (and QWEN_TTS_DTYPE=float32) to run on the CPU"
+        )
+
+
+def load_model(kind: str, path: Path, settings: Settings) -> LoadedModel:
+    import torch
+    from qwen_tts import Qwen3TTSModel
+
+    _check_device(settings.device)
+    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, DTYPES[settings.dtype])}
+    attn = resolve_attention(settings.attn_implementation, settings.device)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    started = time.perf_counter()
+    try:
+        tts = Qwen3TTSModel.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # transformers raises many types; report one clear error
+        raise ModelLoadError(f"could not load {kind} model from {path}: {exc}") from exc
+    model = tts.model
+    speakers = [display_speaker_name(s) for s in (model.get_supported_speakers() or [])]
+    languages = [str(lang).lower() for lang in (model.get_supported_languages() or ["auto"])]
+    max_new = int((model.generate_config or {}).get("max_new_tokens", 2048))
+    log.info("loaded %s model %s in %.1fs", kind, path.name, time.perf_counter() - started)
+    return LoadedModel(
+        kind=kind,
+        name=path.resolve().name,
+        path=path,
+        tts=tts,
+        speakers=speakers if kind == "customvoice" else [],
+        languages=languages,
+        size_tag=str(model.tts_model_size or ""),
+        max_new_tokens=max_new,
+    )
+
+
+def load_models(settings: Settings) -> dict[str, LoadedModel]:
+    return {kind: load_model(kind, path, settings) for kind, path in settings.model_paths().items()}

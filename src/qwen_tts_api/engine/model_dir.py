@@ -1,0 +1,68 @@
+"""Checks that a directory holds a Qwen3-TTS checkpoint, without importing torch.
+
+Run before start-up so that a wrong path fails in a second with a clear message instead
+of deep inside transformers after the heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+EXPECTED_TYPES = {"customvoice": "custom_voice", "base": "base"}
+ENV_NAMES = {"customvoice": "CUSTOMVOICE_MODEL_PATH", "base": "BASE_MODEL_PATH"}
+
+
+class ModelDirectoryError(ValueError):
+    """A configured model path is not a usable Qwen3-TTS model directory."""
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()
+
+
+def check_model_dir(kind: str, directory: Path) -> None:
+    """Raise ``ModelDirectoryError`` naming the variable and the missing piece."""
+    env = ENV_NAMES[kind]
+    if not directory.is_dir():
+        raise ModelDirectoryError(f"{env}={directory} is not a directory")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelDirectoryError(f"{env}={directory} has no config.json: not a model directory")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{env}={directory}: config.json is unreadable ({exc})") from exc
+    if config.get("model_type") != "qwen3_tts":
+        raise ModelDirectoryError(
+            f"{env}={directory} is not a Qwen3-TTS model (config.json model_type={config.get('model_type')!r})"
+        )
+    model_type = config.get("tts_model_type")
+    if model_type != EXPECTED_TYPES[kind]:
+        raise ModelDirectoryError(
+            f"{env}={directory} holds a {model_type!r} model; {env} needs a {EXPECTED_TYPES[kind]!r} model"
+        )
+    missing = [
+        name
+        for name, present in (
+            ("model weights (model.safetensors)", _has_weights(directory)),
+            ("generation_config.json", (directory / "generation_config.json").is_file()),
+            ("speech_tokenizer/config.json", (directory / "speech_tokenizer" / "config.json").is_file()),
+            ("tokenizer files (vocab.json or tokenizer.json)",
+             (directory / "vocab.json").is_file() or (directory / "tokenizer.json").is_file()),
+        )
+        if not present
+    ]
+    if missing:
+        raise ModelDirectoryError(f"{env}={directory} is incomplete: missing {', '.join(missing)}")
+
+
+def check_configured_models(paths: dict[str, Path]) -> None:
+    if not paths:
+        raise ModelDirectoryError(
+            "No model configured: set CUSTOMVOICE_MODEL_PATH (built-in speakers) and/or "
+            "BASE_MODEL_PATH (voice cloning) to a Qwen3-TTS model directory. "
+            "Without weights, try `qwen-tts-api demo-models ./demo-models` first."
+        )
+    for kind, directory in paths.items():
+        check_model_dir(kind, directory)

@@ -1,0 +1,76 @@
+"""Every environment variable the server reads, in one typed place.
+
+Names without a prefix (``CUSTOMVOICE_MODEL_PATH``, ``HOST``...) are the ones the
+specification fixed; everything we added is prefixed ``QWEN_TTS_``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- models (specification) ---
+    customvoice_model_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH")
+    )
+    base_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
+    device: str = Field(default="cuda:0", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
+    )
+    attn: str = Field(default="flash_attention_2", validation_alias=AliasChoices("QWEN_TTS_ATTN"))
+
+    # --- network (specification) ---
+    host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("HOST"))
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+
+    # --- reference audio safety (ours) ---
+    audio_sample_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("QWEN_TTS_AUDIO_SAMPLE_DIRS")
+    )
+    allow_private_urls: bool = Field(default=False, validation_alias=AliasChoices("QWEN_TTS_ALLOW_PRIVATE_URLS"))
+    audio_sample_max_bytes: int = Field(
+        default=10 * MiB, gt=0, validation_alias=AliasChoices("QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES")
+    )
+    audio_sample_max_seconds: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_AUDIO_SAMPLE_MAX_SECONDS")
+    )
+    url_timeout_seconds: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_URL_TIMEOUT"))
+
+    @field_validator("customvoice_model_path", "base_model_path", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("audio_sample_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        # One or several directories, separated by commas or the OS path separator.
+        if isinstance(value, str):
+            parts = re.split(f"[,{re.escape(os.pathsep)}]", value)
+            return [p.strip() for p in parts if p.strip()]
+        return value
+
+    @property
+    def attn_implementation(self) -> str | None:
+        """``None`` lets transformers pick its default attention (an empty QWEN_TTS_ATTN)."""
+        return self.attn.strip() or None
+
+    def model_paths(self) -> dict[str, Path]:
+        """The configured models, keyed by kind (``customvoice``/``base``)."""
+        paths = {"customvoice": self.customvoice_model_path, "base": self.base_model_path}
+        return {kind: path for kind, path in paths.items() if path is not None}

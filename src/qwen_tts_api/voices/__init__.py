@@ -1,0 +1,1 @@
+"""Voice names: built-in speakers and OpenAI aliases."""

@@ -1,0 +1,51 @@
+"""Built-in speakers and the OpenAI voice names mapped onto them."""
+
+from __future__ import annotations
+
+# The nine speakers of the published CustomVoice checkpoints, spelled as documented.
+QWEN_SPEAKERS = ["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"]
+
+# OpenAI voice name -> Qwen3-TTS speaker, exactly as the specification's table.
+OPENAI_VOICE_ALIASES: dict[str, str] = {
+    "alloy": "Vivian",
+    "ash": "Serena",
+    "ballad": "Uncle_Fu",
+    "coral": "Dylan",
+    "echo": "Eric",
+    "fable": "Ryan",
+    "onyx": "Aiden",
+    "nova": "Ono_Anna",
+    "sage": "Sohee",
+    "shimmer": "Vivian",
+    "verse": "Ryan",
+    "marin": "Serena",
+    "cedar": "Aiden",
+}
+
+DEFAULT_VOICE = "alloy"
+
+_DISPLAY = {name.lower(): name for name in QWEN_SPEAKERS}
+
+
+def display_speaker_name(name: str) -> str:
+    """Model configs store speakers lower-case; show the documented spelling."""
+    return _DISPLAY.get(name.lower(), name.title())
+
+
+def resolve_speaker(voice: str, available: list[str]) -> str | None:
+    """Map an OpenAI voice or a speaker name (any case) to an available speaker, else None."""
+    key = voice.strip().lower()
+    by_lower = {name.lower(): name for name in available}
+    if key in by_lower:
+        return by_lower[key]
+    alias = OPENAI_VOICE_ALIASES.get(key)
+    if alias and alias.lower() in by_lower:
+        return by_lower[alias.lower()]
+    return None
+
+
+def voice_names(available: list[str]) -> list[str]:
+    """Every value `voice` accepts for these speakers: aliases first, then speaker names."""
+    lowered = {name.lower() for name in available}
+    aliases = [alias for alias, target in OPENAI_VOICE_ALIASES.items() if target.lower() in lowered]
+    return aliases + list(available)
