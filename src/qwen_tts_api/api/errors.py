@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,36 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "The server had an error while processing the request", type="server_error"))
+    app.add_middleware(UnexpectedErrorMiddleware)
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an unhandled exception with a 500 envelope and does not re-raise it.
+
+    Starlette's own catch-all re-raises after responding, which makes uvicorn drop the
+    keep-alive connection: a pooling client (the openai SDK) then fails its next request.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if response_started:
+                raise  # too late for an error body; the server closes the connection
+            err = APIError(500, "The server had an error while processing the request", type="server_error")
+            await error_response(err)(scope, receive, send)

@@ -1,0 +1,165 @@
+"""Shared fixtures: demo models (built once), live servers, the real openai client."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+import uvicorn
+
+from qwen_tts_api.app import create_app
+from qwen_tts_api.cli import quiet_third_party_logs
+from qwen_tts_api.settings import Settings
+
+quiet_third_party_logs()
+
+SR = 24000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a background thread."""
+
+    def __init__(self, settings: Settings):
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
+
+
+def cpu_settings(**overrides) -> Settings:
+    """CPU settings that do not depend on the environment the tests run in."""
+    values = dict(
+        device="cpu", dtype="float32", attn="", customvoice_model_path=None, base_model_path=None,
+        audio_sample_dirs=[], allow_private_urls=False,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> dict[str, Path]:
+    from qwen_tts_api.engine.demo_models import build_demo_models
+
+    return build_demo_models(tmp_path_factory.mktemp("demo-models"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The one directory the main test server may read reference audio from."""
+    directory = tmp_path_factory.mktemp("samples")
+    sf.write(directory / "ref.wav", tone(2.0, 220.0), SR)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def server(demo_models, sample_dir) -> Iterator[LiveServer]:
+    settings = cpu_settings(
+        customvoice_model_path=demo_models["customvoice"],
+        base_model_path=demo_models["base"],
+        audio_sample_dirs=[sample_dir],
+        allow_private_urls=True,
+    )
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return server.openai()
+
+
+@pytest.fixture()
+def http(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+# ---------- audio helpers ----------
+
+def tone(seconds: float, freq: float, sr: int = SR, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    mono = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
+
+
+def encode_with_pyav(samples: np.ndarray, sr: int, container: str, codec: str, layout: str = "mono") -> bytes:
+    """Write test reference files in formats soundfile cannot (mp3, ogg/opus...)."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sr, layout=layout)
+        data = samples.reshape(1, -1) if samples.ndim == 1 else np.ascontiguousarray(samples).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data, dtype=np.float32), format="flt", layout=layout)
+        frame.sample_rate = sr
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+class Decoded:
+    def __init__(self, samples: np.ndarray, rate: int, channels: int, container: str):
+        self.samples, self.rate, self.channels, self.container = samples, rate, channels, container
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[-1] / self.rate
+
+
+def decode_audio(data: bytes, fmt: str | None = None) -> Decoded:
+    """Decode any response body the way a player would (pcm needs its known layout)."""
+    if fmt == "pcm":
+        pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767
+        return Decoded(pcm, SR, 1, "pcm")
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray() for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        name = container.format.name
+    samples = np.concatenate(frames, axis=1)
+    return Decoded(samples[0] if samples.shape[0] == 1 else samples, rate, channels, name)
+
+
+def opus_head(data: bytes) -> tuple[int, int]:
+    """(channels, input sample rate) from an Ogg Opus stream's OpusHead packet."""
+    at = data.index(b"OpusHead")
+    return data[at + 9], int.from_bytes(data[at + 12:at + 16], "little")

@@ -1,0 +1,63 @@
+"""Demo models load through the real qwen_tts path, know the speakers and languages, and sound."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from qwen_tts import Qwen3TTSModel
+
+from qwen_tts_api.engine.demo_models import build_model
+from qwen_tts_api.engine.model_dir import check_model_dir
+
+SPEAKERS = {"vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"}
+LANGUAGES = {"auto", "english", "chinese", "japanese", "korean", "french", "german", "spanish",
+             "italian", "portuguese", "russian"}
+
+
+@pytest.fixture(scope="module")
+def customvoice(demo_models):
+    return Qwen3TTSModel.from_pretrained(str(demo_models["customvoice"]), device_map="cpu", dtype=torch.float32)
+
+
+def test_published_layout(demo_models):
+    for kind, path in demo_models.items():
+        check_model_dir(kind, path)
+        for name in ["config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt",
+                     "tokenizer_config.json", "speech_tokenizer/config.json",
+                     "speech_tokenizer/model.safetensors", "speech_tokenizer/preprocessor_config.json"]:
+            assert (path / name).is_file(), name
+
+
+def test_speakers_and_languages(customvoice):
+    assert set(customvoice.get_supported_speakers()) == SPEAKERS
+    assert set(customvoice.get_supported_languages()) == LANGUAGES
+
+
+def test_audible_and_deterministic(customvoice):
+    a, sr = customvoice.generate_custom_voice("Hello there.", speaker="Vivian", language="English", max_new_tokens=12)
+    b, _ = customvoice.generate_custom_voice("Hello there.", speaker="Vivian", language="English", max_new_tokens=12)
+    assert sr == 24000
+    assert np.sqrt(np.mean(a[0] ** 2)) > 0.01
+    assert np.array_equal(a[0], b[0])
+    c, _ = customvoice.generate_custom_voice("Hello there.", speaker="Ryan", language="English", max_new_tokens=12)
+    assert not np.array_equal(a[0], c[0]), "speakers condition the output"
+
+
+def test_base_model_clones(demo_models):
+    base = Qwen3TTSModel.from_pretrained(str(demo_models["base"]), device_map="cpu", dtype=torch.float32)
+    ref = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 24000)).astype(np.float32)
+    wavs, sr = base.generate_voice_clone("Hi.", language="Auto", ref_audio=(ref, 24000), x_vector_only_mode=True,
+                                         max_new_tokens=8)
+    assert sr == 24000 and np.sqrt(np.mean(wavs[0] ** 2)) > 0.01
+
+
+def _weights_digest(path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_same_seed_same_weights(tmp_path, demo_models):
+    build_model(tmp_path / "again", "custom_voice", seed=0)
+    assert _weights_digest(tmp_path / "again") == _weights_digest(demo_models["customvoice"])
+    build_model(tmp_path / "other", "custom_voice", seed=1)
+    assert _weights_digest(tmp_path / "other") != _weights_digest(demo_models["customvoice"])

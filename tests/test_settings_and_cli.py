@@ -1,0 +1,90 @@
+"""Settings from the environment, and `serve` refusing to start without usable models."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_configured_models
+from qwen_tts_api.settings import Settings
+
+SPEC_VARS = ["CUSTOMVOICE_MODEL_PATH", "BASE_MODEL_PATH", "QWEN_TTS_DEVICE", "QWEN_TTS_DTYPE",
+             "QWEN_TTS_ATTN", "HOST", "PORT"]
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name in SPEC_VARS or name.startswith("QWEN_TTS_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_specification_defaults(clean_env):
+    s = Settings()
+    assert (s.customvoice_model_path, s.base_model_path) == (None, None)
+    assert (s.device, s.dtype, s.attn, s.host, s.port) == ("cuda:0", "bfloat16", "flash_attention_2", "0.0.0.0", 8000)
+    assert s.audio_sample_dirs == [] and s.allow_private_urls is False
+
+
+def test_every_specification_variable_is_read(clean_env, tmp_path):
+    for name, value in {"CUSTOMVOICE_MODEL_PATH": str(tmp_path / "cv"), "BASE_MODEL_PATH": str(tmp_path / "b"),
+                        "QWEN_TTS_DEVICE": "cpu", "QWEN_TTS_DTYPE": "float32", "QWEN_TTS_ATTN": "",
+                        "HOST": "127.0.0.1", "PORT": "9001"}.items():
+        clean_env.setenv(name, value)
+    s = Settings()
+    assert s.customvoice_model_path == tmp_path / "cv" and s.base_model_path == tmp_path / "b"
+    assert (s.device, s.dtype, s.attn_implementation, s.host, s.port) == ("cpu", "float32", None, "127.0.0.1", 9001)
+
+
+def test_audio_sample_dirs_list(clean_env):
+    clean_env.setenv("QWEN_TTS_AUDIO_SAMPLE_DIRS", "/srv/a,/srv/b:/srv/c")
+    assert Settings().audio_sample_dirs == [Path("/srv/a"), Path("/srv/b"), Path("/srv/c")]
+
+
+def test_bad_dtype_rejected(clean_env):
+    clean_env.setenv("QWEN_TTS_DTYPE", "int3")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_model_dir_checks(tmp_path, demo_models):
+    with pytest.raises(ModelDirectoryError, match="No model configured"):
+        check_configured_models({})
+    with pytest.raises(ModelDirectoryError, match="not a directory"):
+        check_configured_models({"base": tmp_path / "missing"})
+    with pytest.raises(ModelDirectoryError, match="no config.json"):
+        check_configured_models({"base": tmp_path})
+    with pytest.raises(ModelDirectoryError, match="needs a 'custom_voice' model"):
+        check_configured_models({"customvoice": demo_models["base"]})
+    check_configured_models({"customvoice": demo_models["customvoice"], "base": demo_models["base"]})
+
+
+def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in SPEC_VARS and not k.startswith("QWEN_TTS_")}
+    return subprocess.run([sys.executable, "main.py"], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_serve_refuses_without_models():
+    result = _serve({})
+    assert result.returncode == 2
+    assert "CUSTOMVOICE_MODEL_PATH" in result.stderr and "BASE_MODEL_PATH" in result.stderr
+
+
+def test_serve_refuses_non_model_directory(tmp_path):
+    result = _serve({"BASE_MODEL_PATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert f"BASE_MODEL_PATH={tmp_path}" in result.stderr and "not a model directory" in result.stderr
+
+
+def test_serve_refuses_missing_cuda(demo_models):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = _serve({"CUSTOMVOICE_MODEL_PATH": str(demo_models["customvoice"]), "QWEN_TTS_DEVICE": "cuda:0"})
+    assert result.returncode == 2
+    assert "QWEN_TTS_DEVICE=cpu" in result.stderr
