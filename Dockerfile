@@ -1,0 +1,30 @@
+# qwen-tts-api, CPU image.
+# Models are not baked in: mount them and point CUSTOMVOICE_MODEL_PATH / BASE_MODEL_PATH at them.
+FROM python:3.12-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never
+RUN pip install --no-cache-dir uv \
+ && useradd --create-home --uid 1000 app
+WORKDIR /app
+
+# Dependencies first, so code changes do not reinstall torch.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY main.py ./
+COPY src ./src
+RUN uv sync --frozen --no-dev
+
+ENV PATH="/app/.venv/bin:$PATH" \
+    QWEN_TTS_DEVICE=cpu \
+    QWEN_TTS_DTYPE=float32 \
+    QWEN_TTS_ATTN="" \
+    HOST=0.0.0.0 \
+    PORT=8000
+USER app
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health', timeout=4)"
+CMD ["python", "main.py"]
