@@ -23,9 +23,12 @@ def speak(client, **kwargs):
     return client.audio.speech.with_raw_response.create(**kwargs)
 
 
+WHOLE = {"stream": False}  # our extension: one complete body instead of a chunked stream
+
+
 @pytest.fixture(scope="module")
 def reference_wav(client) -> np.ndarray:
-    return decode_audio(speak(client, response_format="wav").content).samples
+    return decode_audio(speak(client, response_format="wav", extra_body=WHOLE).content).samples
 
 
 def test_models_list(client, demo_models):
@@ -41,7 +44,8 @@ def test_health(http):
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
 def test_every_format(client, reference_wav, fmt):
-    raw = speak(client, response_format=fmt)
+    raw = speak(client, response_format=fmt, extra_body=WHOLE)
+    assert raw.headers["content-length"] == str(len(raw.content))
     assert raw.headers["content-type"] == {
         "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac",
         "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}[fmt]

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from . import __version__
 from .api import health, models, speech
 from .api.errors import install_error_handlers
-from .engine.synthesis import Engine
+from .engine.synthesis import Engine, StreamingConfig
 from .settings import Settings
 
 
@@ -24,7 +24,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if app.state.engine is None:
             from .engine.loading import load_models
 
-            app.state.engine = Engine(await asyncio.to_thread(load_models, settings))
+            models = await asyncio.to_thread(load_models, settings)
+            app.state.engine = Engine(models, StreamingConfig.from_settings(settings))
         try:
             yield
         finally:

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     url_timeout_seconds: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_URL_TIMEOUT"))
 
+    # --- streaming (ours) ---
+    stream_first_frames: int = Field(default=3, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES"))
+    stream_chunk_frames: int = Field(default=12, ge=1, le=100, validation_alias=AliasChoices("QWEN_TTS_STREAM_CHUNK_FRAMES"))
+    decode_context_frames: int = Field(
+        default=25, ge=0, le=300, validation_alias=AliasChoices("QWEN_TTS_DECODE_CONTEXT_FRAMES")
+    )
+
     @field_validator("customvoice_model_path", "base_model_path", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -42,6 +42,8 @@ class SpeechRequest(BaseModel):
     audio_sample: str | None = None
     audio_sample_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     stream_format: Literal["audio", "sse"] = "audio"
+    # Ours: false waits for the whole utterance and answers with one complete body.
+    stream: bool = True
 
     @field_validator("input")
     @classmethod

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 
 from ..audio.encode import CONTENT_TYPES, encode_audio
 from ..audio.reference import AudioSampleError, decode_reference
@@ -18,6 +19,7 @@ from ..settings import Settings
 from ..voices.speakers import resolve_speaker, voice_names
 from .errors import invalid_request
 from .schemas import SpeechRequest, VoiceRef
+from .streaming import ClientGone, audio_body, sse_body, until_ready
 
 router = APIRouter()
 
@@ -58,9 +60,6 @@ async def _reference(body: SpeechRequest, settings: Settings) -> ReferenceAudio:
 
 
 async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings) -> SpeechPlan:
-    if body.stream_format == "sse":
-        raise invalid_request("stream_format 'sse' is not supported by this server yet; use 'audio'",
-                              param="stream_format")
     text = body.input.strip()
     instructions = (body.instructions or "").strip() or None
 
@@ -100,6 +99,24 @@ def render(waveform: np.ndarray, speed: float, fmt: str) -> bytes:
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     engine: Engine = request.app.state.engine
     plan = await plan_speech(body, engine, request.app.state.settings)
-    waveform = await engine.synthesize(plan.kind, plan.job)
-    audio = await asyncio.to_thread(render, waveform, body.speed, body.response_format)
-    return Response(content=audio, media_type=CONTENT_TYPES[body.response_format], headers=plan.headers)
+    stream = engine.start(plan.kind, plan.job)
+    fmt = body.response_format
+    try:
+        if body.stream_format == "audio" and not body.stream:
+            # Whole body: exact length, and mp3 carries its gapless header.
+            waveform = await until_ready(request, asyncio.ensure_future(stream.collect()), stream)
+            audio = await asyncio.to_thread(render, waveform, body.speed, fmt)
+            return Response(content=audio, media_type=CONTENT_TYPES[fmt], headers=plan.headers)
+        # Wait for the first audio before answering, so a failure up to then is a proper error status.
+        chunks = aiter(stream)
+        first = await until_ready(request, asyncio.ensure_future(anext(chunks, None)), stream)
+    except ClientGone:
+        return Response(status_code=499)
+    except BaseException:
+        stream.cancel()
+        raise
+    if body.stream_format == "sse":
+        return StreamingResponse(sse_body(first, chunks, stream, fmt, body.speed),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", **plan.headers})
+    return StreamingResponse(audio_body(first, chunks, stream, fmt, body.speed),
+                             media_type=CONTENT_TYPES[fmt], headers=plan.headers)

@@ -26,6 +26,9 @@ CONTENT_TYPES: dict[str, str] = {
 }
 RESPONSE_FORMATS = tuple(CONTENT_TYPES)
 
+# Ogg would otherwise hold a page for up to a second; 20 ms pages keep streams live.
+_CONTAINER_OPTIONS = {"ogg": {"page_duration": "20000"}}
+
 # format -> (container, codec, bit rate or None for lossless)
 _PYAV_FORMATS: dict[str, tuple[str, str, int | None]] = {
     "mp3": ("mp3", "libmp3lame", 64_000),
@@ -107,7 +110,9 @@ class PyAVEncoder:
         container_fmt, codec, bit_rate = _PYAV_FORMATS[fmt]
         self._whole = whole
         self._sink: _Drain | io.BytesIO = io.BytesIO() if whole else _Drain()
-        self._container = av.open(self._sink, mode="w", format=container_fmt)
+        self._container = av.open(
+            self._sink, mode="w", format=container_fmt, container_options=_CONTAINER_OPTIONS.get(container_fmt, {})
+        )
         self._stream = self._container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
         if bit_rate:
             self._stream.bit_rate = bit_rate

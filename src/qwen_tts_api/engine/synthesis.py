@@ -1,19 +1,29 @@
-"""The inference worker: one request in, a 24 kHz mono waveform out.
+"""The inference worker: one request in, an async stream of 24 kHz audio chunks out.
 
-All model calls run on one dedicated thread, never on the event loop, so the HTTP server
-(and `/health`) stays responsive while a long utterance is generated.
+All model work runs on one dedicated thread, never on the event loop, so the HTTP server
+(and `/health`) stays responsive. Text is generated segment by segment; each segment's
+frames are decoded in chunks as they appear. A request can be cancelled between any two
+frames, which frees the worker for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..text.budget import frame_budget
+from ..text.segment import split_text
+from .decoding import StreamingDecoder
+from .generation import FrameGenerator
+from .joining import SegmentJoiner
 from .loading import LoadedModel
+from .prompt import build_prompt
+from .sampling import SamplingParams
 
 SAMPLE_RATE = 24000
 
@@ -31,59 +41,147 @@ class SpeechJob:
     text: str
     language: str  # as the model names it, e.g. "English" or "Auto"
     speaker: str | None = None  # CustomVoice
-    instructions: str | None = None  # CustomVoice, dropped by 0.6B models
+    instructions: str | None = None  # CustomVoice; callers drop it for 0.6B models
     reference: ReferenceAudio | None = None  # Base
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    first_chunk_frames: int = 3
+    chunk_frames: int = 12
+    decode_context_frames: int = 25
+
+    @classmethod
+    def from_settings(cls, settings) -> "StreamingConfig":
+        return cls(settings.stream_first_frames, settings.stream_chunk_frames, settings.decode_context_frames)
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_frames: int = 0
+
+
+_END = object()
+
+
+class SynthesisStream:
+    """Audio chunks of one request, handed from the worker thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.usage = Usage()
+
+    # --- worker side ---
+    def emit(self, item: object) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # --- event-loop side ---
+    def cancel(self) -> None:
+        """Stop generating after the current frame (or never start, if still queued)."""
+        self._cancelled.set()
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def collect(self) -> np.ndarray:
+        parts = [chunk async for chunk in self]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 class Engine:
     """Owns the loaded models and the single inference thread."""
 
-    def __init__(self, models: dict[str, LoadedModel]):
+    def __init__(self, models: dict[str, LoadedModel], streaming: StreamingConfig | None = None):
         self.models = models
+        self.streaming = streaming or StreamingConfig()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-tts-infer")
 
     def model(self, kind: str) -> LoadedModel | None:
         return self.models.get(kind)
 
-    async def synthesize(self, kind: str, job: SpeechJob) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, kind, job)
+    def start(self, kind: str, job: SpeechJob) -> SynthesisStream:
+        stream = SynthesisStream(asyncio.get_running_loop())
+        self._executor.submit(self._run, kind, job, stream)
+        return stream
 
-    def _run(self, kind: str, job: SpeechJob) -> np.ndarray:
-        model = self.models[kind]
-        budget = frame_budget(job.text, model.max_new_tokens)
-        if job.reference is not None:
-            wavs, sample_rate = self._clone(model, job, budget)
-        else:
-            wavs, sample_rate = model.tts.generate_custom_voice(
-                text=job.text,
-                speaker=job.speaker,
-                language=job.language,
-                instruct=job.instructions or None,
-                max_new_tokens=budget,
+    async def synthesize(self, kind: str, job: SpeechJob) -> np.ndarray:
+        stream = self.start(kind, job)
+        try:
+            return await stream.collect()
+        finally:
+            stream.cancel()
+
+    def _run(self, kind: str, job: SpeechJob, stream: SynthesisStream) -> None:
+        try:
+            if not stream.cancelled:
+                self._produce(self.models[kind], job, stream)
+            stream.emit(_END)
+        except BaseException as exc:  # handed to the request that owns it
+            stream.emit(exc)
+
+    def _produce(self, model: LoadedModel, job: SpeechJob, stream: SynthesisStream) -> None:
+        tts = model.tts
+        clone_prompt = self._clone_prompt(model, job.reference) if job.reference is not None else None
+        params = SamplingParams.from_generate_config(tts.generate_defaults)
+        segments = split_text(job.text) or [job.text]
+        joiner = SegmentJoiner(len(segments))
+        cfg = self.streaming
+        for index, segment in enumerate(segments):
+            if stream.cancelled:
+                return
+            prompt = build_prompt(tts, segment, job.language, speaker=job.speaker,
+                                  instructions=job.instructions, clone_prompt=clone_prompt)
+            stream.usage.input_tokens += prompt.text_tokens
+            frames = FrameGenerator(tts, prompt, params, max_frames=frame_budget(segment, model.max_new_tokens),
+                                    should_stop=lambda: stream.cancelled)
+            decoder = StreamingDecoder(
+                tts,
+                # Only the very first chunk of a request is small: it sets the time to first audio.
+                first_chunk=cfg.first_chunk_frames if index == 0 else cfg.chunk_frames,
+                chunk=cfg.chunk_frames,
+                left_context=cfg.decode_context_frames,
+                context_codes=prompt.ref_codes,
             )
-        if sample_rate != SAMPLE_RATE:
-            raise RuntimeError(f"model produced {sample_rate} Hz audio, expected {SAMPLE_RATE}")
-        return np.asarray(wavs[0], dtype=np.float32)
+            emit = _emitter(stream)
+            for frame in frames:
+                audio = decoder.push(frame)
+                if audio is not None:
+                    emit(joiner.feed(index, audio))
+            stream.usage.output_frames += frames.frames_made
+            tail = decoder.flush()
+            emit(joiner.end_segment(index, tail))
 
     @staticmethod
-    def _clone(model: LoadedModel, job: SpeechJob, budget: int):
-        ref = job.reference
-        assert ref is not None
-        transcript = (ref.transcript or "").strip() or None
+    def _clone_prompt(model: LoadedModel, reference: ReferenceAudio):
+        transcript = (reference.transcript or "").strip() or None
         # Our own decoded waveform goes in as a (samples, rate) tuple, so the package's
         # unsafe path/URL/base64 loader is never used.
-        prompt = model.tts.create_voice_clone_prompt(
-            ref_audio=(ref.waveform, SAMPLE_RATE),
+        return model.tts.create_voice_clone_prompt(
+            ref_audio=(reference.waveform, SAMPLE_RATE),
             ref_text=transcript,
             x_vector_only_mode=transcript is None,
-        )
-        return model.tts.generate_voice_clone(
-            text=job.text,
-            language=job.language,
-            voice_clone_prompt=prompt,
-            max_new_tokens=budget,
-        )
+        )[0]
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _emitter(stream: SynthesisStream) -> Callable[[np.ndarray | None], None]:
+    def emit(audio: np.ndarray | None) -> None:
+        if audio is not None and audio.size:
+            stream.emit(audio)
+
+    return emit
