@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,62 +12,18 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-import uvicorn
 
-from qwen_tts_api.app import create_app
 from qwen_tts_api.cli import quiet_third_party_logs
-from qwen_tts_api.settings import Settings
+from qwen_tts_api.devtools import BackgroundServer, cpu_settings  # noqa: F401 (tests import it from here)
 
 quiet_third_party_logs()
 
 SR = 24000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """A real uvicorn server on a free loopback port, in a background thread."""
-
-    def __init__(self, settings: Settings):
-        self.port = free_port()
-        self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
+class LiveServer(BackgroundServer):
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
-
-
-def cpu_settings(**overrides) -> Settings:
-    """CPU settings that do not depend on the environment the tests run in."""
-    values = dict(
-        device="cpu", dtype="float32", attn="", customvoice_model_path=None, base_model_path=None,
-        audio_sample_dirs=[], allow_private_urls=False,
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture(scope="session")

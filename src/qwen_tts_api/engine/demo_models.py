@@ -79,6 +79,7 @@ class ModelShape:
     predictor_layers: int = 1
     predictor_intermediate: int = 128
     size_tag: str = "0b6"
+    codec: str = "tiny"  # "published": codec decoder at the package's default (full-size) widths
 
     @classmethod
     def tiny(cls) -> "ModelShape":
@@ -88,14 +89,14 @@ class ModelShape:
     def published_0_6b(cls) -> "ModelShape":
         return cls(
             hidden=1024, intermediate=3072, layers=28, heads=16, kv_heads=8, head_dim=128,
-            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="0b6",
+            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="0b6", codec="published",
         )
 
     @classmethod
     def published_1_7b(cls) -> "ModelShape":
         return cls(
             hidden=2048, intermediate=8192, layers=28, heads=16, kv_heads=8, head_dim=128,
-            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="1b7",
+            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="1b7", codec="published",
         )
 
     @property
@@ -196,8 +197,17 @@ def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool)
     }
 
 
-def _speech_tokenizer_config() -> dict:
-    """A small 12 Hz codec: real rates (24 kHz, 1920 samples a frame), tiny widths."""
+def _speech_tokenizer_config(size: str = "tiny") -> dict:
+    """A 12 Hz codec with the real rates (24 kHz, 1920 samples a frame): tiny widths, or
+    the package's default widths for real-scale benchmarks."""
+    config = _tiny_speech_tokenizer_config()
+    if size == "published":
+        # The decoder is what runs per request; the package's config defaults are its full size.
+        config["decoder_config"] = {"codebook_dim": 512, "num_quantizers": 16, "codebook_size": 2048}
+    return config
+
+
+def _tiny_speech_tokenizer_config() -> dict:
     return {
         "model_type": "qwen3_tts_tokenizer_12hz",
         "architectures": ["Qwen3TTSTokenizerV2Model"],
@@ -262,8 +272,15 @@ def _reinitialise(module, seed: int) -> None:
                 param.zero_()
 
 
-def build_model(directory: Path, kind: str, seed: int = 0, shape: ModelShape | None = None) -> Path:
-    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``."""
+def build_model(
+    directory: Path,
+    kind: str,
+    seed: int = 0,
+    shape: ModelShape | None = None,
+    generation: dict | None = None,
+) -> Path:
+    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``; ``generation``
+    overrides entries of its generation_config.json."""
     import torch
     from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
@@ -326,11 +343,14 @@ def build_model(directory: Path, kind: str, seed: int = 0, shape: ModelShape | N
         "subtalker_top_p": 1.0,
         "subtalker_temperature": 0.9,
         "max_new_tokens": 8192,
+        **(generation or {}),
     })
 
     codec_dir = directory / "speech_tokenizer"
     codec_dir.mkdir(exist_ok=True)
-    codec_cfg = Qwen3TTSTokenizerV2Config(**{k: v for k, v in _speech_tokenizer_config().items() if k != "model_type"})
+    codec_cfg = Qwen3TTSTokenizerV2Config(
+        **{k: v for k, v in _speech_tokenizer_config(shape.codec).items() if k != "model_type"}
+    )
     codec = Qwen3TTSTokenizerV2Model(codec_cfg)
     _reinitialise(codec, seed + 1)
     with torch.no_grad():

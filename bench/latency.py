@@ -1,0 +1,161 @@
+"""Time to first audio, total latency and real-time factor, side by side in one run.
+
+Three ways to get the same utterance (a fixed number of frames) from the same model:
+  official   qwen_tts generate_custom_voice called directly (what other wrappers do)
+  stream     our server, chunked streaming response (pcm)
+  whole      our server, one complete response (pcm, "stream": false)
+
+Models are random-weight checkpoints built on the spot: "demo" (tiny) or "0.6b" (the
+published 0.6B talker dimensions). Both generate exactly --frames frames (end-of-speech
+never wins with random weights), sampling with the package's default parameters.
+
+    uv run python bench/latency.py --model demo
+    uv run python bench/latency.py --model 0.6b --frames 50 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+
+from qwen_tts_api.cli import quiet_third_party_logs
+from qwen_tts_api.devtools import free_port
+from qwen_tts_api.engine.demo_models import ModelShape, build_model
+
+TEXT = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
+SAMPLE_RATE = 24000
+FRAME_SECONDS = 0.08
+PACKAGE_SAMPLING = dict(do_sample=True, subtalker_dosample=True)
+
+
+def build(kind: str, frames: int, directory: Path) -> Path:
+    shape = ModelShape.published_0_6b() if kind == "0.6b" else ModelShape.tiny()
+    path = directory / f"{kind}-customvoice"
+    if not (path / "config.json").exists():
+        started = time.perf_counter()
+        build_model(path, "custom_voice", seed=0, shape=shape,
+                    generation={**PACKAGE_SAMPLING, "max_new_tokens": frames})
+        print(f"built {kind} model in {time.perf_counter() - started:.0f}s at {path}", file=sys.stderr)
+    return path
+
+
+@contextmanager
+def server_process(model: Path, device: str, dtype: str, attn: str):
+    """Our server as its own process, as it runs in production (one process shared with the
+    benchmark client and the official model would measure their GIL contention instead)."""
+    port = free_port()
+    env = {**os.environ, "CUSTOMVOICE_MODEL_PATH": str(model), "QWEN_TTS_DEVICE": device,
+           "QWEN_TTS_DTYPE": dtype, "QWEN_TTS_ATTN": attn, "HOST": "127.0.0.1", "PORT": str(port)}
+    env.pop("BASE_MODEL_PATH", None)
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_tts_api.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited during start-up")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def run_official(tts, frames: int) -> dict:
+    started = time.perf_counter()
+    wavs, _ = tts.generate_custom_voice(TEXT, speaker="Vivian", language="English", max_new_tokens=frames + 1)
+    total = time.perf_counter() - started
+    return {"ttfa": total, "total": total, "audio": len(wavs[0]) / SAMPLE_RATE}
+
+
+def run_server(url: str, stream: bool) -> dict:
+    body = {"model": "qwen3-tts", "input": TEXT, "voice": "alloy", "response_format": "pcm", "stream": stream}
+    received = 0
+    first = None
+    with httpx.Client(timeout=600) as http:
+        started = time.perf_counter()
+        with http.stream("POST", f"{url}/v1/audio/speech", json=body) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter() - started
+                received += len(chunk)
+        total = time.perf_counter() - started
+    return {"ttfa": first or total, "total": total, "audio": received / 2 / SAMPLE_RATE}
+
+
+def summarise(name: str, runs: list[dict]) -> dict:
+    ttfa = statistics.median(r["ttfa"] for r in runs)
+    total = statistics.median(r["total"] for r in runs)
+    audio = statistics.median(r["audio"] for r in runs)
+    return {"name": name, "ttfa_s": ttfa, "total_s": total, "audio_s": audio, "rtf": total / audio}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["demo", "0.6b"], default="demo")
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model-dir", type=Path, help="where to build/keep models (default: a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    quiet_third_party_logs()
+
+    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = build(args.model, args.frames, directory)
+
+    from qwen_tts import Qwen3TTSModel
+
+    dtype = getattr(torch, args.dtype)
+    attn = "sdpa"
+    official = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=dtype, attn_implementation=attn)
+    results: dict[str, list[dict]] = {"official": [], "stream": [], "whole": []}
+    with server_process(path, args.device, args.dtype, attn) as url:
+        # Warm-up: one of each, not counted.
+        run_official(official, args.frames)
+        run_server(url, True)
+        run_server(url, False)
+        for _ in range(args.runs):  # interleaved, so machine noise hits all three alike
+            results["official"].append(run_official(official, args.frames))
+            results["stream"].append(run_server(url, True))
+            results["whole"].append(run_server(url, False))
+
+    rows = [summarise(name, runs) for name, runs in results.items()]
+    base = rows[0]
+    print(f"\nmodel={args.model} frames={args.frames} ({args.frames * FRAME_SECONDS:.1f}s audio) device={args.device} "
+          f"dtype={args.dtype} runs={args.runs} torch_threads={torch.get_num_threads()} "
+          f"cpu={platform.processor() or platform.machine()}")
+    print(f"{'path':<10}{'TTFA s':>10}{'total s':>10}{'RTF':>8}{'TTFA/official':>15}{'total/official':>16}")
+    for row in rows:
+        print(f"{row['name']:<10}{row['ttfa_s']:>10.3f}{row['total_s']:>10.3f}{row['rtf']:>8.3f}"
+              f"{row['ttfa_s'] / base['total_s']:>15.3f}{row['total_s'] / base['total_s']:>16.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

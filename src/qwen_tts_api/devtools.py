@@ -1,0 +1,56 @@
+"""Runs the app on a loopback port in a background thread: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_settings(**overrides) -> Settings:
+    """CPU settings that do not depend on the environment they run in."""
+    values = dict(
+        device="cpu", dtype="float32", attn="", customvoice_model_path=None, base_model_path=None,
+        audio_sample_dirs=[], allow_private_urls=False,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+class BackgroundServer:
+    """A real uvicorn server for ``settings`` on a free loopback port."""
+
+    def __init__(self, settings: Settings):
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + 600
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
