@@ -105,26 +105,21 @@ def test_clone_codes_equal(base, transcript):
 
 from qwen_tts_api.engine.decoding import StreamingDecoder  # noqa: E402
 
-# The demo decoder's receptive field: 1 transformer layer attending 72 frames back, plus
-# causal convolutions. With this much left context, chunked decoding is exact.
-FULL_CONTEXT = 100
-
-
-def stream_decode(tts, codes, context, first_chunk=3, chunk=12, context_codes=None) -> np.ndarray:
-    decoder = StreamingDecoder(tts, first_chunk=first_chunk, chunk=chunk, left_context=context,
-                               context_codes=context_codes)
+def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context_codes=None) -> np.ndarray:
+    decoder = StreamingDecoder(tts, first_chunk=first_chunk, max_chunk=max_chunk, context_codes=context_codes)
     parts = [audio for frame in codes if (audio := decoder.push(frame)) is not None]
     if (tail := decoder.flush()) is not None:
         parts.append(tail)
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize("frames", [40, 120])
-@pytest.mark.parametrize("first_chunk, chunk", [(3, 12), (1, 1), (5, 25)])
-def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, chunk):
+# 200 frames is past the decoder's 72-frame attention window; 1/1 decodes frame by frame.
+@pytest.mark.parametrize("frames", [40, 200])
+@pytest.mark.parametrize("first_chunk, max_chunk", [(3, 48), (1, 1), (7, 13)])
+def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, max_chunk):
     codes, wav = package_codes(customvoice, lambda: customvoice.generate_custom_voice(
         "Hello there, how are you?", speaker="Vivian", language="English", max_new_tokens=frames + 1))
-    ours = stream_decode(customvoice, codes, FULL_CONTEXT, first_chunk, chunk)
+    ours = stream_decode(customvoice, codes, first_chunk, max_chunk)
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
 
@@ -135,17 +130,6 @@ def test_in_context_clone_waveform_equals_package(base):
     codes, wav = package_codes(base, lambda: base.generate_voice_clone(
         "Cloned speech.", language="English", voice_clone_prompt=items, max_new_tokens=FRAMES + 1))
     ref_len = items[0].ref_code.shape[0]
-    ours = stream_decode(base, codes[ref_len:], FULL_CONTEXT, context_codes=items[0].ref_code)
+    ours = stream_decode(base, codes[ref_len:], context_codes=items[0].ref_code)
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
-
-
-def test_default_context_stream_is_complete(customvoice):
-    """With the default 25-frame context (the package's own chunked-decode context) the
-    stream has every sample; its small deviation from a one-pass decode is reported in
-    docs/STREAMING.md."""
-    codes, wav = package_codes(customvoice, lambda: customvoice.generate_custom_voice(
-        "Hello there.", speaker="Vivian", language="English", max_new_tokens=61))
-    ours = stream_decode(customvoice, codes, 25)
-    assert ours.shape == wav.shape
-    assert np.abs(ours - wav).max() < 0.1

@@ -51,9 +51,8 @@ class Settings(BaseSettings):
 
     # --- streaming (ours) ---
     stream_first_frames: int = Field(default=3, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES"))
-    stream_chunk_frames: int = Field(default=12, ge=1, le=100, validation_alias=AliasChoices("QWEN_TTS_STREAM_CHUNK_FRAMES"))
-    decode_context_frames: int = Field(
-        default=25, ge=0, le=300, validation_alias=AliasChoices("QWEN_TTS_DECODE_CONTEXT_FRAMES")
+    stream_max_chunk_frames: int = Field(
+        default=48, ge=1, le=300, validation_alias=AliasChoices("QWEN_TTS_STREAM_MAX_CHUNK_FRAMES")
     )
 
     @field_validator("customvoice_model_path", "base_model_path", mode="before")

@@ -1,60 +1,120 @@
-"""Incremental waveform decoding through the causal 12 Hz codec decoder.
+"""Incremental waveform decoding through the causal 12 Hz codec decoder, exactly.
 
-Frames are decoded in chunks; each chunk is decoded together with up to ``left_context``
-earlier frames, whose samples are then dropped (the package's ``chunked_decode`` works the
-same way). A small first chunk gets audio out early; later chunks are larger, which costs
-less decoder work per frame.
+The decoder is causal all the way through: stride-1 convolutions padded on the left,
+transposed convolutions whose outputs overlap only their neighbour, and sliding-window
+attention. So instead of re-decoding earlier frames as context, every layer keeps the
+state it needs between chunks: each convolution the last ``(kernel - 1) * dilation``
+inputs it saw, each transposed convolution its last inputs, and the transformer a KV
+cache. Chunk by chunk, the output is the one-pass decode, and each frame is decoded once.
+
+The first chunk is small so audio starts early; later chunks double in size up to
+``max_chunk`` to keep the per-call overhead low.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
 
 SAMPLES_PER_FRAME = 1920
 
 
-class StreamingDecoder:
-    def __init__(
-        self,
-        tts,
-        first_chunk: int = 3,
-        chunk: int = 12,
-        left_context: int = 25,
-        context_codes: torch.Tensor | None = None,
-    ):
-        """``context_codes`` (R, 16): frames heard before this stream (the reference in
-        in-context cloning); they condition the first chunks but are not output."""
-        self.decoder = tts.model.speech_tokenizer.model.decoder
-        self.first_chunk = first_chunk
-        self.chunk = chunk
-        self.left_context = left_context
-        self.history: list[torch.Tensor] = []
-        if context_codes is not None and len(context_codes):
-            self.history = list(context_codes[-left_context:])
-        self.pending: list[torch.Tensor] = []
-        self.emitted_chunks = 0
+class _LayerStates:
+    """Left context per convolution module, created as zeros (the original zero padding)."""
 
-    def _target(self) -> int:
-        return self.first_chunk if self.emitted_chunks == 0 else self.chunk
+    def __init__(self) -> None:
+        self._tails: dict[int, torch.Tensor] = {}
+
+    def conv(self, module, x: torch.Tensor) -> torch.Tensor:
+        """A stride-1 causal convolution (``Qwen3TTSTokenizerV2CausalConvNet``)."""
+        need = module.kernel_size - 1  # the module's own left padding
+        if need == 0:
+            return module.conv(x)
+        tail = self._tails.get(id(module))
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], x.shape[1], need)
+        joined = torch.cat([tail, x], dim=-1)
+        self._tails[id(module)] = joined[..., -need:]
+        return module.conv(joined)
+
+    def transposed(self, module, x: torch.Tensor) -> torch.Tensor:
+        """A causal transposed convolution: outputs of an input overlap the next inputs' span."""
+        conv = module.conv
+        stride, kernel = conv.stride[0], conv.kernel_size[0]
+        keep = math.ceil(kernel / stride) - 1
+        if keep == 0:
+            return module(x)
+        tail = self._tails.get(id(module))
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], x.shape[1], keep)
+        joined = torch.cat([tail, x], dim=-1)
+        self._tails[id(module)] = joined[..., -keep:]
+        out = conv(joined)
+        return out[..., keep * stride: (keep + x.shape[-1]) * stride]
+
+
+class StreamingDecoder:
+    def __init__(self, tts, first_chunk: int = 3, max_chunk: int = 48, context_codes: torch.Tensor | None = None):
+        """``context_codes`` (R, 16): frames heard before this stream (the reference in
+        in-context cloning). They are run through the decoder to set its state; their
+        audio is not output, as the package cuts it off after decoding."""
+        self.decoder = tts.model.speech_tokenizer.model.decoder
+        self.next_chunk = first_chunk
+        self.max_chunk = max(max_chunk, first_chunk)
+        self.pending: list[torch.Tensor] = []
+        self._states = _LayerStates()
+        self._cache = DynamicCache(config=self.decoder.pre_transformer.config)
+        self._position = 0
+        if context_codes is not None and len(context_codes):
+            self._run(context_codes)
 
     def push(self, frame: torch.Tensor) -> np.ndarray | None:
         """Add one frame (16 codes); returns audio when a chunk is complete."""
         self.pending.append(frame)
-        if len(self.pending) >= self._target():
-            return self._decode()
+        if len(self.pending) >= self.next_chunk:
+            self.next_chunk = min(self.next_chunk * 2, self.max_chunk)
+            return self._flush_pending()
         return None
 
     def flush(self) -> np.ndarray | None:
-        return self._decode() if self.pending else None
+        return self._flush_pending() if self.pending else None
+
+    def _flush_pending(self) -> np.ndarray:
+        frames, self.pending = torch.stack(self.pending), []
+        return self._run(frames).float().cpu().numpy()
 
     @torch.inference_mode()
-    def _decode(self) -> np.ndarray:
-        context = self.history[-self.left_context:] if self.left_context else []
-        codes = torch.stack(context + self.pending).T.unsqueeze(0)  # (1, 16, frames)
-        wav = self.decoder(codes.clamp(min=0))[0, 0]
-        audio = wav[len(context) * SAMPLES_PER_FRAME:].float().cpu().numpy()
-        self.history = (context + self.pending)[-max(self.left_context, 1):]
-        self.pending = []
-        self.emitted_chunks += 1
-        return audio
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decode (n, 16) codes continuing from the state; returns n * 1920 samples."""
+        dec, states = self.decoder, self._states
+        codes = frames.T.unsqueeze(0).clamp(min=0)  # (1, 16, n)
+        n = codes.shape[-1]
+        hidden = dec.quantizer.decode(codes)
+        hidden = states.conv(dec.pre_conv, hidden).transpose(1, 2)
+        positions = torch.arange(self._position, self._position + n, device=hidden.device)
+        self._position += n
+        hidden = dec.pre_transformer(
+            inputs_embeds=hidden, past_key_values=self._cache, use_cache=True,
+            cache_position=positions, position_ids=positions.unsqueeze(0),
+        ).last_hidden_state.permute(0, 2, 1)
+        for transposed, convnext in dec.upsample:
+            hidden = states.transposed(transposed, hidden)
+            hidden = self._convnext(convnext, hidden)
+        first, *blocks, act, last = dec.decoder
+        wav = states.conv(first, hidden)
+        for block in blocks:
+            snake, transposed, *units = block.block
+            wav = states.transposed(transposed, snake(wav))
+            for unit in units:
+                wav = wav + states.conv(unit.conv2, unit.act2(states.conv(unit.conv1, unit.act1(wav))))
+        wav = states.conv(last, act(wav))
+        return wav.clamp(min=-1, max=1)[0, 0]
+
+    def _convnext(self, block, x: torch.Tensor) -> torch.Tensor:
+        h = self._states.conv(block.dwconv, x).permute(0, 2, 1)
+        h = block.pwconv2(block.act(block.pwconv1(block.norm(h))))
+        return x + (block.gamma * h).permute(0, 2, 1)

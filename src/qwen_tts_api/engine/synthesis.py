@@ -48,12 +48,11 @@ class SpeechJob:
 @dataclass(frozen=True)
 class StreamingConfig:
     first_chunk_frames: int = 3
-    chunk_frames: int = 12
-    decode_context_frames: int = 25
+    max_chunk_frames: int = 48
 
     @classmethod
     def from_settings(cls, settings) -> "StreamingConfig":
-        return cls(settings.stream_first_frames, settings.stream_chunk_frames, settings.decode_context_frames)
+        return cls(settings.stream_first_frames, settings.stream_max_chunk_frames)
 
 
 @dataclass
@@ -117,13 +116,6 @@ class Engine:
         self._executor.submit(self._run, kind, job, stream)
         return stream
 
-    async def synthesize(self, kind: str, job: SpeechJob) -> np.ndarray:
-        stream = self.start(kind, job)
-        try:
-            return await stream.collect()
-        finally:
-            stream.cancel()
-
     def _run(self, kind: str, job: SpeechJob, stream: SynthesisStream) -> None:
         try:
             if not stream.cancelled:
@@ -150,9 +142,8 @@ class Engine:
             decoder = StreamingDecoder(
                 tts,
                 # Only the very first chunk of a request is small: it sets the time to first audio.
-                first_chunk=cfg.first_chunk_frames if index == 0 else cfg.chunk_frames,
-                chunk=cfg.chunk_frames,
-                left_context=cfg.decode_context_frames,
+                first_chunk=cfg.first_chunk_frames if index == 0 else cfg.max_chunk_frames,
+                max_chunk=cfg.max_chunk_frames,
                 context_codes=prompt.ref_codes,
             )
             emit = _emitter(stream)
