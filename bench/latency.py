@@ -1,9 +1,13 @@
 """Time to first audio, total latency and real-time factor, side by side in one run.
 
-Three ways to get the same utterance (a fixed number of frames) from the same model:
+Four ways to get the same utterance (a fixed number of frames) from the same model:
   official   qwen_tts generate_custom_voice called directly (what other wrappers do)
-  stream     our server, chunked streaming response (pcm)
-  whole      our server, one complete response (pcm, "stream": false)
+  engine     our engine (generation loop + streaming decoder) called directly, in the same
+             process and on the same model object as `official`: the pure implementation
+             comparison, free of per-process memory placement (matters when weights stream
+             from RAM, as on a CPU)
+  stream     our server (its own process), chunked streaming response (pcm)
+  whole      our server (its own process), one complete response (pcm, "stream": false)
 
 Models are random-weight checkpoints built on the spot: "demo" (tiny) or "0.6b" (the
 published 0.6B talker dimensions). Both generate exactly --frames frames (end-of-speech
@@ -88,6 +92,24 @@ def run_official(tts, frames: int) -> dict:
     return {"ttfa": total, "total": total, "audio": len(wavs[0]) / SAMPLE_RATE}
 
 
+def run_engine(engine, frames: int) -> dict:
+    import asyncio
+
+    from qwen_tts_api.engine.synthesis import SpeechJob
+
+    async def go() -> dict:
+        started = time.perf_counter()
+        first = None
+        samples = 0
+        async for chunk in engine.start("customvoice", SpeechJob(text=TEXT, language="English", speaker="Vivian")):
+            if first is None:
+                first = time.perf_counter() - started
+            samples += len(chunk)
+        return {"ttfa": first, "total": time.perf_counter() - started, "audio": samples / SAMPLE_RATE}
+
+    return asyncio.run(go())
+
+
 def run_server(url: str, stream: bool) -> dict:
     body = {"model": "qwen3-tts", "input": TEXT, "voice": "alloy", "response_format": "pcm", "stream": stream}
     received = 0
@@ -132,14 +154,22 @@ def main() -> int:
     dtype = getattr(torch, args.dtype)
     attn = "sdpa"
     official = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=dtype, attn_implementation=attn)
-    results: dict[str, list[dict]] = {"official": [], "stream": [], "whole": []}
+    from qwen_tts_api.engine.loading import LoadedModel
+    from qwen_tts_api.engine.synthesis import Engine
+
+    engine = Engine({"customvoice": LoadedModel(
+        kind="customvoice", name=path.name, path=path, tts=official, speakers=["Vivian"],
+        languages=["english"], size_tag="0b6", max_new_tokens=args.frames)})
+    results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": [], "whole": []}
     with server_process(path, args.device, args.dtype, attn) as url:
         # Warm-up: one of each, not counted.
         run_official(official, args.frames)
+        run_engine(engine, args.frames)
         run_server(url, True)
         run_server(url, False)
-        for _ in range(args.runs):  # interleaved, so machine noise hits all three alike
+        for _ in range(args.runs):  # interleaved, so machine noise hits all of them alike
             results["official"].append(run_official(official, args.frames))
+            results["engine"].append(run_engine(engine, args.frames))
             results["stream"].append(run_server(url, True))
             results["whole"].append(run_server(url, False))
 
