@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from . import __version__
 from .api import health, models, speech
 from .api.errors import install_error_handlers
-from .engine.synthesis import Engine, StreamingConfig
+from .engine.synthesis import Engine, EngineConfig
 from .settings import Settings
 
 
@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             from .engine.loading import load_models
 
             models = await asyncio.to_thread(load_models, settings)
-            app.state.engine = Engine(models, StreamingConfig.from_settings(settings))
+            app.state.engine = Engine(models, EngineConfig.from_settings(settings))
         try:
             yield
         finally:

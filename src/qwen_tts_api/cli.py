@@ -41,10 +41,10 @@ def serve() -> int:
 
     from .app import create_app
     from .engine.loading import ModelLoadError, load_models
-    from .engine.synthesis import Engine, StreamingConfig
+    from .engine.synthesis import Engine, EngineConfig
 
     try:
-        engine = Engine(load_models(settings), StreamingConfig.from_settings(settings))
+        engine = Engine(load_models(settings), EngineConfig.from_settings(settings))
     except ModelLoadError as exc:
         return _fail(str(exc))
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info")

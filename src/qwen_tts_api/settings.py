@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         default=48, ge=1, le=300, validation_alias=AliasChoices("QWEN_TTS_STREAM_MAX_CHUNK_FRAMES")
     )
 
+    # --- admission control (ours) ---
+    max_queue: int = Field(default=16, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_MAX_QUEUE"))
+    request_timeout_seconds: float = Field(
+        default=300.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_REQUEST_TIMEOUT")
+    )
+
     @field_validator("customvoice_model_path", "base_model_path", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

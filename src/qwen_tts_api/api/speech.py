@@ -13,11 +13,12 @@ from ..audio.encode import CONTENT_TYPES, encode_audio
 from ..audio.reference import AudioSampleError, decode_reference
 from ..audio.source import read_audio_sample
 from ..audio.tempo import change_speed
+from ..engine.admission import EngineBusy, SynthesisTimeout
 from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine, ReferenceAudio, SpeechJob
 from ..settings import Settings
 from ..voices.speakers import resolve_speaker, voice_names
-from .errors import invalid_request
+from .errors import APIError, invalid_request
 from .schemas import SpeechRequest, VoiceRef
 from .streaming import ClientGone, audio_body, sse_body, until_ready
 
@@ -98,8 +99,13 @@ def render(waveform: np.ndarray, speed: float, fmt: str) -> bytes:
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     engine: Engine = request.app.state.engine
-    plan = await plan_speech(body, engine, request.app.state.settings)
-    stream = engine.start(plan.kind, plan.job)
+    settings: Settings = request.app.state.settings
+    plan = await plan_speech(body, engine, settings)
+    try:
+        stream = engine.start(plan.kind, plan.job)
+    except EngineBusy as busy:
+        raise APIError(429, "The server is busy with other requests; retry after the time in Retry-After",
+                       code="server_busy", headers={"Retry-After": str(busy.retry_after)}) from busy
     fmt = body.response_format
     try:
         if body.stream_format == "audio" and not body.stream:
@@ -112,6 +118,9 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         first = await until_ready(request, asyncio.ensure_future(anext(chunks, None)), stream)
     except ClientGone:
         return Response(status_code=499)
+    except SynthesisTimeout as exc:
+        raise APIError(504, f"Speech was not ready within {settings.request_timeout_seconds:g} s "
+                            "(QWEN_TTS_REQUEST_TIMEOUT)", type="server_error", code="timeout") from exc
     except BaseException:
         stream.cancel()
         raise

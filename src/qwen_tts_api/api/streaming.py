@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastapi import Request
 
 from ..audio.encode import AudioEncoder, make_encoder
 from ..audio.tempo import TempoFilter
+from ..engine.admission import SynthesisTimeout
 from ..engine.synthesis import SynthesisStream
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,20 @@ async def _disconnected(request: Request) -> None:
 
 
 async def until_ready(request: Request, work: asyncio.Future | asyncio.Task, stream: SynthesisStream):
-    """Await ``work``; if the client disconnects first, cancel the stream and raise ClientGone."""
+    """Await ``work`` until the stream's deadline; if the client disconnects first, cancel
+    the stream and raise ClientGone (a queued request then never starts)."""
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        remaining = max(0.0, stream.deadline - time.monotonic())
+        done, _ = await asyncio.wait({work, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
     if work not in done:
         stream.cancel()
         work.cancel()
-        raise ClientGone
+        if watcher in done:
+            raise ClientGone
+        raise SynthesisTimeout
     return work.result()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..text.budget import frame_budget
 from ..text.segment import split_text
+from .admission import Admission, SynthesisTimeout
 from .decoding import StreamingDecoder
 from .generation import FrameGenerator
 from .joining import SegmentJoiner
@@ -46,13 +48,16 @@ class SpeechJob:
 
 
 @dataclass(frozen=True)
-class StreamingConfig:
+class EngineConfig:
     first_chunk_frames: int = 3
     max_chunk_frames: int = 48
+    max_queue: int = 16  # requests waiting beyond the one running
+    request_timeout: float = 300.0  # seconds from admission to the last audio
 
     @classmethod
-    def from_settings(cls, settings) -> "StreamingConfig":
-        return cls(settings.stream_first_frames, settings.stream_max_chunk_frames)
+    def from_settings(cls, settings) -> "EngineConfig":
+        return cls(settings.stream_first_frames, settings.stream_max_chunk_frames, settings.max_queue,
+                   settings.request_timeout_seconds)
 
 
 @dataclass
@@ -67,10 +72,12 @@ _END = object()
 class SynthesisStream:
     """Audio chunks of one request, handed from the worker thread to the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.deadline = time.monotonic() + timeout
+        self.started = False  # set when the worker takes it up
         self.usage = Usage()
 
     # --- worker side ---
@@ -80,6 +87,13 @@ class SynthesisStream:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.expired
 
     # --- event-loop side ---
     def cancel(self) -> None:
@@ -101,28 +115,37 @@ class SynthesisStream:
 
 
 class Engine:
-    """Owns the loaded models and the single inference thread."""
+    """Owns the loaded models, the single inference thread and admission control."""
 
-    def __init__(self, models: dict[str, LoadedModel], streaming: StreamingConfig | None = None):
+    def __init__(self, models: dict[str, LoadedModel], config: EngineConfig | None = None):
         self.models = models
-        self.streaming = streaming or StreamingConfig()
+        self.config = config or EngineConfig()
+        self.admission = Admission(self.config.max_queue, workers=1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-tts-infer")
 
     def model(self, kind: str) -> LoadedModel | None:
         return self.models.get(kind)
 
     def start(self, kind: str, job: SpeechJob) -> SynthesisStream:
-        stream = SynthesisStream(asyncio.get_running_loop())
+        """Queue a request; raises EngineBusy when the queue is full."""
+        self.admission.admit()
+        stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
         self._executor.submit(self._run, kind, job, stream)
         return stream
 
     def _run(self, kind: str, job: SpeechJob, stream: SynthesisStream) -> None:
+        began = None
         try:
-            if not stream.cancelled:
+            # A request whose client left, or that waited past its deadline, never starts.
+            if not stream.should_stop():
+                began = time.monotonic()
+                stream.started = True
                 self._produce(self.models[kind], job, stream)
-            stream.emit(_END)
+            stream.emit(SynthesisTimeout() if stream.expired else _END)
         except BaseException as exc:  # handed to the request that owns it
             stream.emit(exc)
+        finally:
+            self.admission.release(None if began is None else time.monotonic() - began)
 
     def _produce(self, model: LoadedModel, job: SpeechJob, stream: SynthesisStream) -> None:
         tts = model.tts
@@ -130,15 +153,15 @@ class Engine:
         params = SamplingParams.from_generate_config(tts.generate_defaults)
         segments = split_text(job.text) or [job.text]
         joiner = SegmentJoiner(len(segments))
-        cfg = self.streaming
+        cfg = self.config
         for index, segment in enumerate(segments):
-            if stream.cancelled:
+            if stream.should_stop():
                 return
             prompt = build_prompt(tts, segment, job.language, speaker=job.speaker,
                                   instructions=job.instructions, clone_prompt=clone_prompt)
             stream.usage.input_tokens += prompt.text_tokens
             frames = FrameGenerator(tts, prompt, params, max_frames=frame_budget(segment, model.max_new_tokens),
-                                    should_stop=lambda: stream.cancelled)
+                                    should_stop=stream.should_stop)
             decoder = StreamingDecoder(
                 tts,
                 # Only the very first chunk of a request is small: it sets the time to first audio.

@@ -1,0 +1,113 @@
+"""Admission control on a live server: bounded queue (429 + Retry-After), timeouts, abandoned requests."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from conftest import LiveServer, cpu_settings, decode_audio
+from qwen_tts_api.engine.admission import Admission, EngineBusy
+
+BODY = {"model": "qwen3-tts", "voice": "alloy", "input": "A sentence of moderate length for the queue.",
+        "response_format": "wav", "stream": False}
+
+
+def test_admission_counts_running_and_waiting():
+    gate = Admission(max_waiting=2, workers=1)
+    for _ in range(3):
+        gate.admit()
+    with pytest.raises(EngineBusy) as caught:
+        gate.admit()
+    assert caught.value.retry_after >= 1
+    gate.release(2.0)
+    gate.admit()
+
+
+@pytest.fixture(scope="module")
+def tiny_queue_server(demo_models):
+    with LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"], max_queue=1)) as live:
+        yield live
+
+
+def test_full_queue_answers_429_and_recovers(tiny_queue_server):
+    def post(_):
+        with httpx.Client(base_url=tiny_queue_server.url, timeout=300) as http:
+            return http.post("/v1/audio/speech", json=BODY)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, range(8)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(200) >= 2  # one running and one waiting were always admitted
+    for r in responses:
+        if r.status_code == 429:
+            error = r.json()["error"]
+            assert error["type"] == "rate_limit_error" and error["code"] == "server_busy"
+            assert int(r.headers["retry-after"]) >= 1
+        else:
+            assert decode_audio(r.content).duration > 1.0
+    with httpx.Client(base_url=tiny_queue_server.url, timeout=300) as http:
+        assert http.post("/v1/audio/speech", json=BODY).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def impatient_server(demo_models):
+    with LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"],
+                                 request_timeout_seconds=1.0)) as live:
+        yield live
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_request_timeout_is_504(impatient_server, stream):
+    with httpx.Client(base_url=impatient_server.url, timeout=300) as http:
+        long = {**BODY, "input": "This will take far longer than one second to say. " * 6, "stream": stream}
+        if stream:
+            long["stream_format"] = "audio"
+            # The first audio comes quickly, so a streamed response starts and then ends early.
+            with http.stream("POST", "/v1/audio/speech", json=long) as r:
+                assert r.status_code == 200
+                with pytest.raises(httpx.HTTPError):
+                    b"".join(r.iter_bytes())
+        else:
+            r = http.post("/v1/audio/speech", json=long)
+            assert r.status_code == 504
+            assert r.json()["error"]["code"] == "timeout"
+        assert http.post("/v1/audio/speech", json={**BODY, "input": "Hi."}).status_code == 200
+
+
+def test_queued_request_whose_client_left_never_starts(server, http):
+    engine = server.app.state.engine
+    streams = []
+    original = engine.start
+
+    def recording_start(kind, job):
+        stream = original(kind, job)
+        streams.append(stream)
+        return stream
+
+    engine.start = recording_start
+    try:
+        busy = threading.Thread(target=lambda: http.post("/v1/audio/speech", json={
+            **BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3}))
+        busy.start()
+        while not streams:
+            time.sleep(0.01)
+        body = json.dumps({**BODY, "input": "Never needed."}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            while len(streams) < 2:
+                time.sleep(0.01)
+        busy.join()
+    finally:
+        engine.start = original
+    abandoned = streams[1]
+    deadline = time.monotonic() + 30
+    while engine.admission.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert abandoned.cancelled and not abandoned.started
+    assert engine.admission.active == 0
