@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +119,32 @@ def opus_head(data: bytes) -> tuple[int, int]:
     """(channels, input sample rate) from an Ogg Opus stream's OpusHead packet."""
     at = data.index(b"OpusHead")
     return data[at + 9], int.from_bytes(data[at + 12:at + 16], "little")
+
+
+# ---------- request plumbing helpers ----------
+
+@contextlib.contextmanager
+def recorded_streams(engine) -> Iterator[list]:
+    """Collect every SynthesisStream the engine starts while the block runs."""
+    streams: list = []
+    original = engine.start
+
+    def recording_start(kind, job):
+        stream = original(kind, job)
+        streams.append(stream)
+        return stream
+
+    engine.start = recording_start
+    try:
+        yield streams
+    finally:
+        engine.start = original
+
+
+def raw_speech_request(port: int, body: dict) -> socket.socket:
+    """Send a speech request on a plain socket, so a test can drop the connection at will."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock

@@ -1,7 +1,5 @@
 """Admission control on a live server: bounded queue (429 + Retry-After), timeouts, abandoned requests."""
 
-import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import LiveServer, cpu_settings, decode_audio
+from conftest import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 from qwen_tts_api.engine.admission import Admission, EngineBusy
 
 BODY = {"model": "qwen3-tts", "voice": "alloy", "input": "A sentence of moderate length for the queue.",
@@ -81,30 +79,16 @@ def test_request_timeout_is_504(impatient_server, stream):
 
 def test_queued_request_whose_client_left_never_starts(server, http):
     engine = server.app.state.engine
-    streams = []
-    original = engine.start
-
-    def recording_start(kind, job):
-        stream = original(kind, job)
-        streams.append(stream)
-        return stream
-
-    engine.start = recording_start
-    try:
+    with recorded_streams(engine) as streams:
         busy = threading.Thread(target=lambda: http.post("/v1/audio/speech", json={
             **BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3}))
         busy.start()
         while not streams:
             time.sleep(0.01)
-        body = json.dumps({**BODY, "input": "Never needed."}).encode()
-        with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        with raw_speech_request(server.port, {**BODY, "input": "Never needed."}):
             while len(streams) < 2:
                 time.sleep(0.01)
         busy.join()
-    finally:
-        engine.start = original
     abandoned = streams[1]
     deadline = time.monotonic() + 30
     while engine.admission.active and time.monotonic() < deadline:

@@ -3,14 +3,13 @@
 import base64
 import json
 import shutil
-import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import SR, LiveServer, cpu_settings, decode_audio
+from conftest import SR, LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 from qwen_tts_api.text.segment import split_text
 
 FRAME = 1920 / SR
@@ -119,37 +118,22 @@ def test_long_input_is_spoken_to_the_end(capped_server, length):
 
 
 def test_disconnect_stops_generation_and_frees_worker(server, http):
-    engine = server.app.state.engine
-    started_streams = []
-    original_start = engine.start
-
-    def recording_start(kind, job):
-        stream = original_start(kind, job)
-        started_streams.append(stream)
-        return stream
-
     short = {"model": "qwen3-tts", "input": "Hi.", "response_format": "pcm"}
     http.post("/v1/audio/speech", json=short)  # warm
     began = time.perf_counter()
     http.post("/v1/audio/speech", json=short)
     alone = time.perf_counter() - began
 
-    engine.start = recording_start
-    try:
-        long_body = json.dumps({"model": "qwen3-tts", "input": "Words keep coming without an end. " * 40,
-                                "response_format": "pcm"}).encode()
-        with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         + f"Content-Length: {len(long_body)}\r\n\r\n".encode() + long_body)
+    with recorded_streams(server.app.state.engine) as streams:
+        long_body = {"model": "qwen3-tts", "input": "Words keep coming without an end. " * 40,
+                     "response_format": "pcm"}
+        with raw_speech_request(server.port, long_body) as sock:
             assert b"200 OK" in sock.recv(65536)  # headers and the first audio
-    finally:
-        engine.start = original_start
     began = time.perf_counter()
     response = http.post("/v1/audio/speech", json=short)
     after = time.perf_counter() - began
     assert response.status_code == 200
     # The long request had minutes of audio left; the next request ran as if alone.
     assert after < alone + 2.0, (after, alone)
-    stream = started_streams[0]
-    assert stream.cancelled
-    assert stream.usage.output_frames < 3 + 2 * 12, "stopped within about one chunk"
+    assert streams[0].cancelled
+    assert streams[0].usage.output_frames < 3 + 2 * 12, "stopped within about one chunk"
