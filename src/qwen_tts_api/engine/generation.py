@@ -34,7 +34,6 @@ class FrameGenerator:
         self.max_frames = max_frames
         self.should_stop = should_stop or (lambda: False)
         tcfg = self.model.config.talker_config
-        self.groups = tcfg.num_code_groups
         self.eos_id = tcfg.codec_eos_token_id
         self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
         self.frames_made = 0
@@ -55,9 +54,9 @@ class FrameGenerator:
             if self.should_stop():
                 return
             history = torch.cat([history, token.view(1, 1)], dim=1)
-            codes, embeds = self._fill_codebooks(hidden, token)
+            codes, embeds = fill_codebooks(self.talker, self.params, hidden, token.view(1))
             self.frames_made += 1
-            yield codes
+            yield codes[0]
             if frame + 1 == self.max_frames:
                 return
             step_input = embeds.sum(1, keepdim=True)
@@ -71,20 +70,23 @@ class FrameGenerator:
         scores = self.rules.apply(logits, history, frame, self.params.repetition_penalty)
         return self.params.talker.choose(scores)[0]
 
-    def _fill_codebooks(self, hidden: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codebooks 2..16 for one frame; returns the 16 codes and their 16 input embeddings."""
-        predictor = self.predictor
-        first_embed = self.talker.get_input_embeddings()(first.view(1, 1))
-        embeds = [first_embed]
-        codes = [first.view(1)]
-        cache = DynamicCache()
-        step_input = torch.cat([hidden, first_embed], dim=1)
-        for group in range(self.groups - 1):
-            out = predictor.model(inputs_embeds=predictor.small_to_mtp_projection(step_input),
-                                  past_key_values=cache, use_cache=True)
-            logits = predictor.lm_head[group](out.last_hidden_state[:, -1])
-            code = self.params.predictor.choose(logits.float())
-            codes.append(code)
-            step_input = predictor.model.get_input_embeddings()[group](code.view(1, 1))
-            embeds.append(step_input)
-        return torch.cat(codes), torch.cat(embeds, dim=1)
+
+def fill_codebooks(talker, params: SamplingParams, hidden: torch.Tensor, first: torch.Tensor):
+    """Codebooks 2..16 for one frame of each row: ``hidden`` (B, 1, D) is the talker's last
+    hidden state, ``first`` (B,) the first-codebook tokens. Returns codes (B, 16) and their
+    input embeddings (B, 16, D). Rows run in lock-step, so no padding is needed."""
+    predictor = talker.code_predictor
+    first_embed = talker.get_input_embeddings()(first.view(-1, 1))
+    embeds = [first_embed]
+    codes = [first.view(-1)]
+    cache = DynamicCache()
+    step_input = torch.cat([hidden, first_embed], dim=1)
+    for group in range(talker.config.num_code_groups - 1):
+        out = predictor.model(inputs_embeds=predictor.small_to_mtp_projection(step_input),
+                              past_key_values=cache, use_cache=True)
+        logits = predictor.lm_head[group](out.last_hidden_state[:, -1])
+        code = params.predictor.choose(logits.float())
+        codes.append(code)
+        step_input = predictor.model.get_input_embeddings()[group](code.view(-1, 1))
+        embeds.append(step_input)
+    return torch.stack(codes, dim=1), torch.cat(embeds, dim=1)

@@ -1,0 +1,158 @@
+"""Several requests' generation in one batch per step, with requests joining and leaving
+between steps (the core of continuous batching).
+
+A joining request runs its prefill alone, then its talker KV cache is merged into the
+batch cache, left-padded to a common length with an attention mask; each row keeps its own
+positions, so padding changes nothing it attends to. The code predictor runs all rows in
+lock-step (every frame starts a fresh 17-position cache), so it needs no padding. Rows
+that end (end-of-speech, budget, cancellation) leave the batch at the next step.
+
+Not wired into the server yet: the scheduler that feeds it from the request queue is the
+next step of issue 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from .generation import fill_codebooks
+from .prompt import TalkerPrompt
+from .sampling import SamplingParams, TalkerLogits
+
+
+@dataclass(eq=False)
+class BatchRow:
+    prompt: TalkerPrompt
+    max_frames: int
+    should_stop: Callable[[], bool]
+    position: int  # next talker position of this row (its own, padding excluded)
+    token: torch.Tensor  # first-codebook token of the frame to make next
+    hidden: torch.Tensor  # (1, 1, D) talker state that produced it
+    history: list[int] = field(default_factory=list)
+    frames_made: int = 0
+    ended_by_model: bool = False
+
+
+class FrameBatch:
+    def __init__(self, tts, params: SamplingParams):
+        self.talker = tts.model.talker
+        self.params = params
+        tcfg = tts.model.config.talker_config
+        self.eos_id = tcfg.codec_eos_token_id
+        self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
+        self.rows: list[BatchRow] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # (B, L): 1 where a cached position is real
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, prompt: TalkerPrompt, max_frames: int, should_stop: Callable[[], bool] | None = None) -> BatchRow:
+        cache = DynamicCache()
+        out = self.talker.model(inputs_embeds=prompt.prefill, past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1:]
+        row = BatchRow(prompt=prompt, max_frames=max_frames, should_stop=should_stop or (lambda: False),
+                       position=prompt.prefill.shape[1], token=self._choose([hidden[:, -1]], [[]], [0])[0],
+                       hidden=hidden)
+        self._merge(cache, prompt.prefill.shape[1])
+        self.rows.append(row)
+        return row
+
+    @torch.inference_mode()
+    def step(self) -> tuple[list[tuple[BatchRow, torch.Tensor]], list[BatchRow]]:
+        """One frame for every row. Returns (row, codes (16,)) for each frame made, and the
+        rows that finished (they have left the batch)."""
+        finished = [r for r in self.rows if int(r.token) == self.eos_id or r.should_stop()]
+        for row in finished:
+            row.ended_by_model = int(row.token) == self.eos_id
+        self._drop(finished)
+        if not self.rows:
+            return [], finished
+        for row in self.rows:
+            row.history.append(int(row.token))
+        hidden = torch.cat([r.hidden for r in self.rows], dim=0)
+        tokens = torch.stack([r.token for r in self.rows])
+        codes, embeds = fill_codebooks(self.talker, self.params, hidden, tokens)
+        made = []
+        for i, row in enumerate(self.rows):
+            row.frames_made += 1
+            made.append((row, codes[i]))
+        keep = [i for i, r in enumerate(self.rows) if r.frames_made < r.max_frames]
+        done = [r for r in self.rows if r.frames_made >= r.max_frames]
+        finished += done
+        self._drop(done)
+        if self.rows:
+            self._talker_step(embeds[keep])
+        return made, finished
+
+    def _talker_step(self, embeds: torch.Tensor) -> None:
+        """Advance the talker one position for every row (``embeds``: their last frames)."""
+        rows = self.rows
+        step_input = embeds.sum(1, keepdim=True)
+        text = []
+        for row in rows:
+            trailing, frame = row.prompt.trailing_text, row.frames_made - 1
+            text.append(trailing[:, frame:frame + 1] if frame < trailing.shape[1] else row.prompt.tts_pad)
+        step_input = step_input + torch.cat(text, dim=0)
+        length = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
+        positions = torch.tensor([r.position for r in rows], device=step_input.device).view(1, -1, 1)
+        out = self.talker.model(
+            inputs_embeds=step_input, attention_mask=self.mask, past_key_values=self.cache, use_cache=True,
+            position_ids=positions.expand(3, -1, -1),
+            cache_position=torch.tensor([length], device=step_input.device),
+        )
+        hidden = out.last_hidden_state[:, -1:]
+        tokens = self._choose(list(hidden[:, -1].split(1)), [r.history for r in rows], [r.frames_made for r in rows])
+        for i, row in enumerate(rows):
+            row.position += 1
+            row.hidden = hidden[i:i + 1]
+            row.token = tokens[i]
+
+    def _choose(self, hiddens: list[torch.Tensor], histories: list[list[int]], frames: list[int]) -> torch.Tensor:
+        scores = []
+        for hidden, history, frame in zip(hiddens, histories, frames):
+            logits = self.talker.codec_head(hidden.view(1, -1))
+            seen = torch.tensor([history], dtype=torch.long, device=logits.device).view(1, -1)
+            scores.append(self.rules.apply(logits, seen, frame, self.params.repetition_penalty))
+        return self.params.talker.choose(torch.cat(scores, dim=0))
+
+    def _merge(self, cache: DynamicCache, length: int) -> None:
+        new_mask = torch.ones(1, length, dtype=torch.long, device=self.talker.device)
+        if self.cache is None or not self.rows:
+            self.cache, self.mask = cache, new_mask
+            return
+        current = self.mask.shape[1]
+        target = max(current, length)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, target), _left_pad(theirs.keys, target)], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, target), _left_pad(theirs.values, target)], dim=0)
+        self.mask = torch.cat([_left_pad(self.mask, target), _left_pad(new_mask, target)], dim=0)
+
+    def _drop(self, leaving: list[BatchRow]) -> None:
+        if not leaving:
+            return
+        keep = [i for i, r in enumerate(self.rows) if r not in leaving]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad the sequence axis (-2 for K/V, -1 for masks) on the left to ``length``."""
+    axis = -1 if t.dim() == 2 else -2
+    missing = length - t.shape[axis]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=axis)
