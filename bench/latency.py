@@ -56,12 +56,13 @@ def build(kind: str, frames: int, directory: Path) -> Path:
 
 
 @contextmanager
-def server_process(model: Path, device: str, dtype: str, attn: str):
+def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: dict[str, str] | None = None):
     """Our server as its own process, as it runs in production (one process shared with the
     benchmark client and the official model would measure their GIL contention instead)."""
     port = free_port()
     env = {**os.environ, "CUSTOMVOICE_MODEL_PATH": str(model), "QWEN_TTS_DEVICE": device,
-           "QWEN_TTS_DTYPE": dtype, "QWEN_TTS_ATTN": attn, "HOST": "127.0.0.1", "PORT": str(port)}
+           "QWEN_TTS_DTYPE": dtype, "QWEN_TTS_ATTN": attn, "HOST": "127.0.0.1", "PORT": str(port),
+           **(extra_env or {})}
     env.pop("BASE_MODEL_PATH", None)
     proc = subprocess.Popen([sys.executable, "-m", "qwen_tts_api.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

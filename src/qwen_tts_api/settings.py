@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     )
 
     # --- admission control (ours) ---
+    max_batch: int = Field(default=8, ge=1, le=256, validation_alias=AliasChoices("QWEN_TTS_MAX_BATCH"))
     max_queue: int = Field(default=16, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_MAX_QUEUE"))
     request_timeout_seconds: float = Field(
         default=300.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_REQUEST_TIMEOUT")

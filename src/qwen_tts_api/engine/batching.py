@@ -6,9 +6,6 @@ batch cache, left-padded to a common length with an attention mask; each row kee
 positions, so padding changes nothing it attends to. The code predictor runs all rows in
 lock-step (every frame starts a fresh 17-position cache), so it needs no padding. Rows
 that end (end-of-speech, budget, cancellation) leave the batch at the next step.
-
-Not wired into the server yet: the scheduler that feeds it from the request queue is the
-next step of issue 4.
 """
 
 from __future__ import annotations
@@ -133,6 +130,9 @@ class FrameBatch:
             mine.keys = torch.cat([_left_pad(mine.keys, target), _left_pad(theirs.keys, target)], dim=0)
             mine.values = torch.cat([_left_pad(mine.values, target), _left_pad(theirs.values, target)], dim=0)
         self.mask = torch.cat([_left_pad(self.mask, target), _left_pad(new_mask, target)], dim=0)
+
+    def remove(self, row: BatchRow) -> None:
+        self._drop([row])
 
     def _drop(self, leaving: list[BatchRow]) -> None:
         if not leaving:

@@ -1,0 +1,105 @@
+"""Throughput and time to first audio under concurrent load, against the serial baseline.
+
+  serial     the official qwen_tts package, one request at a time (the specification's
+             design: a lock around generate_custom_voice), N requests back to back
+  server@C   our server (its own process, continuous batching), C clients at once, each
+             streaming one request; C in --concurrency
+
+Every request makes exactly --frames frames (random weights never end early). Throughput is
+audio seconds per wall second; TTFA percentiles are over the C requests of a level (for
+serial: time until each request's audio is complete, counting its wait in the queue).
+
+    uv run python bench/concurrency.py --model demo
+    uv run python bench/concurrency.py --model 0.6b --frames 50 --concurrency 1 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from latency import SAMPLE_RATE, TEXT, build, run_server, server_process  # noqa: E402 (sibling script)
+from qwen_tts_api.cli import quiet_third_party_logs
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def serial(tts, frames: int, count: int) -> dict:
+    started = time.perf_counter()
+    done_at, audio = [], 0.0
+    for _ in range(count):
+        wavs, _ = tts.generate_custom_voice(TEXT, speaker="Vivian", language="English", max_new_tokens=frames + 1)
+        done_at.append(time.perf_counter() - started)
+        audio += len(wavs[0]) / SAMPLE_RATE
+    wall = time.perf_counter() - started
+    return {"throughput": audio / wall, "ttfa": done_at, "wall": wall}
+
+
+def concurrent(url: str, count: int) -> dict:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(lambda _: run_server(url, True), range(count)))
+    wall = time.perf_counter() - started
+    return {"throughput": sum(r["audio"] for r in results) / wall, "ttfa": [r["ttfa"] for r in results], "wall": wall}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["demo", "0.6b"], default="demo")
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--serial-requests", type=int, default=4, help="requests in the serial baseline")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    quiet_third_party_logs()
+    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = build(args.model, args.frames, directory)
+
+    from qwen_tts import Qwen3TTSModel
+
+    official = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
+                                             attn_implementation="sdpa")
+    rows = []
+    with server_process(path, args.device, args.dtype, "sdpa", extra_env={"QWEN_TTS_MAX_BATCH": "16",
+                                                                          "QWEN_TTS_MAX_QUEUE": "64"}) as url:
+        serial(official, args.frames, 1)  # warm-up
+        run_server(url, True)
+        base = serial(official, args.frames, args.serial_requests)
+        rows.append(("serial", base))
+        for level in args.concurrency:
+            rows.append((f"server@{level}", concurrent(url, level)))
+
+    single_ttfa = statistics.median(rows[1][1]["ttfa"]) if args.concurrency[0] == 1 else None
+    print(f"\nmodel={args.model} frames={args.frames} device={args.device} dtype={args.dtype} "
+          f"torch_threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}")
+    print(f"{'path':<12}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
+    out = []
+    for name, r in rows:
+        p50, p95 = percentile(r["ttfa"], 0.5), percentile(r["ttfa"], 0.95)
+        ratio = f"{p95 / single_ttfa:>12.2f}" if single_ttfa and name != "serial" else f"{'':>12}"
+        print(f"{name:<12}{r['throughput']:>11.3f}{r['throughput'] / base['throughput']:>10.2f}{p50:>10.3f}{p95:>10.3f}"
+              + ratio)
+        out.append({"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]})
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
