@@ -54,7 +54,7 @@ class FrameBatch:
         out = self.talker.model(inputs_embeds=prompt.prefill, past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1:]
         row = BatchRow(prompt=prompt, max_frames=max_frames, should_stop=should_stop or (lambda: False),
-                       position=prompt.prefill.shape[1], token=self._choose([hidden[:, -1]], [[]], [0])[0],
+                       position=prompt.prefill.shape[1], token=self._choose(hidden[:, -1], [[]], [0])[0],
                        hidden=hidden)
         self._merge(cache, prompt.prefill.shape[1])
         self.rows.append(row)
@@ -105,18 +105,20 @@ class FrameBatch:
             cache_position=torch.tensor([length], device=step_input.device),
         )
         hidden = out.last_hidden_state[:, -1:]
-        tokens = self._choose(list(hidden[:, -1].split(1)), [r.history for r in rows], [r.frames_made for r in rows])
+        tokens = self._choose(hidden[:, -1], [r.history for r in rows], [r.frames_made for r in rows])
         for i, row in enumerate(rows):
             row.position += 1
             row.hidden = hidden[i:i + 1]
             row.token = tokens[i]
 
-    def _choose(self, hiddens: list[torch.Tensor], histories: list[list[int]], frames: list[int]) -> torch.Tensor:
-        scores = []
-        for hidden, history, frame in zip(hiddens, histories, frames):
-            logits = self.talker.codec_head(hidden.view(1, -1))
-            seen = torch.tensor([history], dtype=torch.long, device=logits.device).view(1, -1)
-            scores.append(self.rules.apply(logits, seen, frame, self.params.repetition_penalty))
+    def _choose(self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int]) -> torch.Tensor:
+        """hidden (B, D) -> next first-codebook token per row; the rules depend on each row's history."""
+        logits = self.talker.codec_head(hidden)
+        scores = [
+            self.rules.apply(logits[i:i + 1], torch.tensor([history], dtype=torch.long, device=logits.device).view(1, -1),
+                             frame, self.params.repetition_penalty)
+            for i, (history, frame) in enumerate(zip(histories, frames))
+        ]
         return self.params.talker.choose(torch.cat(scores, dim=0))
 
     def _merge(self, cache: DynamicCache, length: int) -> None:
