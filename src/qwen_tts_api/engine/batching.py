@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .generation import fill_codebooks
 from .prompt import TalkerPrompt
 from .sampling import SamplingParams, TalkerLogits
 
@@ -158,3 +157,24 @@ def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[axis] = missing
     return torch.cat([t.new_zeros(shape), t], dim=axis)
+
+
+def fill_codebooks(talker, params: SamplingParams, hidden: torch.Tensor, first: torch.Tensor):
+    """Codebooks 2..16 for one frame of each row: ``hidden`` (B, 1, D) is the talker's last
+    hidden state, ``first`` (B,) the first-codebook tokens. Returns codes (B, 16) and their
+    input embeddings (B, 16, D). Rows run in lock-step, so no padding is needed."""
+    predictor = talker.code_predictor
+    first_embed = talker.get_input_embeddings()(first.view(-1, 1))
+    embeds = [first_embed]
+    codes = [first.view(-1)]
+    cache = DynamicCache()
+    step_input = torch.cat([hidden, first_embed], dim=1)
+    for group in range(talker.config.num_code_groups - 1):
+        out = predictor.model(inputs_embeds=predictor.small_to_mtp_projection(step_input),
+                              past_key_values=cache, use_cache=True)
+        logits = predictor.lm_head[group](out.last_hidden_state[:, -1])
+        code = params.predictor.choose(logits.float())
+        codes.append(code)
+        step_input = predictor.model.get_input_embeddings()[group](code.view(-1, 1))
+        embeds.append(step_input)
+    return torch.stack(codes, dim=1), torch.cat(embeds, dim=1)
