@@ -6,7 +6,6 @@ import shutil
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from conftest import SR, LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams

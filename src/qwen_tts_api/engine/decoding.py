@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 SAMPLES_PER_FRAME = 1920

@@ -14,9 +14,6 @@ from ..voices.speakers import display_speaker_name
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-
-
 class ModelLoadError(RuntimeError):
     """The model could not be loaded with the configured device, dtype or attention."""
 
@@ -67,7 +64,7 @@ def load_model(kind: str, path: Path, settings: Settings) -> LoadedModel:
     from qwen_tts import Qwen3TTSModel
 
     _check_device(settings.device)
-    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, DTYPES[settings.dtype])}
+    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, settings.dtype)}
     attn = resolve_attention(settings.attn_implementation, settings.device)
     if attn:
         kwargs["attn_implementation"] = attn

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
+END = object()  # the last item of a stream that finished normally
 
 
 class _Request:
@@ -169,8 +170,6 @@ class Scheduler:
         )[0]
 
     def _finish(self, request: _Request) -> None:
-        from .synthesis import END
-
         request.stream.emit(SynthesisTimeout() if request.stream.expired else END)
         self._release(request)
 

@@ -17,10 +17,7 @@ import numpy as np
 
 from .admission import Admission
 from .loading import LoadedModel
-from .scheduler import Scheduler
-
-SAMPLE_RATE = 24000
-
+from .scheduler import END, Scheduler
 
 @dataclass(frozen=True)
 class ReferenceAudio:
@@ -57,9 +54,6 @@ class EngineConfig:
 class Usage:
     input_tokens: int = 0
     output_frames: int = 0
-
-
-END = object()  # the worker's last item for a finished stream
 
 
 class SynthesisStream:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import unicodedata
 
-FRAMES_PER_SECOND = 12.5
 BASE_FRAMES = 25  # two seconds for short inputs and trailing silence
 LATIN_FRAMES_PER_CHAR = 1.8
 WIDE_FRAMES_PER_CHAR = 6.0
