@@ -7,7 +7,8 @@ ENV PYTHONUNBUFFERED=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never
 RUN pip install --no-cache-dir uv \
- && useradd --create-home --uid 1000 app
+ && useradd --create-home --uid 1000 app \
+ && mkdir /data && chown app /data
 WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall torch.
@@ -22,7 +23,10 @@ ENV PATH="/app/.venv/bin:$PATH" \
     QWEN_TTS_DTYPE=float32 \
     QWEN_TTS_ATTN="" \
     HOST=0.0.0.0 \
-    PORT=8000
+    PORT=8000 \
+    QWEN_TTS_DATA_DIR=/data
+# Saved voices: mount a volume here to keep them across containers.
+VOLUME ["/data"]
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \

@@ -44,6 +44,17 @@ def test_audio_sample_dirs_list(clean_env):
     assert Settings().audio_sample_dirs == [Path("/srv/a"), Path("/srv/b"), Path("/srv/c")]
 
 
+def test_data_dir(clean_env, tmp_path):
+    clean_env.delenv("XDG_DATA_HOME", raising=False)
+    assert Settings().voices_dir == Path.home() / ".local/share/qwen-tts-api/voices"
+    clean_env.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Settings().data_dir == tmp_path / "xdg/qwen-tts-api"
+    clean_env.setenv("QWEN_TTS_DATA_DIR", str(tmp_path / "data"))
+    clean_env.setenv("QWEN_TTS_PROMPT_CACHE_SIZE", "0")
+    s = Settings()
+    assert s.voices_dir == tmp_path / "data/voices" and s.prompt_cache_size == 0
+
+
 def test_bad_dtype_rejected(clean_env):
     clean_env.setenv("QWEN_TTS_DTYPE", "int3")
     with pytest.raises(ValueError):

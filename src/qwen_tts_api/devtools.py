@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 
@@ -25,6 +26,8 @@ def cpu_settings(**overrides) -> Settings:
         audio_sample_dirs=[], allow_private_urls=False,
     )
     values.update(overrides)
+    if "data_dir" not in values:  # never the user's own saved voices
+        values["data_dir"] = tempfile.mkdtemp(prefix="qwen-tts-data-")
     return Settings(**values)
 
 

@@ -18,6 +18,12 @@ from typing_extensions import Annotated
 MiB = 1024 * 1024
 
 
+def default_data_dir() -> Path:
+    """Where saved voices live unless QWEN_TTS_DATA_DIR says otherwise (XDG convention)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "qwen-tts-api"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
@@ -62,6 +68,10 @@ class Settings(BaseSettings):
         default=300.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_REQUEST_TIMEOUT")
     )
 
+    # --- saved voices and clone prompts (ours) ---
+    data_dir: Path = Field(default_factory=default_data_dir, validation_alias=AliasChoices("QWEN_TTS_DATA_DIR"))
+    prompt_cache_size: int = Field(default=32, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_PROMPT_CACHE_SIZE"))
+
     @field_validator("customvoice_model_path", "base_model_path", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -77,6 +87,10 @@ class Settings(BaseSettings):
             parts = re.split(f"[,{re.escape(os.pathsep)}]", value)
             return [p.strip() for p in parts if p.strip()]
         return value
+
+    @property
+    def voices_dir(self) -> Path:
+        return self.data_dir / "voices"
 
     @property
     def attn_implementation(self) -> str | None:

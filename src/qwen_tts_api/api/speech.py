@@ -17,15 +17,16 @@ from ..engine.admission import EngineBusy, SynthesisTimeout
 from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine, ReferenceAudio, SpeechJob
 from ..settings import Settings
-from ..voices.speakers import resolve_speaker, voice_names
+from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
+from ..voices.store import SavedVoice, VoiceStore
 from .errors import APIError, invalid_request
+from .routing import require_model
 from .schemas import SpeechRequest, VoiceRef
 from .streaming import ClientGone, audio_body, sse_body, until_ready
 
 router = APIRouter()
 
 INSTRUCTIONS_IGNORED_HEADER = "X-Instructions-Ignored"
-_MODEL_ENV = {"customvoice": "CUSTOMVOICE_MODEL_PATH", "base": "BASE_MODEL_PATH"}
 
 
 @dataclass
@@ -33,16 +34,6 @@ class SpeechPlan:
     kind: str
     job: SpeechJob
     headers: dict[str, str] = field(default_factory=dict)
-
-
-def _require_model(engine: Engine, kind: str, param: str) -> LoadedModel:
-    model = engine.model(kind)
-    if model is None:
-        need = "voice cloning (audio_sample) needs the Base model" if kind == "base" else \
-            "built-in voices need the CustomVoice model"
-        raise invalid_request(f"{need}, which this server has not loaded (set {_MODEL_ENV[kind]})", param=param,
-                              code="model_not_loaded")
-    return model
 
 
 def _check_language(model: LoadedModel, language: str) -> None:
@@ -60,29 +51,50 @@ async def _reference(body: SpeechRequest, settings: Settings) -> ReferenceAudio:
     return ReferenceAudio(waveform=waveform, transcript=(body.audio_sample_text or "").strip() or None)
 
 
-async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings) -> SpeechPlan:
+async def _saved_voice(voice: str | VoiceRef, store: VoiceStore) -> SavedVoice | None:
+    """The saved voice a request names: ``{"id": ...}``, or a string that is not a built-in
+    voice and matches a saved voice's id or name."""
+    if isinstance(voice, VoiceRef):
+        saved = await asyncio.to_thread(store.get, voice.id.strip())
+        if saved is None:
+            raise invalid_request(f"no saved voice with id {voice.id!r}", param="voice", code="voice_not_found")
+        return saved
+    if is_builtin_voice(voice):
+        return None
+    return await asyncio.to_thread(store.find, voice)
+
+
+async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, store: VoiceStore) -> SpeechPlan:
     text = body.input.strip()
     instructions = (body.instructions or "").strip() or None
 
     if body.audio_sample is not None:
         # Specification: audio_sample routes to Base; voice and instructions are ignored.
-        model = _require_model(engine, "base", "audio_sample")
+        model = require_model(engine, "base", "audio_sample")
         _check_language(model, body.language)
         job = SpeechJob(text=text, language=body.language, reference=await _reference(body, settings))
         headers = {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"} \
             if instructions else {}
         return SpeechPlan("base", job, headers)
 
-    if isinstance(body.voice, VoiceRef):
-        raise invalid_request("saved custom voices ({\"id\": ...}) are not supported by this server yet",
-                              param="voice")
-    model = _require_model(engine, "customvoice", "voice")
-    speaker = resolve_speaker(body.voice, model.speakers)
+    saved = await _saved_voice(body.voice, store)
+    if saved is not None:
+        model = require_model(engine, "base", "voice")
+        _check_language(model, body.language)
+        job = SpeechJob(text=text, language=body.language, voice_prompt=saved.prompt)
+        headers = {INSTRUCTIONS_IGNORED_HEADER: "saved (cloned) voices do not use instructions"} if instructions else {}
+        return SpeechPlan("base", job, headers)
+
+    assert isinstance(body.voice, str)
+    model = engine.model("customvoice")
+    speaker = resolve_speaker(body.voice, model.speakers) if model is not None else None
     if speaker is None:
-        raise invalid_request(
-            f"unknown voice {body.voice!r}; available: {', '.join(voice_names(model.speakers))}",
-            param="voice", code="invalid_voice",
-        )
+        if model is None and is_builtin_voice(body.voice):
+            require_model(engine, "customvoice", "voice")
+        names = (voice_names(model.speakers) if model is not None else []) + \
+            [v.name for v in await asyncio.to_thread(store.list)]
+        raise invalid_request(f"unknown voice {body.voice!r}; available: {', '.join(names) or 'none'}",
+                              param="voice", code="invalid_voice")
     _check_language(model, body.language)
     headers: dict[str, str] = {}
     if instructions and not model.supports_instructions:
@@ -100,7 +112,7 @@ def render(waveform: np.ndarray, speed: float, fmt: str) -> bytes:
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
-    plan = await plan_speech(body, engine, settings)
+    plan = await plan_speech(body, engine, settings, request.app.state.voices)
     try:
         stream = engine.start(plan.kind, plan.job)
     except EngineBusy as busy:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .clone import ClonePrompt
 
 @dataclass
 class TalkerPrompt:
@@ -34,7 +35,7 @@ def build_prompt(
     language: str,
     speaker: str | None = None,
     instructions: str | None = None,
-    clone_prompt=None,  # qwen_tts VoiceClonePromptItem
+    clone_prompt: ClonePrompt | None = None,
 ) -> TalkerPrompt:
     model = tts.model
     talker = model.talker
@@ -56,7 +57,7 @@ def build_prompt(
     # Speaker: a built-in speaker's codec row, or the clone prompt's x-vector.
     speaker_embed = None
     if clone_prompt is not None:
-        speaker_embed = clone_prompt.ref_spk_embedding.to(device).to(talker.dtype)
+        speaker_embed = clone_prompt.speaker_embedding.to(device).to(talker.dtype)
     elif speaker:
         speaker_embed = talker.get_input_embeddings()(
             torch.tensor(tcfg.spk_id[speaker.lower()], device=device, dtype=torch.long)
@@ -85,9 +86,9 @@ def build_prompt(
     prefill = torch.cat((role, tagged), dim=1)
 
     ref_codes = None
-    if clone_prompt is not None and clone_prompt.icl_mode:
-        ref_codes = clone_prompt.ref_code.to(device)
-        ref_id = _tokens(tts, tts._build_ref_text(clone_prompt.ref_text))
+    if clone_prompt is not None and clone_prompt.in_context:
+        ref_codes = clone_prompt.reference_codes.to(device)
+        ref_id = _tokens(tts, tts._build_ref_text(clone_prompt.reference_text))
         icl, trailing = _icl_prompt(model, input_id[:, 3:-5], ref_id[:, 3:-2], ref_codes, tts_pad, tts_eos)
         prefill = torch.cat([prefill, icl], dim=1)
     else:

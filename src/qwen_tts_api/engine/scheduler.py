@@ -15,12 +15,15 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from ..text.budget import frame_budget
 from ..text.segment import split_text
 from .admission import Admission, SynthesisTimeout
 from .batching import BatchRow, FrameBatch
+from .clone import ClonePrompt, PromptCache
 from .decoding import StreamingDecoder
 from .joining import SegmentJoiner
 from .loading import LoadedModel
@@ -31,7 +34,6 @@ if TYPE_CHECKING:
     from .synthesis import EngineConfig, SpeechJob, SynthesisStream
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 24000
 END = object()  # the last item of a stream that finished normally
 
 
@@ -41,7 +43,7 @@ class _Request:
         self.segments = split_text(job.text) or [job.text]
         self.index = 0
         self.joiner = SegmentJoiner(len(self.segments))
-        self.clone_prompt = None
+        self.clone_prompt: ClonePrompt | None = job.voice_prompt  # a saved voice's, or computed on admission
         self.decoder: StreamingDecoder | None = None
         self.row: BatchRow | None = None
         self.began: float | None = None
@@ -51,13 +53,28 @@ class _Request:
             self.stream.emit(audio)
 
 
+class _Task:
+    """A function to run on the scheduler thread between steps (it owns the models)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn, self.future = fn, Future()
+
+    def run(self) -> None:
+        if self.future.set_running_or_notify_cancel():
+            try:
+                self.future.set_result(self.fn())
+            except BaseException as exc:  # handed to the caller
+                self.future.set_exception(exc)
+
+
 class Scheduler:
     def __init__(self, models: dict[str, LoadedModel], config: "EngineConfig", admission: Admission):
         self.models = models
         self.config = config
         self.admission = admission
+        self.prompts = PromptCache(config.prompt_cache_size)
         self.batches = {kind: self._new_batch(kind) for kind in models}
-        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
         self._owners: dict[int, _Request] = {}
         self._thread = threading.Thread(target=self._loop, name="qwen-tts-scheduler", daemon=True)
@@ -69,6 +86,16 @@ class Scheduler:
 
     def submit(self, kind: str, job: "SpeechJob", stream: "SynthesisStream") -> None:
         self._inbox.put(_Request(kind, job, stream))
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the scheduler thread, between two steps; its result comes in the future."""
+        task = _Task(fn)
+        self._inbox.put(task)
+        return task.future
+
+    def clone_prompt(self, kind: str, waveform, transcript: str | None) -> ClonePrompt:
+        """On the scheduler thread: a clone prompt for this reference, from the cache when it can."""
+        return self.prompts.get_or_compute(self.models[kind].tts, waveform, transcript)
 
     def close(self) -> None:
         self._inbox.put(None)
@@ -82,6 +109,9 @@ class Scheduler:
                     request = self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait()
                     if request is None:
                         return
+                    if isinstance(request, _Task):
+                        request.run()
+                        continue
                     self._waiting.append(request)
                     idle = False
             except queue.Empty:
@@ -101,8 +131,9 @@ class Scheduler:
                 request.began = time.monotonic()
                 request.stream.started = True
                 try:
-                    if request.job.reference is not None:
-                        request.clone_prompt = self._clone_prompt(self.models[request.kind], request.job)
+                    reference = request.job.reference
+                    if request.clone_prompt is None and reference is not None:
+                        request.clone_prompt = self.clone_prompt(request.kind, reference.waveform, reference.transcript)
                     self._begin_segment(request)
                 except Exception as exc:
                     self._fail(request, exc)
@@ -158,16 +189,6 @@ class Scheduler:
                     self._finish(request)
             except Exception as exc:
                 self._fail(request, exc)
-
-    @staticmethod
-    def _clone_prompt(model: LoadedModel, job: "SpeechJob"):
-        reference = job.reference
-        transcript = (reference.transcript or "").strip() or None
-        # Our own decoded waveform goes in as a (samples, rate) tuple, so the package's
-        # unsafe path/URL/base64 loader is never used.
-        return model.tts.create_voice_clone_prompt(
-            ref_audio=(reference.waveform, SAMPLE_RATE), ref_text=transcript, x_vector_only_mode=transcript is None,
-        )[0]
 
     def _finish(self, request: _Request) -> None:
         request.stream.emit(SynthesisTimeout() if request.stream.expired else END)

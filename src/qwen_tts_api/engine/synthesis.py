@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .admission import Admission
+from .clone import ClonePrompt
 from .loading import LoadedModel
 from .scheduler import END, Scheduler
 
@@ -33,7 +34,8 @@ class SpeechJob:
     language: str  # as the model names it, e.g. "English" or "Auto"
     speaker: str | None = None  # CustomVoice
     instructions: str | None = None  # CustomVoice; callers drop it for 0.6B models
-    reference: ReferenceAudio | None = None  # Base
+    reference: ReferenceAudio | None = None  # Base, cloning from audio sent with the request
+    voice_prompt: ClonePrompt | None = None  # Base, a saved voice's stored prompt
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,12 @@ class EngineConfig:
     max_queue: int = 16  # requests waiting beyond those in the batch
     request_timeout: float = 300.0  # seconds from admission to the last audio
     max_batch: int = 8  # requests generated together, per model
+    prompt_cache_size: int = 32  # clone prompts of inline reference audio kept for reuse
 
     @classmethod
     def from_settings(cls, settings) -> "EngineConfig":
         return cls(settings.stream_first_frames, settings.stream_max_chunk_frames, settings.max_queue,
-                   settings.request_timeout_seconds, settings.max_batch)
+                   settings.request_timeout_seconds, settings.max_batch, settings.prompt_cache_size)
 
 
 @dataclass
@@ -119,6 +122,11 @@ class Engine:
         stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
         self.scheduler.submit(kind, job, stream)
         return stream
+
+    async def clone_prompt(self, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
+        """The Base model's clone prompt for a reference (runs on the scheduler thread)."""
+        return await asyncio.wrap_future(
+            self.scheduler.call(lambda: self.scheduler.clone_prompt("base", waveform, transcript)))
 
     def close(self) -> None:
         self.scheduler.close()

@@ -44,6 +44,12 @@ def resolve_speaker(voice: str, available: list[str]) -> str | None:
     return None
 
 
+def is_builtin_voice(voice: str) -> bool:
+    """A published speaker or an OpenAI voice name (any case), whether or not a model is loaded."""
+    key = voice.strip().lower()
+    return key in _DISPLAY or key in OPENAI_VOICE_ALIASES
+
+
 def voice_names(available: list[str]) -> list[str]:
     """Every value `voice` accepts for these speakers: aliases first, then speaker names."""
     lowered = {name.lower() for name in available}

@@ -1,0 +1,162 @@
+"""OpenAI's custom voices API: ``/v1/audio/voices`` (create, list, get, delete).
+
+A voice is created from a multipart upload (``name``, ``audio_sample`` file, optional
+``consent``, and our optional ``audio_sample_text`` transcript for in-context cloning).
+The reference is decoded by the same code as ``audio_sample`` in speech requests, and its
+clone prompt is computed once, here, and stored (``voices/store.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData, UploadFile
+
+from ..audio.reference import AudioSampleError, decode_reference
+from ..engine.synthesis import Engine
+from ..settings import Settings
+from ..voices.speakers import OPENAI_VOICE_ALIASES
+from ..voices.store import VoiceNameError, VoiceStore, check_name
+from .errors import APIError, invalid_request
+from .routing import require_model
+
+router = APIRouter()
+
+_FORM_OVERHEAD = 64 * 1024  # room for the text fields and multipart framing beside the file
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"audio_sample is larger than the {limit // (1024 * 1024)} MiB limit "
+                         "(QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES)", param="audio_sample", code="file_too_large")
+
+
+async def _read_form(request: Request, file_limit: int) -> FormData:
+    """Parse the multipart body, refusing it as soon as it passes the size limit (before
+    any of it is spooled to disk)."""
+    limit = file_limit + _FORM_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(file_limit)
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(file_limit)
+        return message
+
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise invalid_request("send the voice as multipart/form-data (name, audio_sample, consent)",
+                              code="invalid_content_type")
+    try:
+        return await Request(request.scope, receive).form(max_files=1, max_fields=16)
+    except APIError:
+        raise
+    except Exception as exc:  # malformed multipart: starlette raises its own HTTP errors
+        raise invalid_request(f"could not read the multipart body: {getattr(exc, 'detail', exc)}",
+                              code="invalid_multipart") from exc
+
+
+def _text_field(form: FormData, name: str, required: bool = False) -> str | None:
+    value = form.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise invalid_request(f"missing required field {name!r}", param=name, code="missing_required_parameter")
+        return None
+    if not isinstance(value, str):
+        raise invalid_request(f"{name!r} must be a text field, not a file", param=name)
+    return value.strip()
+
+
+@router.post("/v1/audio/voices")
+async def create_voice(request: Request) -> dict:
+    engine: Engine = request.app.state.engine
+    settings: Settings = request.app.state.settings
+    store: VoiceStore = request.app.state.voices
+    require_model(engine, "base", "audio_sample")
+    form = await _read_form(request, settings.audio_sample_max_bytes)
+    try:
+        kind = _text_field(form, "type") or "audio_sample"
+        if kind != "audio_sample":
+            raise invalid_request("only voices from an audio sample (type 'audio_sample') are supported; "
+                                  "Qwen3-TTS Base clones voices, it does not design them from prompts",
+                                  param="type", code="unsupported_voice_type")
+        name = _text_field(form, "name", required=True)
+        # Checked now as well as when saving, so a bad or taken name costs no decoding.
+        await asyncio.to_thread(_check_new_name, store, name)
+        sample = form.get("audio_sample")
+        if not isinstance(sample, UploadFile):
+            raise invalid_request("missing required file 'audio_sample'", param="audio_sample",
+                                  code="missing_required_parameter")
+        data = await sample.read(settings.audio_sample_max_bytes + 1)
+        if len(data) > settings.audio_sample_max_bytes:
+            raise _too_large(settings.audio_sample_max_bytes)
+        transcript = _text_field(form, "audio_sample_text")
+        consent = _text_field(form, "consent")
+    finally:
+        await form.close()
+    try:
+        waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
+    except AudioSampleError as exc:
+        raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
+    prompt = await engine.clone_prompt(waveform, transcript)
+    try:
+        voice = await asyncio.to_thread(store.add, name, prompt, consent)
+    except VoiceNameError as exc:
+        raise _name_error(exc) from exc
+    return voice.card()
+
+
+def _name_error(exc: VoiceNameError) -> APIError:
+    # 400 rather than 409 for a taken name: the openai SDKs retry 409s, which would send
+    # the whole sample again only to be refused again.
+    return invalid_request(str(exc), param="name", code="voice_name_taken" if exc.taken else "invalid_voice_name")
+
+
+def _check_new_name(store: VoiceStore, name: str) -> None:
+    try:
+        name = check_name(name)
+        if store.find(name) is not None:
+            raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
+    except VoiceNameError as exc:
+        raise _name_error(exc) from exc
+
+
+@router.get("/v1/audio/voices")
+async def list_voices(request: Request) -> dict:
+    """Saved voices first, then the built-in speakers and the OpenAI names mapped onto them:
+    every entry's ``id`` works as the ``voice`` of a speech request."""
+    engine: Engine = request.app.state.engine
+    store: VoiceStore = request.app.state.voices
+    data = [voice.card() for voice in await asyncio.to_thread(store.list)]
+    customvoice = engine.model("customvoice")
+    if customvoice is not None:
+        speakers = {name.lower(): name for name in customvoice.speakers}
+        data += [{"object": "audio.voice", "id": name, "name": name, "type": "builtin"} for name in speakers.values()]
+        data += [{"object": "audio.voice", "id": alias, "name": alias, "type": "alias", "speaker": speakers[target.lower()]}
+                 for alias, target in OPENAI_VOICE_ALIASES.items() if target.lower() in speakers]
+    return {"object": "list", "data": data}
+
+
+def _not_found(voice_id: str) -> APIError:
+    return APIError(404, f"no saved voice with id {voice_id!r}", param="voice_id", code="voice_not_found")
+
+
+@router.get("/v1/audio/voices/{voice_id}")
+async def get_voice(voice_id: str, request: Request) -> dict:
+    voice = await asyncio.to_thread(request.app.state.voices.get, voice_id)
+    if voice is None:
+        raise _not_found(voice_id)
+    return voice.card()
+
+
+@router.delete("/v1/audio/voices/{voice_id}")
+async def delete_voice(voice_id: str, request: Request) -> dict:
+    if not await asyncio.to_thread(request.app.state.voices.delete, voice_id):
+        raise _not_found(voice_id)
+    return {"object": "audio.voice.deleted", "id": voice_id, "deleted": True}

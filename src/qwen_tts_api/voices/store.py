@@ -1,0 +1,207 @@
+"""Saved custom voices: clone prompts computed once at upload, kept as files.
+
+Each voice is one ``voice_<hex>.safetensors`` file in the voices directory: the speaker
+embedding, the reference codes (in-context cloning only) and the metadata (name, time,
+transcript) in the safetensors header. safetensors holds plain tensors, so loading a file
+cannot run code. Writes go to a temporary file in the same directory, are synced, then
+renamed into place: a crash leaves either the whole voice or none. A file that cannot be
+read is logged and skipped.
+
+The directory is the source of truth: every lookup rescans it (a directory listing, plus
+reading files that are new or changed), so replicas sharing the directory see each other's
+uploads and deletions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from ..engine.clone import ClonePrompt
+from .speakers import is_builtin_voice
+
+log = logging.getLogger(__name__)
+
+FORMAT = "qwen-tts-api.voice.v1"
+ID_PREFIX = "voice_"
+_FILE = re.compile(r"^(voice_[0-9a-f]{24})\.safetensors$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+
+
+class VoiceNameError(ValueError):
+    """The name is malformed, reserved, or taken (``taken`` tells which)."""
+
+    def __init__(self, message: str, taken: bool = False):
+        super().__init__(message)
+        self.taken = taken
+
+
+@dataclass(frozen=True)
+class SavedVoice:
+    id: str
+    name: str
+    created_at: int
+    prompt: ClonePrompt
+    consent: str | None = None
+
+    def card(self) -> dict:
+        """The OpenAI ``audio.voice`` object."""
+        return {"object": "audio.voice", "id": self.id, "name": self.name, "created_at": self.created_at,
+                "type": "audio_sample"}
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise VoiceNameError("a voice name is 1-64 characters: letters, digits, spaces, '-', '_' and '.', "
+                             "starting with a letter or digit")
+    if is_builtin_voice(name):
+        raise VoiceNameError(f"{name!r} is a built-in voice; choose another name")
+    if name.lower().startswith(ID_PREFIX):
+        raise VoiceNameError(f"names starting with {ID_PREFIX!r} are reserved for voice ids")
+    return name
+
+
+class VoiceStore:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._lock = threading.RLock()
+        self._voices: dict[str, SavedVoice] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # file name -> (mtime_ns, size) when read
+        self._skipped: set[tuple[str, int, int]] = set()  # unreadable files, reported once
+        self.refresh()
+
+    # --- queries (each rescans the directory first) ---
+    def list(self) -> list[SavedVoice]:
+        with self._lock:
+            self.refresh()
+            return sorted(self._voices.values(), key=lambda v: (v.created_at, v.id))
+
+    def get(self, voice_id: str) -> SavedVoice | None:
+        with self._lock:
+            self.refresh()
+            return self._voices.get(voice_id)
+
+    def find(self, id_or_name: str) -> SavedVoice | None:
+        """A saved voice by id, or by name in any case."""
+        key = id_or_name.strip()
+        with self._lock:
+            self.refresh()
+            return self._voices.get(key) or next(
+                (v for v in self._voices.values() if v.name.lower() == key.lower()), None)
+
+    # --- changes ---
+    def add(self, name: str, prompt: ClonePrompt, consent: str | None = None) -> SavedVoice:
+        name = check_name(name)
+        with self._lock:
+            self.refresh()
+            if any(v.name.lower() == name.lower() for v in self._voices.values()):
+                raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
+            voice = SavedVoice(id=ID_PREFIX + secrets.token_hex(12), name=name, created_at=int(time.time()),
+                               prompt=prompt, consent=consent)
+            self._write(voice)
+            self._voices[voice.id] = voice
+            return voice
+
+    def delete(self, voice_id: str) -> bool:
+        with self._lock:
+            self.refresh()
+            if voice_id not in self._voices:
+                return False
+            self._path(voice_id).unlink(missing_ok=True)
+            del self._voices[voice_id]
+            self._seen.pop(self._path(voice_id).name, None)
+            return True
+
+    # --- files ---
+    def _path(self, voice_id: str) -> Path:
+        return self.directory / f"{voice_id}.safetensors"
+
+    def _write(self, voice: SavedVoice) -> None:
+        tensors = {"speaker_embedding": voice.prompt.speaker_embedding.detach().float().cpu().contiguous()}
+        if voice.prompt.reference_codes is not None:
+            tensors["reference_codes"] = voice.prompt.reference_codes.detach().long().cpu().contiguous()
+        metadata = {"format": FORMAT, "id": voice.id, "name": voice.name, "created_at": str(voice.created_at)}
+        if voice.prompt.reference_text is not None:
+            metadata["reference_text"] = voice.prompt.reference_text
+        if voice.consent:
+            metadata["consent"] = voice.consent
+        data = safetensors_bytes(tensors, metadata=metadata)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self._path(voice.id))
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        _sync_directory(self.directory)
+        stat = self._path(voice.id).stat()
+        self._seen[self._path(voice.id).name] = (stat.st_mtime_ns, stat.st_size)
+
+    def refresh(self) -> None:
+        """Bring the in-memory voices in line with the directory (call with the lock held,
+        or before the store is shared)."""
+        try:
+            entries = {entry.name: entry for entry in os.scandir(self.directory) if _FILE.match(entry.name)}
+        except FileNotFoundError:
+            entries = {}
+        for gone in [name for name in self._seen if name not in entries]:
+            del self._seen[gone]
+            self._voices.pop(_FILE.match(gone).group(1), None)
+        for name, entry in entries.items():
+            stat = entry.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if self._seen.get(name) == stamp or (name, *stamp) in self._skipped:
+                continue
+            try:
+                voice = _read(Path(entry.path), _FILE.match(name).group(1))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+                log.warning("skipping unreadable saved voice %s: %s", entry.path, exc)
+                self._skipped.add((name, *stamp))
+                continue
+            self._seen[name] = stamp
+            self._voices[voice.id] = voice
+
+
+def _read(path: Path, voice_id: str) -> SavedVoice:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT or meta.get("id") != voice_id:
+            raise ValueError(f"not a {FORMAT} file for {voice_id}")
+        keys = set(f.keys())
+        embedding = f.get_tensor("speaker_embedding")
+        codes = f.get_tensor("reference_codes") if "reference_codes" in keys else None
+    if embedding.dim() != 1 or (codes is not None and codes.dim() != 2):
+        raise ValueError("unexpected tensor shapes")
+    prompt = ClonePrompt(speaker_embedding=embedding, reference_codes=codes,
+                         reference_text=meta.get("reference_text"))
+    return SavedVoice(id=voice_id, name=meta["name"], created_at=int(meta["created_at"]), prompt=prompt,
+                      consent=meta.get("consent"))
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
