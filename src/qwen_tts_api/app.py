@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import AsyncIterator
 
 from fastapi import FastAPI
 
 from . import __version__
-from .api import health, models, speech, voices
+from .api import health, metrics, models, playground, speech, voices
+from .api.auth import ApiKeyMiddleware
 from .api.errors import install_error_handlers
 from .engine.synthesis import Engine, EngineConfig
+from .engine.warmup import Readiness, warm_up
 from .settings import Settings
+from .telemetry.metrics import ServerMetrics
+from .telemetry.middleware import RequestTelemetry
 from .voices.store import VoiceStore
 
 
@@ -28,18 +32,34 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
             models = await asyncio.to_thread(load_models, settings)
             app.state.engine = Engine(models, EngineConfig.from_settings(settings))
+        engine = app.state.engine
+        app.state.metrics.watch_engine(engine)
+        app.state.readiness.models = [model.name for model in engine.models.values()]
+        # Warm up in the background: /health answers meanwhile, /ready once it is done.
+        warming = asyncio.create_task(warm_up(engine, app.state.readiness))
         try:
             yield
         finally:
-            app.state.engine.close()
+            warming.cancel()
+            with suppress(asyncio.CancelledError):
+                await warming
+            engine.close()
 
     app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.voices = None  # the VoiceStore, opened in the lifespan
+    app.state.readiness = Readiness()
+    app.state.metrics = ServerMetrics()
     install_error_handlers(app)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    # Outermost, so every response (401s and 500s included) carries its request id and is logged.
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     app.include_router(speech.router)
     app.include_router(voices.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(playground.router)
     return app

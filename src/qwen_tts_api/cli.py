@@ -47,7 +47,11 @@ def serve() -> int:
         engine = Engine(load_models(settings), EngineConfig.from_settings(settings))
     except ModelLoadError as exc:
         return _fail(str(exc))
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info")
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests (streams included)
+    # finish for up to QWEN_TTS_SHUTDOWN_TIMEOUT seconds, then exits. Our request log
+    # replaces uvicorn's access log.
+    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info",
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
     return 0
 
 

@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias=AliasChoices("QWEN_TTS_DATA_DIR"))
     prompt_cache_size: int = Field(default=32, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_PROMPT_CACHE_SIZE"))
 
+    # --- running as a service (ours) ---
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("QWEN_TTS_API_KEYS"))
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("QWEN_TTS_SHUTDOWN_TIMEOUT"))
+    log_input: bool = Field(default=False, validation_alias=AliasChoices("QWEN_TTS_LOG_INPUT"))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # One or several keys separated by commas; blanks ignored.
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
     @field_validator("customvoice_model_path", "base_model_path", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -20,6 +20,7 @@ from ..settings import Settings
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
 from ..voices.store import SavedVoice, VoiceStore
 from .errors import APIError, invalid_request
+from ..telemetry.record import record_of
 from .routing import require_model
 from .schemas import SpeechRequest, VoiceRef
 from .streaming import ClientGone, audio_body, sse_body, until_ready
@@ -33,6 +34,7 @@ INSTRUCTIONS_IGNORED_HEADER = "X-Instructions-Ignored"
 class SpeechPlan:
     kind: str
     job: SpeechJob
+    voice_kind: str  # builtin | saved | clone (for logs)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,7 +77,7 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
         job = SpeechJob(text=text, language=body.language, reference=await _reference(body, settings))
         headers = {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"} \
             if instructions else {}
-        return SpeechPlan("base", job, headers)
+        return SpeechPlan("base", job, "clone", headers)
 
     saved = await _saved_voice(body.voice, store)
     if saved is not None:
@@ -83,7 +85,7 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
         _check_language(model, body.language)
         job = SpeechJob(text=text, language=body.language, voice_prompt=saved.prompt)
         headers = {INSTRUCTIONS_IGNORED_HEADER: "saved (cloned) voices do not use instructions"} if instructions else {}
-        return SpeechPlan("base", job, headers)
+        return SpeechPlan("base", job, "saved", headers)
 
     assert isinstance(body.voice, str)
     model = engine.model("customvoice")
@@ -101,7 +103,7 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
         headers[INSTRUCTIONS_IGNORED_HEADER] = f"model {model.name} (0.6B) does not support instructions"
         instructions = None
     job = SpeechJob(text=text, language=body.language, speaker=speaker, instructions=instructions)
-    return SpeechPlan("customvoice", job, headers)
+    return SpeechPlan("customvoice", job, "builtin", headers)
 
 
 def render(waveform: np.ndarray, speed: float, fmt: str) -> bytes:
@@ -113,11 +115,18 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
     plan = await plan_speech(body, engine, settings, request.app.state.voices)
+    record = record_of(request)
+    if record is not None:
+        record.model, record.voice_kind = engine.models[plan.kind].name, plan.voice_kind
+        record.response_format, record.input_chars, record.speed = body.response_format, len(body.input), body.speed
+        record.input_text = body.input if settings.log_input else None
     try:
         stream = engine.start(plan.kind, plan.job)
     except EngineBusy as busy:
         raise APIError(429, "The server is busy with other requests; retry after the time in Retry-After",
                        code="server_busy", headers={"Retry-After": str(busy.retry_after)}) from busy
+    if record is not None:
+        record.stream = stream
     fmt = body.response_format
     try:
         if body.stream_format == "audio" and not body.stream:

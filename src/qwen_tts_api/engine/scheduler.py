@@ -73,6 +73,7 @@ class Scheduler:
         self.config = config
         self.admission = admission
         self.prompts = PromptCache(config.prompt_cache_size)
+        self.on_step: Callable[[str, int], None] = lambda kind, rows: None  # metrics hook: batch size per step
         self.batches = {kind: self._new_batch(kind) for kind in models}
         self._inbox: queue.SimpleQueue[_Request | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
@@ -119,6 +120,7 @@ class Scheduler:
             self._admit_waiting()
             for kind, batch in self.batches.items():
                 if len(batch):
+                    self.on_step(kind, len(batch))
                     self._step(kind, batch)
 
     def _admit_waiting(self) -> None:

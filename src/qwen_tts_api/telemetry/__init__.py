@@ -1,0 +1,1 @@
+"""Request ids, one log line per request, and Prometheus metrics."""

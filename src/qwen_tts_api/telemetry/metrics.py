@@ -1,0 +1,78 @@
+"""Prometheus metrics, in a registry of the app's own (several apps can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+from .record import RequestRecord
+
+disable_created_metrics()  # the *_created series only add noise here
+
+_TTFA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+
+class _PromptCacheCollector:
+    """Reads the engine's clone-prompt cache counters at scrape time."""
+
+    def __init__(self, cache_stats: Callable[[], tuple[int, int]]):
+        self.cache_stats = cache_stats
+
+    def collect(self):
+        hits, misses = self.cache_stats()
+        family = CounterMetricFamily("qwen_tts_prompt_cache_lookups", "Clone-prompt cache lookups for inline "
+                                     "reference audio, by result", labels=["result"])
+        family.add_metric(["hit"], hits)
+        family.add_metric(["miss"], misses)
+        yield family
+
+
+class ServerMetrics:
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("qwen_tts_requests", "HTTP requests, by route, status, format and model",
+                                ["route", "status", "format", "model"], registry=r)
+        self.ttfa = Histogram("qwen_tts_time_to_first_audio_seconds", "Arrival to first audio byte, speech requests",
+                              ["model"], buckets=_TTFA_BUCKETS, registry=r)
+        self.rtf = Histogram("qwen_tts_real_time_factor", "Request duration / audio duration, speech requests",
+                             ["model"], buckets=_RTF_BUCKETS, registry=r)
+        self.audio = Counter("qwen_tts_audio_seconds", "Seconds of audio produced", ["model"], registry=r)
+        self.batch_size = Histogram("qwen_tts_batch_size", "Requests generated together, per decoding step",
+                                    ["model"], buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("qwen_tts_queue_depth", "Requests waiting for a place in a batch", registry=r)
+        self.active = Gauge("qwen_tts_requests_generating", "Requests in a batch now", registry=r)
+
+    def watch_engine(self, engine) -> None:
+        """Gauges and counters that read the engine when scraped; batch sizes as it steps."""
+        def generating() -> int:
+            return sum(len(batch) for batch in engine.scheduler.batches.values())
+
+        self.active.set_function(generating)
+        self.queue_depth.set_function(lambda: max(0, engine.admission.active - generating()))
+        cache = engine.scheduler.prompts
+        self.registry.register(_PromptCacheCollector(lambda: (cache.hits, cache.misses)))
+        names = {kind: model.name for kind, model in engine.models.items()}
+        engine.scheduler.on_step = lambda kind, rows: self.batch_size.labels(names[kind]).observe(rows)
+
+    def observe(self, record: RequestRecord) -> None:
+        model = record.model or ""
+        self.requests.labels(record.route, str(record.status), record.response_format or "", model).inc()
+        if not record.is_speech or record.status >= 400:
+            return
+        if record.ttfa is not None:
+            self.ttfa.labels(model).observe(record.ttfa)
+        audio = record.audio_seconds
+        if audio > 0:
+            self.audio.labels(model).inc(audio)
+            if record.first_byte is not None:
+                self.rtf.labels(model).observe((record.ended - record.started) / audio)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

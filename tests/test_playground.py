@@ -1,0 +1,122 @@
+"""The playground page in headless Chromium (Debian's `chromium` package, driven by Playwright).
+
+Without a Chromium on the machine the test is skipped, unless QWEN_TTS_REQUIRE_BROWSER=1
+(set by `.ci/run`, which installs it), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from conftest import SR
+
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_path() -> str | None:
+    for name in BROWSER_NAMES:
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("QWEN_TTS_REQUIRE_BROWSER") == "1":
+            pytest.fail("QWEN_TTS_REQUIRE_BROWSER=1 but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=path, headless=True,
+            args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(bypass_csp=True)  # lets the test evaluate its own checks
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.problems = problems
+    page.goto(server.url + "/")
+    yield page
+    context.close()
+
+
+def test_page_lists_voices_from_the_api(page, http):
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    listed = http.get("/v1/audio/voices").json()["data"]
+    options = page.eval_on_selector_all("#voice option", "els => els.map(e => e.value)")
+    assert options == [v["id"] for v in listed if v["type"] == "audio_sample"] + \
+        [v["id"] for v in listed if v["type"] == "builtin"] + [v["id"] for v in listed if v["type"] == "alias"]
+    assert "alloy" in options and "Vivian" in options
+    assert page.problems == []
+
+
+def run_synthesis(page, fmt: str, text: str) -> dict:
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    page.fill("#input", text)
+    page.select_option("#voice", "alloy")
+    page.select_option("#format", fmt)
+    page.click("#speak")
+    page.wait_for_function("['done', 'error'].includes(window.playground.status)", timeout=120_000)
+    return page.evaluate("window.playground")
+
+
+def test_pcm_synthesis_streams_and_plays(page, http):
+    state = run_synthesis(page, "pcm", "Hello from the playground.")
+    assert state["status"] == "done", state
+    expected = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "voice": "alloy", "response_format": "pcm",
+                                                   "input": "Hello from the playground.", "stream": False}).content
+    # Every byte arrived and was scheduled for playback as it came.
+    assert state["bytes"] == len(expected)
+    assert abs(state["seconds"] - len(expected) / 2 / SR) < 1e-3
+    assert state["firstAudioMs"] is not None and state["seconds"] > 0.5
+    assert page.eval_on_selector("#player", "el => el.src.startsWith('blob:')")
+    assert page.problems == []
+
+
+def test_mp3_synthesis_plays_in_the_audio_element(page):
+    state = run_synthesis(page, "mp3", "An mp3 this time.")
+    assert state["status"] == "done", state
+    assert state["bytes"] > 1000 and state["seconds"] > 0.5
+    assert page.problems == []
+
+
+def test_errors_are_shown_not_thrown(page):
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    page.evaluate("document.getElementById('input').removeAttribute('required')")
+    page.fill("#input", "   ")
+    page.click("#speak")
+    page.wait_for_function("window.playground.status === 'error'", timeout=30_000)
+    assert "input" in page.inner_text("#status").lower()
+    # The server's 400 is logged by Chromium as a failed resource load; nothing else.
+    assert all("400" in problem for problem in page.problems), page.problems
+
+
+def test_page_works_under_its_own_content_security_policy(browser, server):
+    """Without bypass_csp: a CSP violation would show as a console error or a stuck page."""
+    context = browser.new_context()
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    response = page.goto(server.url + "/")
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    page.wait_for_selector("#voice option[value='alloy']", state="attached", timeout=30_000)
+    page.fill("#input", "Under the policy.")
+    page.click("#speak")
+    page.wait_for_selector("#status:has-text('Done')", timeout=120_000)
+    assert problems == []
+    context.close()
