@@ -1,0 +1,30 @@
+"""The Python recipes in docs/CLIENTS.md run as written against a live server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import soundfile as sf
+
+from conftest import SR, decode_audio, tone
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "CLIENTS.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_client_recipes_run(server, tmp_path, monkeypatch):
+    blocks = python_blocks(DOC.read_text())
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    sf.write("me.wav", tone(2.0, 200.0), SR)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.replace("http://localhost:8000", server.url), str(DOC), "exec"), namespace)
+    assert decode_audio(Path("hello.mp3").read_bytes()).duration > 0.5
+    assert Path("speech.pcm").stat().st_size > SR  # more than half a second of 16-bit samples
+    frames = list(namespace["pcm_frames"]("Frames for a voice agent."))
+    assert frames and all(len(frame) == 960 for frame in frames)
