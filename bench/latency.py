@@ -73,7 +73,8 @@ def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: d
             if proc.poll() is not None:
                 raise RuntimeError("server exited during start-up")
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                # /ready: loaded and warmed up, so the warm-up is not part of any measurement.
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
