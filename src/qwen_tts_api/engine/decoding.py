@@ -86,11 +86,16 @@ class StreamingDecoder:
         frames, self.pending = torch.stack(self.pending), []
         return self._run(frames).float().cpu().numpy()
 
-    @torch.inference_mode()
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         """Decode (n, 16) codes continuing from the state; returns n * 1920 samples."""
+        return self._decode(frames.T.unsqueeze(0))[0]
+
+    @torch.inference_mode()
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, 16, n) codes -> (B, n * 1920) samples. The state follows the batch: B streams
+        that started together can be decoded in one call (used by bench/components.py)."""
         dec, states = self.decoder, self._states
-        codes = frames.T.unsqueeze(0).clamp(min=0)  # (1, 16, n)
+        codes = codes.clamp(min=0)
         n = codes.shape[-1]
         hidden = dec.quantizer.decode(codes)
         hidden = states.conv(dec.pre_conv, hidden).transpose(1, 2)
@@ -111,7 +116,7 @@ class StreamingDecoder:
             for unit in units:
                 wav = wav + states.conv(unit.conv2, unit.act2(states.conv(unit.conv1, unit.act1(wav))))
         wav = states.conv(last, act(wav))
-        return wav.clamp(min=-1, max=1)[0, 0]
+        return wav.clamp(min=-1, max=1)[:, 0]
 
     def _convnext(self, block, x: torch.Tensor) -> torch.Tensor:
         h = self._states.conv(block.dwconv, x).permute(0, 2, 1)

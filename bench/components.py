@@ -1,0 +1,103 @@
+"""Where a batched step's time goes, and the throughput ceiling that follows.
+
+Times, on one model object, each part of serving C concurrent requests: prompt prefill
+(one at a time and C together), one decoding step for 1 and C rows (talker + code
+predictor), the code predictor alone, and codec decoding per frame (one request at a
+time, and C requests' chunks in one batched call). From these it prints the best
+throughput batching can reach against the serial baseline, before any scheduling overhead:
+
+    serial   = one request at a time: step(1) + decode per frame
+    batched  = C requests: step(C) + C x decode per frame, prefills amortised over the frames
+
+    uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from latency import TEXT, build  # noqa: E402 (sibling script)
+from qwen_tts_api.cli import quiet_third_party_logs
+
+
+def timed(fn, repeat: int) -> float:
+    fn()  # warm
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["demo", "0.6b"], default="0.6b")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=50, help="frames per request, to amortise prefill")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model-dir", type=Path)
+    args = parser.parse_args()
+    quiet_third_party_logs()
+    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = build(args.model, args.frames, directory)
+
+    from qwen_tts import Qwen3TTSModel
+
+    from qwen_tts_api.engine.batching import FrameBatch, fill_codebooks
+    from qwen_tts_api.engine.decoding import StreamingDecoder
+    from qwen_tts_api.engine.prompt import build_prompt
+    from qwen_tts_api.engine.sampling import SamplingParams
+
+    tts = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
+                                        attn_implementation="sdpa")
+    talker = tts.model.talker
+    params = SamplingParams.from_generate_config(tts.generate_defaults)
+    prompt = build_prompt(tts, TEXT, "English", speaker="Vivian")
+    c = args.concurrency
+    figures: dict[str, float] = {}
+
+    with torch.inference_mode():
+        figures["prefill x1"] = timed(lambda: talker.model(inputs_embeds=prompt.prefill, use_cache=True), args.repeat)
+        together = torch.cat([prompt.prefill] * c)
+        figures[f"prefill x{c} together"] = timed(lambda: talker.model(inputs_embeds=together, use_cache=True),
+                                                  args.repeat)
+        for rows in (1, c):
+            batch = FrameBatch(tts, params)
+            for _ in range(rows):
+                batch.add(prompt, max_frames=10_000)
+            figures[f"step x{rows}"] = timed(batch.step, args.repeat)
+            hidden = torch.cat([r.hidden for r in batch.rows])
+            tokens = torch.stack([r.token for r in batch.rows])
+            figures[f"code predictor x{rows}"] = timed(lambda: fill_codebooks(talker, params, hidden, tokens),
+                                                       args.repeat)
+        codes = torch.randint(0, 1000, (c, 16, 48))
+        for n in (3, 48):
+            one = timed(lambda: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
+            many = timed(lambda: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
+            figures[f"decode {n} frames, per frame x1"] = one / n
+            figures[f"decode {n} frames, per frame per row x{c} batched"] = many / n / c
+
+    print(f"\n{args.model}, {args.device} {args.dtype}, {torch.get_num_threads()} threads, concurrency {c}")
+    for name, seconds in figures.items():
+        print(f"  {name:45s} {seconds * 1000:9.1f} ms")
+    decode = figures["decode 48 frames, per frame x1"]
+    serial_frame = figures["step x1"] + decode
+    batched_frame = (figures[f"step x{c}"] + c * decode) / c + figures[f"prefill x{c} together"] / c / args.frames
+    print(f"  serial, per frame                             {serial_frame * 1000:9.1f} ms")
+    print(f"  batched x{c}, per frame (prefill amortised)     {batched_frame * 1000:9.1f} ms")
+    print(f"  throughput ceiling at concurrency {c}: {serial_frame / batched_frame:.2f}x serial")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
