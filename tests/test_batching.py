@@ -32,9 +32,11 @@ def test_batched_codes_equal_solo_codes(customvoice):
     rows, made = {}, {i: [] for i in range(len(REQUESTS))}
     widest = 0
     for step in range(40):
-        for i, request in enumerate(REQUESTS):
-            if request[4] == step:
-                rows[i] = batch.add(prompts[i], max_frames=request[3])
+        # Requests that join at the same step prefill together (left-padded: lengths differ).
+        joining = [i for i, request in enumerate(REQUESTS) if request[4] == step]
+        if joining:
+            added = batch.add_many([(prompts[i], REQUESTS[i][3], None) for i in joining])
+            rows.update(zip(joining, added))
         widest = max(widest, len(batch))
         frames, _ = batch.step()
         for row, codes in frames:
@@ -42,6 +44,7 @@ def test_batched_codes_equal_solo_codes(customvoice):
         if not len(batch) and len(rows) == len(REQUESTS):
             break
     assert widest == 4, "all four requests were in one batch at some point"
+    assert prompts[0].prefill.shape[1] != prompts[1].prefill.shape[1]  # so their joint prefill was padded
     for i, expected in enumerate(solo):
         assert torch.equal(torch.stack(made[i]), expected), f"request {i}"
 

@@ -1,8 +1,8 @@
 """Several requests' generation in one batch per step, with requests joining and leaving
 between steps (the core of continuous batching).
 
-A joining request runs its prefill alone, then its talker KV cache is merged into the
-batch cache, left-padded to a common length with an attention mask; each row keeps its own
+Joining requests run their prefill together (left-padded, masked), then their talker KV
+cache is merged into the batch cache, left-padded to a common length with an attention mask; each row keeps its own
 positions, so padding changes nothing it attends to. The code predictor runs all rows in
 lock-step (every frame starts a fresh 17-position cache), so it needs no padding. Rows
 that end (end-of-speech, budget, cancellation) leave the batch at the next step.
@@ -47,17 +47,40 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @torch.inference_mode()
     def add(self, prompt: TalkerPrompt, max_frames: int, should_stop: Callable[[], bool] | None = None) -> BatchRow:
+        return self.add_many([(prompt, max_frames, should_stop)])[0]
+
+    @torch.inference_mode()
+    def add_many(self, entries: list[tuple[TalkerPrompt, int, Callable[[], bool] | None]]) -> list[BatchRow]:
+        """Prefill several joining prompts in one forward pass (left-padded to the longest,
+        each with its own positions and a mask over the padding), then merge them in."""
+        prompts = [prompt for prompt, _, _ in entries]
+        lengths = [p.prefill.shape[1] for p in prompts]
+        longest = max(lengths)
+        device = self.talker.device
+        inputs = torch.cat([_left_pad(p.prefill, longest) for p in prompts], dim=0)
+        mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest) for n in lengths])
         cache = DynamicCache()
-        out = self.talker.model(inputs_embeds=prompt.prefill, past_key_values=cache, use_cache=True)
+        if len(prompts) == 1:  # no padding: the plain call (what the equivalence tests compare)
+            out = self.talker.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.talker.model(inputs_embeds=inputs, attention_mask=mask, past_key_values=cache, use_cache=True,
+                                    position_ids=positions.unsqueeze(0).expand(3, -1, -1))
+            padding = (mask == 0)[:, None, :, None]
+            for layer in cache.layers:  # padding never counts, whatever was computed there
+                layer.keys = layer.keys.masked_fill(padding, 0)
+                layer.values = layer.values.masked_fill(padding, 0)
         hidden = out.last_hidden_state[:, -1:]
-        row = BatchRow(prompt=prompt, max_frames=max_frames, should_stop=should_stop or (lambda: False),
-                       position=prompt.prefill.shape[1], token=self._choose(hidden[:, -1], [[]], [0])[0],
-                       hidden=hidden)
-        self._merge(cache, prompt.prefill.shape[1])
-        self.rows.append(row)
-        return row
+        tokens = self._choose(hidden[:, -1], [[] for _ in prompts], [0] * len(prompts))
+        rows = [
+            BatchRow(prompt=prompt, max_frames=max_frames, should_stop=should_stop or (lambda: False),
+                     position=length, token=tokens[i], hidden=hidden[i:i + 1])
+            for i, ((prompt, max_frames, should_stop), length) in enumerate(zip(entries, lengths))
+        ]
+        self._merge(cache, mask)
+        self.rows.extend(rows)
+        return rows
 
     @torch.inference_mode()
     def step(self) -> tuple[list[tuple[BatchRow, torch.Tensor]], list[BatchRow]]:
@@ -120,8 +143,8 @@ class FrameBatch:
         ]
         return self.params.talker.choose(torch.cat(scores, dim=0))
 
-    def _merge(self, cache: DynamicCache, length: int) -> None:
-        new_mask = torch.ones(1, length, dtype=torch.long, device=self.talker.device)
+    def _merge(self, cache: DynamicCache, new_mask: torch.Tensor) -> None:
+        length = new_mask.shape[1]
         if self.cache is None or not self.rows:
             self.cache, self.mask = cache, new_mask
             return

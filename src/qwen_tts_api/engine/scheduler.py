@@ -124,23 +124,51 @@ class Scheduler:
                     self._step(kind, batch)
 
     def _admit_waiting(self) -> None:
+        joining: dict[str, list[_Request]] = {}
         for request in list(self._waiting):
             if request.stream.should_stop():  # client gone or deadline passed while queued
                 self._waiting.remove(request)
                 self._finish(request)
-            elif len(self.batches[request.kind]) < self.config.max_batch:
-                self._waiting.remove(request)
-                request.began = time.monotonic()
-                request.stream.started = True
-                try:
-                    reference = request.job.reference
-                    if request.clone_prompt is None and reference is not None:
-                        request.clone_prompt = self.clone_prompt(request.kind, reference.waveform, reference.transcript)
-                    self._begin_segment(request)
-                except Exception as exc:
-                    self._fail(request, exc)
+                continue
+            places = self.config.max_batch - len(self.batches[request.kind]) - len(joining.get(request.kind, []))
+            if places <= 0:
+                continue
+            self._waiting.remove(request)
+            request.began = time.monotonic()
+            request.stream.started = True
+            try:
+                reference = request.job.reference
+                if request.clone_prompt is None and reference is not None:
+                    request.clone_prompt = self.clone_prompt(request.kind, reference.waveform, reference.transcript)
+                joining.setdefault(request.kind, []).append(request)
+            except Exception as exc:
+                self._fail(request, exc)
+        for kind, requests in joining.items():
+            self._join(kind, requests)
 
-    def _begin_segment(self, request: _Request) -> None:
+    def _join(self, kind: str, requests: list[_Request]) -> None:
+        """Start the current segment of each request; their prefills run as one batch."""
+        entries, ready = [], []
+        for request in requests:
+            try:
+                entries.append(self._segment_entry(request))
+                ready.append(request)
+            except Exception as exc:
+                self._fail(request, exc)
+        if not ready:
+            return
+        try:
+            rows = self.batches[kind].add_many(entries)
+        except Exception as exc:
+            for request in ready:
+                self._fail(request, exc)
+            return
+        for request, row in zip(ready, rows):
+            request.row = row
+            self._owners[id(row)] = request
+
+    def _segment_entry(self, request: _Request):
+        """The prompt of the request's current segment, and a fresh decoder for it."""
         model = self.models[request.kind]
         job, segment = request.job, request.segments[request.index]
         prompt = build_prompt(model.tts, segment, job.language, speaker=job.speaker,
@@ -154,10 +182,7 @@ class Scheduler:
             max_chunk=cfg.max_chunk_frames,
             context_codes=prompt.ref_codes,
         )
-        request.row = self.batches[request.kind].add(
-            prompt, max_frames=frame_budget(segment, model.max_new_tokens), should_stop=request.stream.should_stop
-        )
-        self._owners[id(request.row)] = request
+        return prompt, frame_budget(segment, model.max_new_tokens), request.stream.should_stop
 
     def _step(self, kind: str, batch: FrameBatch) -> None:
         try:
@@ -186,7 +211,7 @@ class Scheduler:
                 request.emit_audio(request.joiner.end_segment(request.index, request.decoder.flush()))
                 if not request.stream.should_stop() and request.index + 1 < len(request.segments):
                     request.index += 1
-                    self._begin_segment(request)
+                    self._join(request.kind, [request])
                 else:
                     self._finish(request)
             except Exception as exc:
