@@ -83,6 +83,7 @@ def test_pcm_synthesis_streams_and_plays(page, http):
     assert state["bytes"] == len(expected)
     assert abs(state["seconds"] - len(expected) / 2 / SR) < 1e-3
     assert state["firstAudioMs"] is not None and state["seconds"] > 0.5
+    assert state["audioContext"] == "running"  # the chunks were played through Web Audio
     assert page.eval_on_selector("#player", "el => el.src.startsWith('blob:')")
     assert page.problems == []
 
@@ -91,6 +92,7 @@ def test_mp3_synthesis_plays_in_the_audio_element(page):
     state = run_synthesis(page, "mp3", "An mp3 this time.")
     assert state["status"] == "done", state
     assert state["bytes"] > 1000 and state["seconds"] > 0.5
+    page.wait_for_function("window.playground.playing", timeout=30_000)  # the element really plays it
     assert page.problems == []
 
 
