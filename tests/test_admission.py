@@ -76,14 +76,15 @@ def test_full_queue_answers_429_and_recovers(tiny_queue_server):
 @pytest.fixture(scope="module")
 def impatient_server(demo_models):
     with LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"],
-                                 request_timeout_seconds=1.0)) as live:
+                                 request_timeout_seconds=2.0)) as live:
         yield live
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_request_timeout_is_504(impatient_server, stream):
+    # The long text takes about 4.5 s here, "Hi." about 0.4 s: both well clear of the 2 s limit.
     with httpx.Client(base_url=impatient_server.url, timeout=300) as http:
-        long = {**BODY, "input": "This will take far longer than one second to say. " * 6, "stream": stream}
+        long = {**BODY, "input": "This will take far longer than two seconds to say. " * 6, "stream": stream}
         if stream:
             long["stream_format"] = "audio"
             # The first audio comes quickly, so a streamed response starts and then ends early.

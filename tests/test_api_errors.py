@@ -81,16 +81,16 @@ def test_unknown_route_and_method(http, client):
 
 def test_unexpected_failure_is_500_without_traceback_and_server_recovers(server, http):
     engine = server.app.state.engine
-    original = engine.scheduler._begin_segment
+    original = engine.scheduler._segment_entry
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    engine.scheduler._begin_segment = broken
+    engine.scheduler._segment_entry = broken
     try:
         r = http.post("/v1/audio/speech", json=BASE)
     finally:
-        engine.scheduler._begin_segment = original
+        engine.scheduler._segment_entry = original
     assert r.status_code == 500
     err = error_of(r)
     assert err["type"] == "server_error"

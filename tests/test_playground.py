@@ -122,3 +122,22 @@ def test_page_works_under_its_own_content_security_policy(browser, server):
     page.wait_for_selector("#status:has-text('Done')", timeout=120_000)
     assert problems == []
     context.close()
+
+
+def test_page_with_api_keys_asks_for_one(browser, demo_models):
+    from conftest import LiveServer, cpu_settings
+
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], api_keys=["sk-page"])
+    with LiveServer(settings) as live:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(live.url + "/")  # the page itself needs no key
+        page.wait_for_selector("#status:has-text('API key')", timeout=30_000)
+        assert page.eval_on_selector_all("#voice option", "els => els.length") == 0
+        page.fill("#key", "sk-page")
+        page.dispatch_event("#key", "change")
+        page.wait_for_selector("#voice option[value='alloy']", state="attached", timeout=30_000)
+        page.fill("#input", "With a key.")
+        page.click("#speak")
+        page.wait_for_selector("#status:has-text('Done')", timeout=120_000)
+        context.close()

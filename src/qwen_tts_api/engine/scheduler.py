@@ -208,8 +208,11 @@ class Scheduler:
             request.row = None
             request.stream.usage.output_frames += row.frames_made
             try:
+                if request.stream.should_stop():  # cancelled or out of time: nobody hears the rest
+                    self._finish(request)
+                    continue
                 request.emit_audio(request.joiner.end_segment(request.index, request.decoder.flush()))
-                if not request.stream.should_stop() and request.index + 1 < len(request.segments):
+                if request.index + 1 < len(request.segments):
                     request.index += 1
                     self._join(request.kind, [request])
                 else:
