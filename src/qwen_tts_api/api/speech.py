@@ -43,14 +43,22 @@ def _check_language(model: LoadedModel, language: str) -> None:
         raise invalid_request(f"language {language!r} is not supported by model {model.name}", param="language")
 
 
-async def _reference(body: SpeechRequest, settings: Settings) -> ReferenceAudio:
+async def _reference(body: SpeechRequest, settings: Settings, model: LoadedModel) -> ReferenceAudio:
     assert body.audio_sample is not None
     try:
         data = await read_audio_sample(body.audio_sample, settings)
         waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
     except AudioSampleError as exc:
         raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
-    return ReferenceAudio(waveform=waveform, transcript=(body.audio_sample_text or "").strip() or None)
+    return ReferenceAudio(waveform=waveform, transcript=model.clean_text(body.audio_sample_text or "") or None)
+
+
+def _speakable(model: LoadedModel, body: SpeechRequest) -> str:
+    text = model.clean_text(body.input)
+    if not text:
+        raise invalid_request("Invalid 'input': nothing left to speak once the model's control tokens are removed",
+                              param="input", code="invalid_value")
+    return text
 
 
 async def _saved_voice(voice: str | VoiceRef, store: VoiceStore) -> SavedVoice | None:
@@ -67,14 +75,14 @@ async def _saved_voice(voice: str | VoiceRef, store: VoiceStore) -> SavedVoice |
 
 
 async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, store: VoiceStore) -> SpeechPlan:
-    text = body.input.strip()
     instructions = (body.instructions or "").strip() or None
 
     if body.audio_sample is not None:
         # Specification: audio_sample routes to Base; voice and instructions are ignored.
         model = require_model(engine, "base", "audio_sample")
         _check_language(model, body.language)
-        job = SpeechJob(text=text, language=body.language, reference=await _reference(body, settings))
+        job = SpeechJob(text=_speakable(model, body), language=body.language,
+                        reference=await _reference(body, settings, model))
         headers = {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"} \
             if instructions else {}
         return SpeechPlan("base", job, "clone", headers)
@@ -83,7 +91,7 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
     if saved is not None:
         model = require_model(engine, "base", "voice")
         _check_language(model, body.language)
-        job = SpeechJob(text=text, language=body.language, voice_prompt=saved.prompt)
+        job = SpeechJob(text=_speakable(model, body), language=body.language, voice_prompt=saved.prompt)
         headers = {INSTRUCTIONS_IGNORED_HEADER: "saved (cloned) voices do not use instructions"} if instructions else {}
         return SpeechPlan("base", job, "saved", headers)
 
@@ -102,7 +110,8 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
     if instructions and not model.supports_instructions:
         headers[INSTRUCTIONS_IGNORED_HEADER] = f"model {model.name} (0.6B) does not support instructions"
         instructions = None
-    job = SpeechJob(text=text, language=body.language, speaker=speaker, instructions=instructions)
+    instructions = model.clean_text(instructions) or None if instructions else None
+    job = SpeechJob(text=_speakable(model, body), language=body.language, speaker=speaker, instructions=instructions)
     return SpeechPlan("customvoice", job, "builtin", headers)
 
 

@@ -78,7 +78,7 @@ async def create_voice(request: Request) -> dict:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
     store: VoiceStore = request.app.state.voices
-    require_model(engine, "base", "audio_sample")
+    model = require_model(engine, "base", "audio_sample")
     form = await _read_form(request, settings.audio_sample_max_bytes)
     try:
         kind = _text_field(form, "type") or "audio_sample"
@@ -96,7 +96,7 @@ async def create_voice(request: Request) -> dict:
         data = await sample.read(settings.audio_sample_max_bytes + 1)
         if len(data) > settings.audio_sample_max_bytes:
             raise _too_large(settings.audio_sample_max_bytes)
-        transcript = _text_field(form, "audio_sample_text")
+        transcript = model.clean_text(_text_field(form, "audio_sample_text") or "") or None
         consent = _text_field(form, "consent")
     finally:
         await form.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
+from ..text.control_tokens import control_tokens_of, strip_control_tokens
 from ..voices.speakers import display_speaker_name
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ class LoadedModel:
     size_tag: str  # "0b6" or "1b7"
     max_new_tokens: int
     created: int = field(default_factory=lambda: int(time.time()))
+    control_tokens: list[str] = field(default_factory=list)  # removed from user text (text/control_tokens.py)
+
+    def clean_text(self, text: str) -> str:
+        return strip_control_tokens(text, self.control_tokens).strip()
 
     @property
     def supports_instructions(self) -> bool:
@@ -87,6 +92,7 @@ def load_model(kind: str, path: Path, settings: Settings) -> LoadedModel:
         languages=languages,
         size_tag=str(model.tts_model_size or ""),
         max_new_tokens=max_new,
+        control_tokens=control_tokens_of(tts),
     )
 
 
