@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from latency import TEXT, build  # noqa: E402 (sibling script)
-from qwen_tts_api.cli import quiet_third_party_logs
+from latency import TEXT, add_model_arguments, load_official  # noqa: E402 (sibling script)
 
 
 def timed(fn, repeat: int) -> float:
@@ -38,28 +35,17 @@ def timed(fn, repeat: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["demo", "0.6b"], default="0.6b")
+    add_model_arguments(parser, default_model="0.6b")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=50, help="frames per request, to amortise prefill")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--model-dir", type=Path)
     args = parser.parse_args()
-    quiet_third_party_logs()
-    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = build(args.model, args.frames, directory)
-
-    from qwen_tts import Qwen3TTSModel
+    _, tts = load_official(args)
 
     from qwen_tts_api.engine.batching import FrameBatch, fill_codebooks
     from qwen_tts_api.engine.decoding import StreamingDecoder
     from qwen_tts_api.engine.prompt import build_prompt
     from qwen_tts_api.engine.sampling import SamplingParams
 
-    tts = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
-                                        attn_implementation="sdpa")
     talker = tts.model.talker
     params = SamplingParams.from_generate_config(tts.generate_defaults)
     prompt = build_prompt(tts, TEXT, "English", speaker="Vivian")

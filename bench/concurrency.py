@@ -20,15 +20,15 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from latency import SAMPLE_RATE, TEXT, build, run_server, server_process  # noqa: E402 (sibling script)
-from qwen_tts_api.cli import quiet_third_party_logs
+from latency import (  # noqa: E402 (sibling script)
+    ATTN, SAMPLE_RATE, TEXT, add_model_arguments, load_official, run_server, server_process,
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,26 +57,14 @@ def concurrent(url: str, count: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["demo", "0.6b"], default="demo")
-    parser.add_argument("--frames", type=int, default=50)
+    add_model_arguments(parser)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--serial-requests", type=int, default=4, help="requests in the serial baseline")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    quiet_third_party_logs()
-    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = build(args.model, args.frames, directory)
-
-    from qwen_tts import Qwen3TTSModel
-
-    official = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
-                                             attn_implementation="sdpa")
+    path, official = load_official(args)
     rows = []
-    with server_process(path, args.device, args.dtype, "sdpa", extra_env={"QWEN_TTS_MAX_BATCH": "16",
+    with server_process(path, args.device, args.dtype, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16",
                                                                           "QWEN_TTS_MAX_QUEUE": "64"}) as url:
         serial(official, args.frames, 1)  # warm-up
         run_server(url, True)

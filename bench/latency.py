@@ -55,6 +55,32 @@ def build(kind: str, frames: int, directory: Path) -> Path:
     return path
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "demo") -> None:
+    """The options every benchmark shares: which model, its frame budget, device and dtype."""
+    parser.add_argument("--model", choices=["demo", "0.6b"], default=default_model)
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model-dir", type=Path, help="where to build/keep models (default: a temp dir)")
+
+
+ATTN = "sdpa"
+
+
+def load_official(args: argparse.Namespace):
+    """Build the benchmark model if needed and load it with the official package: (path, tts)."""
+    quiet_third_party_logs()
+    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = build(args.model, args.frames, directory)
+
+    from qwen_tts import Qwen3TTSModel
+
+    tts = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
+                                        attn_implementation=ATTN)
+    return path, tts
+
+
 @contextmanager
 def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: dict[str, str] | None = None):
     """Our server as its own process, as it runs in production (one process shared with the
@@ -137,25 +163,11 @@ def summarise(name: str, runs: list[dict]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["demo", "0.6b"], default="demo")
-    parser.add_argument("--frames", type=int, default=50)
+    add_model_arguments(parser)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--model-dir", type=Path, help="where to build/keep models (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    quiet_third_party_logs()
-
-    directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = build(args.model, args.frames, directory)
-
-    from qwen_tts import Qwen3TTSModel
-
-    dtype = getattr(torch, args.dtype)
-    attn = "sdpa"
-    official = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=dtype, attn_implementation=attn)
+    path, official = load_official(args)
     from qwen_tts_api.engine.loading import LoadedModel
     from qwen_tts_api.engine.synthesis import Engine
 
@@ -163,7 +175,7 @@ def main() -> int:
         kind="customvoice", name=path.name, path=path, tts=official, speakers=["Vivian"],
         languages=["english"], size_tag="0b6", max_new_tokens=args.frames)})
     results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": [], "whole": []}
-    with server_process(path, args.device, args.dtype, attn) as url:
+    with server_process(path, args.device, args.dtype, ATTN) as url:
         # Warm-up: one of each, not counted.
         run_official(official, args.frames)
         run_engine(engine, args.frames)

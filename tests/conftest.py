@@ -123,6 +123,13 @@ def opus_head(data: bytes) -> tuple[int, int]:
 
 # ---------- request plumbing helpers ----------
 
+def error_of(response) -> dict:
+    """The OpenAI error object of a response, after checking the envelope's exact shape."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
 @contextlib.contextmanager
 def recorded_streams(engine) -> Iterator[list]:
     """Collect every SynthesisStream the engine starts while the block runs."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR, LiveServer, cpu_settings, decode_audio, encode_with_pyav, tone
+from conftest import LiveServer, SR, cpu_settings, decode_audio, encode_with_pyav, error_of, tone
 from reference_http import ReferenceHTTPServer
 
 
@@ -102,12 +102,6 @@ def default_safety_server(demo_models):
     """Only the Base model, and the default (safe) reference-audio settings."""
     with LiveServer(cpu_settings(base_model_path=demo_models["base"])) as live:
         yield live
-
-
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def test_default_refuses_local_paths(default_safety_server, sample_dir):

@@ -5,13 +5,7 @@ import base64
 import openai
 import pytest
 
-from conftest import LiveServer, cpu_settings
-
-
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
+from conftest import LiveServer, cpu_settings, error_of
 
 
 BASE = {"model": "qwen3-tts", "input": "Hi.", "voice": "alloy"}

@@ -18,17 +18,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SR, LiveServer, cpu_settings, decode_audio
+from conftest import LiveServer, SR, cpu_settings, decode_audio, error_of
 from qwen_tts_api.api.auth import key_matches
 from qwen_tts_api.devtools import free_port
 
 SPEECH = {"model": "qwen3-tts", "voice": "alloy", "input": "Service checks.", "response_format": "wav"}
-
-
-def error_of(response: httpx.Response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 # ---------- API keys ----------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SR, LiveServer, cpu_settings, decode_audio
+from conftest import LiveServer, SR, cpu_settings, decode_audio, error_of
 from qwen_tts_api.engine.clone import PromptCache, compute_clone_prompt
 from qwen_tts_api.voices.store import VoiceStore
 
@@ -38,12 +38,6 @@ def speak(http: httpx.Client, **body) -> bytes:
                                             "stream": False, **body})
     assert r.status_code == 200, r.text
     return r.content
-
-
-def error_of(response: httpx.Response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def unique_name() -> str:

@@ -17,10 +17,10 @@ from ..engine.admission import EngineBusy, SynthesisTimeout
 from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine, ReferenceAudio, SpeechJob
 from ..settings import Settings
+from ..telemetry.record import record_of
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
 from ..voices.store import SavedVoice, VoiceStore
 from .errors import APIError, invalid_request
-from ..telemetry.record import record_of
 from .routing import require_model
 from .schemas import SpeechRequest, VoiceRef
 from .streaming import ClientGone, audio_body, sse_body, until_ready
@@ -110,7 +110,7 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
     if instructions and not model.supports_instructions:
         headers[INSTRUCTIONS_IGNORED_HEADER] = f"model {model.name} (0.6B) does not support instructions"
         instructions = None
-    instructions = model.clean_text(instructions) or None if instructions else None
+    instructions = model.clean_text(instructions or "") or None
     job = SpeechJob(text=_speakable(model, body), language=body.language, speaker=speaker, instructions=instructions)
     return SpeechPlan("customvoice", job, "builtin", headers)
 

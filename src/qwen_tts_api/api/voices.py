@@ -16,8 +16,8 @@ from starlette.datastructures import FormData, UploadFile
 from ..audio.reference import AudioSampleError, decode_reference
 from ..engine.synthesis import Engine
 from ..settings import Settings
-from ..voices.speakers import OPENAI_VOICE_ALIASES
-from ..voices.store import VoiceNameError, VoiceStore, check_name
+from ..voices.speakers import available_aliases
+from ..voices.store import VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
 from .routing import require_model
 
@@ -120,9 +120,7 @@ def _name_error(exc: VoiceNameError) -> APIError:
 
 def _check_new_name(store: VoiceStore, name: str) -> None:
     try:
-        name = check_name(name)
-        if store.find(name) is not None:
-            raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
+        store.check_new_name(name)
     except VoiceNameError as exc:
         raise _name_error(exc) from exc
 
@@ -136,10 +134,9 @@ async def list_voices(request: Request) -> dict:
     data = [voice.card() for voice in await asyncio.to_thread(store.list)]
     customvoice = engine.model("customvoice")
     if customvoice is not None:
-        speakers = {name.lower(): name for name in customvoice.speakers}
-        data += [{"object": "audio.voice", "id": name, "name": name, "type": "builtin"} for name in speakers.values()]
-        data += [{"object": "audio.voice", "id": alias, "name": alias, "type": "alias", "speaker": speakers[target.lower()]}
-                 for alias, target in OPENAI_VOICE_ALIASES.items() if target.lower() in speakers]
+        data += [{"object": "audio.voice", "id": name, "name": name, "type": "builtin"} for name in customvoice.speakers]
+        data += [{"object": "audio.voice", "id": alias, "name": alias, "type": "alias", "speaker": speaker}
+                 for alias, speaker in available_aliases(customvoice.speakers).items()]
     return {"object": "list", "data": data}
 
 

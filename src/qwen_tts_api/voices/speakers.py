@@ -50,8 +50,13 @@ def is_builtin_voice(voice: str) -> bool:
     return key in _DISPLAY or key in OPENAI_VOICE_ALIASES
 
 
+def available_aliases(available: list[str]) -> dict[str, str]:
+    """OpenAI voice name -> speaker, for the aliases whose speaker is available."""
+    by_lower = {name.lower(): name for name in available}
+    return {alias: by_lower[target.lower()] for alias, target in OPENAI_VOICE_ALIASES.items()
+            if target.lower() in by_lower}
+
+
 def voice_names(available: list[str]) -> list[str]:
     """Every value `voice` accepts for these speakers: aliases first, then speaker names."""
-    lowered = {name.lower() for name in available}
-    aliases = [alias for alias, target in OPENAI_VOICE_ALIASES.items() if target.lower() in lowered]
-    return aliases + list(available)
+    return list(available_aliases(available)) + list(available)

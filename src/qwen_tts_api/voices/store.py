@@ -101,12 +101,16 @@ class VoiceStore:
                 (v for v in self._voices.values() if v.name.lower() == key.lower()), None)
 
     # --- changes ---
-    def add(self, name: str, prompt: ClonePrompt, consent: str | None = None) -> SavedVoice:
+    def check_new_name(self, name: str) -> str:
+        """The name, cleaned, if a new voice may take it; else VoiceNameError."""
         name = check_name(name)
+        if self.find(name) is not None:
+            raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
+        return name
+
+    def add(self, name: str, prompt: ClonePrompt, consent: str | None = None) -> SavedVoice:
         with self._lock:
-            self.refresh()
-            if any(v.name.lower() == name.lower() for v in self._voices.values()):
-                raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
+            name = self.check_new_name(name)
             voice = SavedVoice(id=ID_PREFIX + secrets.token_hex(12), name=name, created_at=int(time.time()),
                                prompt=prompt, consent=consent)
             self._write(voice)
