@@ -1,10 +1,14 @@
 # qwen-tts-api, CPU image.
 # Models are not baked in: mount them and point CUSTOMVOICE_MODEL_PATH / BASE_MODEL_PATH at them.
-FROM python:3.12-slim
+# Python 3.11, the version CI tests with: uv.lock resolves other package versions on other Pythons.
+FROM python:3.11-slim
 
+# UV_NO_CACHE: uv downloads into a temporary directory and removes it, so no layer keeps a
+# second copy of every wheel next to the installed environment.
 ENV PYTHONUNBUFFERED=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
     UV_PYTHON_DOWNLOADS=never
 RUN pip install --no-cache-dir uv \
  && useradd --create-home --uid 1000 app \
@@ -12,11 +16,14 @@ RUN pip install --no-cache-dir uv \
 WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall torch.
+# torch's PyPI wheel links its CUDA libraries, so they stay even here (a CPU-only torch is
+# published only on PyTorch's own index, which uv.lock does not use); Triton only compiles
+# GPU kernels and is left out.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+RUN uv sync --frozen --no-dev --no-install-project --no-install-package triton
 COPY main.py ./
 COPY src ./src
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev --no-install-package triton
 
 ENV PATH="/app/.venv/bin:$PATH" \
     QWEN_TTS_DEVICE=cpu \

@@ -19,7 +19,6 @@ import statistics
 import time
 
 import torch
-
 from latency import TEXT, add_model_arguments, load_official  # noqa: E402 (sibling script)
 
 
@@ -55,8 +54,9 @@ def main() -> int:
     with torch.inference_mode():
         figures["prefill x1"] = timed(lambda: talker.model(inputs_embeds=prompt.prefill, use_cache=True), args.repeat)
         together = torch.cat([prompt.prefill] * c)
-        figures[f"prefill x{c} together"] = timed(lambda: talker.model(inputs_embeds=together, use_cache=True),
-                                                  args.repeat)
+        figures[f"prefill x{c} together"] = timed(
+            lambda: talker.model(inputs_embeds=together, use_cache=True), args.repeat
+        )
         for rows in (1, c):
             batch = FrameBatch(tts, params)
             for _ in range(rows):
@@ -64,12 +64,13 @@ def main() -> int:
             figures[f"step x{rows}"] = timed(batch.step, args.repeat)
             hidden = torch.cat([r.hidden for r in batch.rows])
             tokens = torch.stack([r.token for r in batch.rows])
-            figures[f"code predictor x{rows}"] = timed(lambda: fill_codebooks(talker, params, hidden, tokens),
-                                                       args.repeat)
+            figures[f"code predictor x{rows}"] = timed(
+                lambda hidden=hidden, tokens=tokens: fill_codebooks(talker, params, hidden, tokens), args.repeat
+            )
         codes = torch.randint(0, 1000, (c, 16, 48))
         for n in (3, 48):
-            one = timed(lambda: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
-            many = timed(lambda: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
+            one = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
+            many = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
             figures[f"decode {n} frames, per frame x1"] = one / n
             figures[f"decode {n} frames, per frame per row x{c} batched"] = many / n / c
 

@@ -25,9 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-
 from latency import (  # noqa: E402 (sibling script)
-    ATTN, SAMPLE_RATE, TEXT, add_model_arguments, load_official, run_server, server_process,
+    ATTN,
+    SAMPLE_RATE,
+    TEXT,
+    add_model_arguments,
+    load_official,
+    run_server,
+    server_process,
 )
 
 
@@ -64,8 +69,9 @@ def main() -> int:
     args = parser.parse_args()
     path, official = load_official(args)
     rows = []
-    with server_process(path, args.device, args.dtype, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16",
-                                                                          "QWEN_TTS_MAX_QUEUE": "64"}) as url:
+    with server_process(
+        path, args.device, args.dtype, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
+    ) as url:
         serial(official, args.frames, 1)  # warm-up
         run_server(url, True)
         base = serial(official, args.frames, args.serial_requests)
@@ -74,15 +80,19 @@ def main() -> int:
             rows.append((f"server@{level}", concurrent(url, level)))
 
     single_ttfa = statistics.median(rows[1][1]["ttfa"]) if args.concurrency[0] == 1 else None
-    print(f"\nmodel={args.model} frames={args.frames} device={args.device} dtype={args.dtype} "
-          f"torch_threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}")
+    print(
+        f"\nmodel={args.model} frames={args.frames} device={args.device} dtype={args.dtype} "
+        f"torch_threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}"
+    )
     print(f"{'path':<12}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
     out = []
     for name, r in rows:
         p50, p95 = percentile(r["ttfa"], 0.5), percentile(r["ttfa"], 0.95)
         ratio = f"{p95 / single_ttfa:>12.2f}" if single_ttfa and name != "serial" else f"{'':>12}"
-        print(f"{name:<12}{r['throughput']:>11.3f}{r['throughput'] / base['throughput']:>10.2f}{p50:>10.3f}{p95:>10.3f}"
-              + ratio)
+        print(
+            f"{name:<12}{r['throughput']:>11.3f}{r['throughput'] / base['throughput']:>10.2f}{p50:>10.3f}{p95:>10.3f}"
+            + ratio
+        )
         out.append({"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]})
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": out}, indent=2))

@@ -49,8 +49,9 @@ def build(kind: str, frames: int, directory: Path) -> Path:
     path = directory / f"{kind}-customvoice"
     if not (path / "config.json").exists():
         started = time.perf_counter()
-        build_model(path, "custom_voice", seed=0, shape=shape,
-                    generation={**PACKAGE_SAMPLING, "max_new_tokens": frames})
+        build_model(
+            path, "custom_voice", seed=0, shape=shape, generation={**PACKAGE_SAMPLING, "max_new_tokens": frames}
+        )
         print(f"built {kind} model in {time.perf_counter() - started:.0f}s at {path}", file=sys.stderr)
     return path
 
@@ -76,8 +77,9 @@ def load_official(args: argparse.Namespace):
 
     from qwen_tts import Qwen3TTSModel
 
-    tts = Qwen3TTSModel.from_pretrained(str(path), device_map=args.device, dtype=getattr(torch, args.dtype),
-                                        attn_implementation=ATTN)
+    tts = Qwen3TTSModel.from_pretrained(
+        str(path), device_map=args.device, dtype=getattr(torch, args.dtype), attn_implementation=ATTN
+    )
     return path, tts
 
 
@@ -86,12 +88,23 @@ def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: d
     """Our server as its own process, as it runs in production (one process shared with the
     benchmark client and the official model would measure their GIL contention instead)."""
     port = free_port()
-    env = {**os.environ, "CUSTOMVOICE_MODEL_PATH": str(model), "QWEN_TTS_DEVICE": device,
-           "QWEN_TTS_DTYPE": dtype, "QWEN_TTS_ATTN": attn, "HOST": "127.0.0.1", "PORT": str(port),
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "CUSTOMVOICE_MODEL_PATH": str(model),
+        "QWEN_TTS_DEVICE": device,
+        "QWEN_TTS_DTYPE": dtype,
+        "QWEN_TTS_ATTN": attn,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        **(extra_env or {}),
+    }
     env.pop("BASE_MODEL_PATH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_tts_api.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen_tts_api.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 900
@@ -123,13 +136,15 @@ def run_official(tts, frames: int) -> dict:
 def run_engine(engine, frames: int) -> dict:
     import asyncio
 
-    from qwen_tts_api.engine.synthesis import SpeechJob
+    from qwen_tts_api.engine.jobs import SpeechJob
+    from qwen_tts_api.text.prepare import prepare
 
     async def go() -> dict:
         started = time.perf_counter()
         first = None
         samples = 0
-        async for chunk in engine.start("customvoice", SpeechJob(text=TEXT, language="English", speaker="Vivian")):
+        job = SpeechJob(text=prepare(TEXT, [], frames), language="English", speaker="Vivian")
+        async for chunk in engine.start("customvoice", job):
             if first is None:
                 first = time.perf_counter() - started
             samples += len(chunk)
@@ -138,8 +153,8 @@ def run_engine(engine, frames: int) -> dict:
     return asyncio.run(go())
 
 
-def run_server(url: str, stream: bool) -> dict:
-    body = {"model": "qwen3-tts", "input": TEXT, "voice": "alloy", "response_format": "pcm", "stream": stream}
+def run_server(url: str, stream: bool, text: str = TEXT) -> dict:
+    body = {"model": "qwen3-tts", "input": text, "voice": "alloy", "response_format": "pcm", "stream": stream}
     received = 0
     first = None
     with httpx.Client(timeout=600) as http:
@@ -171,9 +186,20 @@ def main() -> int:
     from qwen_tts_api.engine.loading import LoadedModel
     from qwen_tts_api.engine.synthesis import Engine
 
-    engine = Engine({"customvoice": LoadedModel(
-        kind="customvoice", name=path.name, path=path, tts=official, speakers=["Vivian"],
-        languages=["english"], size_tag="0b6", max_new_tokens=args.frames)})
+    engine = Engine(
+        {
+            "customvoice": LoadedModel(
+                kind="customvoice",
+                name=path.name,
+                path=path,
+                tts=official,
+                speakers=["Vivian"],
+                languages=["english"],
+                size_tag="0b6",
+                max_new_tokens=args.frames,
+            )
+        }
+    )
     results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": [], "whole": []}
     with server_process(path, args.device, args.dtype, ATTN) as url:
         # Warm-up: one of each, not counted.
@@ -189,13 +215,17 @@ def main() -> int:
 
     rows = [summarise(name, runs) for name, runs in results.items()]
     base = rows[0]
-    print(f"\nmodel={args.model} frames={args.frames} ({args.frames * FRAME_SECONDS:.1f}s audio) device={args.device} "
-          f"dtype={args.dtype} runs={args.runs} torch_threads={torch.get_num_threads()} "
-          f"cpu={platform.processor() or platform.machine()}")
+    print(
+        f"\nmodel={args.model} frames={args.frames} ({args.frames * FRAME_SECONDS:.1f}s audio) device={args.device} "
+        f"dtype={args.dtype} runs={args.runs} torch_threads={torch.get_num_threads()} "
+        f"cpu={platform.processor() or platform.machine()}"
+    )
     print(f"{'path':<10}{'TTFA s':>10}{'total s':>10}{'RTF':>8}{'TTFA/official':>15}{'total/official':>16}")
     for row in rows:
-        print(f"{row['name']:<10}{row['ttfa_s']:>10.3f}{row['total_s']:>10.3f}{row['rtf']:>8.3f}"
-              f"{row['ttfa_s'] / base['total_s']:>15.3f}{row['total_s'] / base['total_s']:>16.3f}")
+        print(
+            f"{row['name']:<10}{row['ttfa_s']:>10.3f}{row['total_s']:>10.3f}{row['rtf']:>8.3f}"
+            f"{row['ttfa_s'] / base['total_s']:>15.3f}{row['total_s'] / base['total_s']:>16.3f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
     return 0

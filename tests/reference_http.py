@@ -51,7 +51,7 @@ class ReferenceHTTPServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "ReferenceHTTPServer":
+    def __enter__(self) -> ReferenceHTTPServer:
         self.thread.start()
         return self
 

@@ -6,12 +6,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from helpers import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 
-from conftest import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 from qwen_tts_api.engine.admission import Admission, EngineBusy
 
-BODY = {"model": "qwen3-tts", "voice": "alloy", "input": "A sentence of moderate length for the queue.",
-        "response_format": "wav", "stream": False}
+BODY = {
+    "model": "qwen3-tts",
+    "voice": "alloy",
+    "input": "A sentence of moderate length for the queue.",
+    "response_format": "wav",
+    "stream": False,
+}
 
 
 def test_sixteen_concurrent_clients_all_get_complete_audio(server):
@@ -75,8 +80,9 @@ def test_full_queue_answers_429_and_recovers(tiny_queue_server):
 
 @pytest.fixture(scope="module")
 def impatient_server(demo_models):
-    with LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"],
-                                 request_timeout_seconds=2.0)) as live:
+    with LiveServer(
+        cpu_settings(customvoice_model_path=demo_models["customvoice"], request_timeout_seconds=2.0)
+    ) as live:
         yield live
 
 
@@ -102,8 +108,12 @@ def test_request_timeout_is_504(impatient_server, stream):
 def test_queued_request_whose_client_left_never_starts(server, http):
     engine = server.app.state.engine
     with recorded_streams(engine) as streams:
-        busy = threading.Thread(target=lambda: http.post("/v1/audio/speech", json={
-            **BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3}))
+        busy = threading.Thread(
+            target=lambda: http.post(
+                "/v1/audio/speech",
+                json={**BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3},
+            )
+        )
         busy.start()
         while not streams:
             time.sleep(0.01)

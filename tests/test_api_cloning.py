@@ -6,8 +6,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-
-from conftest import LiveServer, SR, cpu_settings, decode_audio, encode_with_pyav, error_of, tone
+from helpers import SR, LiveServer, cpu_settings, decode_audio, encode_with_pyav, error_of, tone
 from reference_http import ReferenceHTTPServer
 
 
@@ -30,7 +29,10 @@ def ref_http(ref_wav):
 
 def clone(client, audio_sample: str, **extra):
     return client.audio.speech.with_raw_response.create(
-        model="qwen3-tts", voice="alloy", input="Clone me.", response_format="pcm",
+        model="qwen3-tts",
+        voice="alloy",
+        input="Clone me.",
+        response_format="pcm",
         extra_body={"audio_sample": audio_sample, **extra},
     )
 
@@ -42,7 +44,7 @@ def cloned_from_base64(client, ref_wav) -> bytes:
 
 def test_base64_clone(cloned_from_base64):
     decoded = decode_audio(cloned_from_base64, "pcm")
-    assert decoded.duration > 0.5 and np.sqrt(np.mean(decoded.samples ** 2)) > 0.01
+    assert decoded.duration > 0.5 and np.sqrt(np.mean(decoded.samples**2)) > 0.01
 
 
 def test_data_uri_clone_matches_base64(client, ref_wav, cloned_from_base64):
@@ -81,7 +83,11 @@ def test_stereo_mp3_reference(client):
 
 def test_voice_and_instructions_ignored_when_cloning(client, ref_wav, cloned_from_base64):
     raw = client.audio.speech.with_raw_response.create(
-        model="qwen3-tts", voice="onyx", input="Clone me.", response_format="pcm", instructions="Whisper.",
+        model="qwen3-tts",
+        voice="onyx",
+        input="Clone me.",
+        response_format="pcm",
+        instructions="Whisper.",
         extra_body={"audio_sample": base64.b64encode(ref_wav).decode()},
     )
     assert raw.content == cloned_from_base64
@@ -91,7 +97,10 @@ def test_voice_and_instructions_ignored_when_cloning(client, ref_wav, cloned_fro
 @pytest.mark.parametrize("fmt", ["mp3", "wav"])
 def test_clone_formats(client, ref_wav, fmt):
     raw = client.audio.speech.with_raw_response.create(
-        model="qwen3-tts", voice="alloy", input="Clone me.", response_format=fmt,
+        model="qwen3-tts",
+        voice="alloy",
+        input="Clone me.",
+        response_format=fmt,
         extra_body={"audio_sample": base64.b64encode(ref_wav).decode()},
     )
     assert decode_audio(raw.content).rate == SR
@@ -107,8 +116,11 @@ def default_safety_server(demo_models):
 def test_default_refuses_local_paths(default_safety_server, sample_dir):
     import httpx
 
-    r = httpx.post(f"{default_safety_server.url}/v1/audio/speech", timeout=60, json={
-        "model": "qwen3-tts", "input": "Hi.", "audio_sample": str(sample_dir / "ref.wav")})
+    r = httpx.post(
+        f"{default_safety_server.url}/v1/audio/speech",
+        timeout=60,
+        json={"model": "qwen3-tts", "input": "Hi.", "audio_sample": str(sample_dir / "ref.wav")},
+    )
     assert r.status_code == 400
     err = error_of(r)
     assert err["param"] == "audio_sample" and "QWEN_TTS_AUDIO_SAMPLE_DIRS" in err["message"]
@@ -117,8 +129,11 @@ def test_default_refuses_local_paths(default_safety_server, sample_dir):
 def test_default_refuses_private_urls(default_safety_server, ref_http):
     import httpx
 
-    r = httpx.post(f"{default_safety_server.url}/v1/audio/speech", timeout=60, json={
-        "model": "qwen3-tts", "input": "Hi.", "audio_sample": f"{ref_http.url}/ref.wav"})
+    r = httpx.post(
+        f"{default_safety_server.url}/v1/audio/speech",
+        timeout=60,
+        json={"model": "qwen3-tts", "input": "Hi.", "audio_sample": f"{ref_http.url}/ref.wav"},
+    )
     assert r.status_code == 400
     assert "QWEN_TTS_ALLOW_PRIVATE_URLS" in error_of(r)["message"]
 

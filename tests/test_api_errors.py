@@ -4,9 +4,7 @@ import base64
 
 import openai
 import pytest
-
-from conftest import LiveServer, cpu_settings, error_of
-
+from helpers import LiveServer, cpu_settings, error_of
 
 BASE = {"model": "qwen3-tts", "input": "Hi.", "voice": "alloy"}
 
@@ -101,8 +99,11 @@ def customvoice_only(demo_models):
 def test_clone_needs_base_model(customvoice_only, sample_dir):
     import httpx
 
-    r = httpx.post(f"{customvoice_only.url}/v1/audio/speech", timeout=60,
-                   json={**BASE, "audio_sample": base64.b64encode((sample_dir / "ref.wav").read_bytes()).decode()})
+    r = httpx.post(
+        f"{customvoice_only.url}/v1/audio/speech",
+        timeout=60,
+        json={**BASE, "audio_sample": base64.b64encode((sample_dir / "ref.wav").read_bytes()).decode()},
+    )
     assert r.status_code == 400
     err = error_of(r)
     assert err["param"] == "audio_sample" and err["code"] == "model_not_loaded"
@@ -111,3 +112,34 @@ def test_clone_needs_base_model(customvoice_only, sample_dir):
 
 def test_server_still_serves_after_errors(client):
     assert client.audio.speech.create(model="qwen3-tts", voice="alloy", input="Hi.", response_format="wav").content
+
+
+def test_openapi_describes_what_the_server_sends(http):
+    spec = http.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def schema_of(path: str, method: str, status: str) -> dict:
+        content = spec["paths"][path][method]["responses"][status]["content"]
+        return content["application/json"]["schema"]
+
+    def fields(ref: dict) -> set[str]:
+        return set(schemas[ref["$ref"].rsplit("/", 1)[1]]["properties"])
+
+    assert fields(schema_of("/v1/models", "get", "200")) == {"object", "data"}
+    assert fields(schema_of("/v1/audio/voices", "get", "200")) == {"object", "data"}
+    assert {"object", "id", "name", "type"} <= fields(schema_of("/v1/audio/voices", "post", "200"))
+    assert fields(schema_of("/v1/audio/voices/{voice_id}", "delete", "200")) == {"object", "id", "deleted"}
+    for status in ("400", "401", "429", "500", "503", "504"):
+        assert fields(schema_of("/v1/audio/speech", "post", status)) == {"error"}, status
+    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+    for status in ("400", "413", "429"):
+        assert fields(schema_of("/v1/audio/voices", "post", status)) == {"error"}, status
+    assert fields(schema_of("/v1/audio/voices/{voice_id}", "get", "404")) == {"error"}
+    # Audio and Server-Sent Events for speech, each event typed.
+    speech = spec["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
+    assert {"audio/mpeg", "audio/wav", "audio/pcm", "text/event-stream"} <= set(speech)
+    events = [ref["$ref"].rsplit("/", 1)[1] for ref in speech["text/event-stream"]["schema"]["oneOf"]]
+    assert events == ["SpeechAudioDelta", "SpeechAudioDone", "SpeechStreamError"]
+    assert all(event in schemas for event in events) and "SpeechUsage" in schemas
+    assert fields(schema_of("/health", "get", "503")) == {"status", "error"}
+    assert fields(schema_of("/ready", "get", "200")) == {"status", "models", "warmed_up", "error"}

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers import SR, decode_audio, opus_head, tone
 
-from conftest import SR, decode_audio, opus_head, tone
 from qwen_tts_api.audio.encode import CONTENT_TYPES, encode_audio, make_encoder, wav_header
 
 # AAC in ADTS has no way to signal the encoder's priming samples, so players hear
@@ -13,8 +13,12 @@ AAC_PADDING = 2 * 1024 / SR
 
 def test_content_types_match_openai():
     assert CONTENT_TYPES == {
-        "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac",
-        "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm",
+        "mp3": "audio/mpeg",
+        "opus": "audio/opus",
+        "aac": "audio/aac",
+        "flac": "audio/flac",
+        "wav": "audio/wav",
+        "pcm": "audio/pcm",
     }
 
 

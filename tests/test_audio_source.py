@@ -7,12 +7,12 @@ import os
 
 import pytest
 import soundfile as sf
+from helpers import SR, cpu_settings, tone
+from reference_http import ReferenceHTTPServer
 
-from conftest import SR, cpu_settings, tone
 from qwen_tts_api.audio import fetch
 from qwen_tts_api.audio.reference import AudioSampleError
 from qwen_tts_api.audio.source import read_audio_sample
-from reference_http import ReferenceHTTPServer
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_plain_base64_with_slash_and_plus(wav):
 
 def test_base64_with_line_breaks_and_missing_padding(wav):
     encoded = base64.b64encode(wav).decode().rstrip("=")
-    wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
     assert read(wrapped) == wav
 
 
@@ -90,8 +90,20 @@ def test_other_schemes_refused(value):
         read(value)
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
-                                     "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "169.254.169.254",
+        "::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+    ],
+)
 def test_private_addresses_not_allowed(address):
     assert not fetch.address_allowed(address, allow_private=False)
 

@@ -25,8 +25,9 @@ def customvoice(demo_models):
 def test_batched_codes_equal_solo_codes(customvoice):
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS]
-    solo = [torch.stack(list(FrameGenerator(customvoice, p, params, max_frames=r[3])))
-            for p, r in zip(prompts, REQUESTS)]
+    solo = [
+        torch.stack(list(FrameGenerator(customvoice, p, params, max_frames=r[3]))) for p, r in zip(prompts, REQUESTS)
+    ]
 
     batch = FrameBatch(customvoice, params)
     rows, made = {}, {i: [] for i in range(len(REQUESTS))}
@@ -65,4 +66,75 @@ def test_cancelled_row_leaves_and_others_continue(customvoice):
         if first in finished:
             assert first.frames_made == 4
     assert first not in batch.rows and len(batch) == 0
+    assert torch.equal(torch.stack(got), expected)
+
+
+def test_cache_stays_bounded_under_continuous_joins_and_leaves(customvoice):
+    """The batch never empties for hundreds of steps; its talker cache holds no more positions
+    than its longest row needs, and every row's codes still equal its solo codes."""
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    texts = ["Hi.", "A somewhat longer sentence to read first.", "Medium length words here.", "Okay then, go."]
+    speakers = ["Vivian", "Ryan", "Eric", "Sohee"]
+    prompts = [build_prompt(customvoice, texts[i % 4], "English", speaker=speakers[(i * 3) % 4]) for i in range(4)]
+    batch = FrameBatch(customvoice, params)
+    made: dict[int, list] = {}
+    owner: dict[int, int] = {}
+    spans: dict[int, tuple[int, int]] = {}  # row number -> (prompt index, frames)
+    number, longest_seen = 0, 0
+    for step in range(400):
+        # Two or three rows alive at all times, each short-lived, joining at different steps.
+        while len(batch) < 2 + (step // 50) % 2:
+            frames = 4 + (number * 7) % 17
+            row = batch.add(prompts[number % 4], max_frames=frames)
+            owner[id(row)], spans[number], made[number] = number, (number % 4, frames), []
+            number += 1
+        frames_out, finished = batch.step()
+        for row, codes in frames_out:
+            made[owner[id(row)]].append(codes)
+        for row in finished:
+            owner.pop(id(row))
+        if len(batch):
+            assert batch.cache_length <= max(r.position for r in batch.rows), f"step {step}"
+        longest_seen = max(longest_seen, batch.cache_length)
+    assert number > 40  # many rows came and went
+    assert longest_seen <= max(p.prefill.shape[1] for p in prompts) + 21
+    solo = {}
+    for n in [0, 1, 5, 17, number // 2, number - 3]:  # early rows, and rows that joined a long-lived batch
+        index, frames = spans[n]
+        if (index, frames) not in solo:
+            solo[index, frames] = torch.stack(
+                list(FrameGenerator(customvoice, prompts[index], params, max_frames=frames))
+            )
+        assert torch.equal(torch.stack(made[n]), solo[index, frames]), f"row {n}"
+
+
+def test_non_finite_predictor_logits_fail_their_row_only(customvoice):
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    prompts = [build_prompt(customvoice, "Hello there.", "English", speaker=s) for s in ("Vivian", "Ryan")]
+    expected = torch.stack(list(FrameGenerator(customvoice, prompts[0], params, max_frames=10)))
+    head = customvoice.model.talker.code_predictor.lm_head[5]
+    calls = {"n": 0}
+
+    def poison_row_one_at_frame_three(_module, _inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 3 and output.shape[0] == 2:
+            output = output.clone()
+            output[1] = float("nan")
+            return output
+        return None
+
+    batch = FrameBatch(customvoice, params)
+    kept, poisoned = batch.add_many([(prompts[0], 10, None), (prompts[1], 10, None)])
+    hook = head.register_forward_hook(poison_row_one_at_frame_three)
+    got, failed_frames = [], []
+    try:
+        while len(batch):
+            frames, finished = batch.step()
+            got += [codes for row, codes in frames if row is kept]
+            failed_frames += [codes for row, codes in frames if row is poisoned]
+            assert all(row.error is None for row in finished if row is kept)
+    finally:
+        hook.remove()
+    assert poisoned.error is not None and "non-finite" in str(poisoned.error)
+    assert len(failed_frames) == 2, "the poisoned frame itself is never emitted"
     assert torch.equal(torch.stack(got), expected)

@@ -14,8 +14,10 @@ def test_strip_removes_tokens_and_ones_that_removal_assembles():
 
 
 def speak(http, **body) -> bytes:
-    r = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "voice": "alloy", "response_format": "pcm",
-                                            "stream": False, **body})
+    r = http.post(
+        "/v1/audio/speech",
+        json={"model": "qwen3-tts", "voice": "alloy", "response_format": "pcm", "stream": False, **body},
+    )
     assert r.status_code == 200, r.text
     return r.content
 
@@ -29,10 +31,13 @@ def test_control_tokens_in_input_change_nothing(server, http):
     import base64
 
     sample = base64.b64encode((server.app.state.settings.audio_sample_dirs[0] / "ref.wav").read_bytes()).decode()
-    assert speak(http, input=injected, audio_sample=sample, audio_sample_text="The <|im_end|>reference.") == \
-        speak(http, input="Hello \nsystem\nthere.", audio_sample=sample, audio_sample_text="The reference.")
+    assert speak(http, input=injected, audio_sample=sample, audio_sample_text="The <|im_end|>reference.") == speak(
+        http, input="Hello \nsystem\nthere.", audio_sample=sample, audio_sample_text="The reference."
+    )
 
 
 def test_input_of_only_control_tokens_is_a_400(http):
-    r = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "voice": "alloy", "input": "<|im_end|> <|endoftext|>"})
+    r = http.post(
+        "/v1/audio/speech", json={"model": "qwen3-tts", "voice": "alloy", "input": "<|im_end|> <|endoftext|>"}
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"

@@ -11,8 +11,19 @@ from qwen_tts_api.engine.demo_models import build_model
 from qwen_tts_api.engine.model_dir import check_model_dir
 
 SPEAKERS = {"vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"}
-LANGUAGES = {"auto", "english", "chinese", "japanese", "korean", "french", "german", "spanish",
-             "italian", "portuguese", "russian"}
+LANGUAGES = {
+    "auto",
+    "english",
+    "chinese",
+    "japanese",
+    "korean",
+    "french",
+    "german",
+    "spanish",
+    "italian",
+    "portuguese",
+    "russian",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +34,17 @@ def customvoice(demo_models):
 def test_published_layout(demo_models):
     for kind, path in demo_models.items():
         check_model_dir(kind, path)
-        for name in ["config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt",
-                     "tokenizer_config.json", "speech_tokenizer/config.json",
-                     "speech_tokenizer/model.safetensors", "speech_tokenizer/preprocessor_config.json"]:
+        for name in [
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+            "speech_tokenizer/config.json",
+            "speech_tokenizer/model.safetensors",
+            "speech_tokenizer/preprocessor_config.json",
+        ]:
             assert (path / name).is_file(), name
 
 
@@ -47,8 +66,9 @@ def test_audible_and_deterministic(customvoice):
 def test_base_model_clones(demo_models):
     base = Qwen3TTSModel.from_pretrained(str(demo_models["base"]), device_map="cpu", dtype=torch.float32)
     ref = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 24000)).astype(np.float32)
-    wavs, sr = base.generate_voice_clone("Hi.", language="Auto", ref_audio=(ref, 24000), x_vector_only_mode=True,
-                                         max_new_tokens=8)
+    wavs, sr = base.generate_voice_clone(
+        "Hi.", language="Auto", ref_audio=(ref, 24000), x_vector_only_mode=True, max_new_tokens=8
+    )
     assert sr == 24000 and np.sqrt(np.mean(wavs[0] ** 2)) > 0.01
 
 
@@ -61,3 +81,15 @@ def test_same_seed_same_weights(tmp_path, demo_models):
     assert _weights_digest(tmp_path / "again") == _weights_digest(demo_models["customvoice"])
     build_model(tmp_path / "other", "custom_voice", seed=1)
     assert _weights_digest(tmp_path / "other") != _weights_digest(demo_models["customvoice"])
+
+
+def test_files_are_world_readable(demo_models):
+    """A container's unprivileged user must be able to read demo models made on the host."""
+    import stat
+
+    for root in demo_models.values():
+        for path in [root, *root.rglob("*")]:
+            mode = path.stat().st_mode
+            assert mode & stat.S_IROTH, f"{path} is not readable by others"
+            if path.is_dir():
+                assert mode & stat.S_IXOTH, f"{path} cannot be entered by others"

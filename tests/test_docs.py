@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import soundfile as sf
-
-from conftest import SR, decode_audio, tone
+from helpers import SR, decode_audio, tone
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CLIENTS.md"
 

@@ -55,16 +55,20 @@ def base(demo_models):
 
 @pytest.fixture(scope="module")
 def customvoice_1_7b(tmp_path_factory):
-    return load(build_model(tmp_path_factory.mktemp("eq17") / "cv", "custom_voice", seed=5,
-                            shape=ModelShape(size_tag="1b7")))
+    return load(
+        build_model(tmp_path_factory.mktemp("eq17") / "cv", "custom_voice", seed=5, shape=ModelShape(size_tag="1b7"))
+    )
 
 
-@pytest.mark.parametrize("speaker, language", [("Vivian", "English"), ("Dylan", "Auto"), ("Eric", "Chinese"),
-                                               ("Sohee", "Korean")])
+@pytest.mark.parametrize(
+    "speaker, language", [("Vivian", "English"), ("Dylan", "Auto"), ("Eric", "Chinese"), ("Sohee", "Korean")]
+)
 def test_custom_voice_codes_equal(customvoice, speaker, language):
     text = "Hello there, how are you today?"
-    expected, _ = package_codes(customvoice, lambda: customvoice.generate_custom_voice(
-        text, speaker=speaker, language=language, max_new_tokens=FRAMES + 1))
+    expected, _ = package_codes(
+        customvoice,
+        lambda: customvoice.generate_custom_voice(text, speaker=speaker, language=language, max_new_tokens=FRAMES + 1),
+    )
     ours = our_codes(customvoice, text=text, language=language, speaker=speaker)
     assert expected.shape == (FRAMES, 16)
     assert torch.equal(ours, expected)
@@ -72,8 +76,12 @@ def test_custom_voice_codes_equal(customvoice, speaker, language):
 
 def test_custom_voice_with_instructions_codes_equal(customvoice_1_7b):
     text, instructions = "Hello there.", "Speak slowly and warmly."
-    expected, _ = package_codes(customvoice_1_7b, lambda: customvoice_1_7b.generate_custom_voice(
-        text, speaker="Ryan", language="English", instruct=instructions, max_new_tokens=FRAMES + 1))
+    expected, _ = package_codes(
+        customvoice_1_7b,
+        lambda: customvoice_1_7b.generate_custom_voice(
+            text, speaker="Ryan", language="English", instruct=instructions, max_new_tokens=FRAMES + 1
+        ),
+    )
     ours = our_codes(customvoice_1_7b, text=text, language="English", speaker="Ryan", instructions=instructions)
     plain = our_codes(customvoice_1_7b, text=text, language="English", speaker="Ryan")
     assert torch.equal(ours, expected)
@@ -91,11 +99,16 @@ def reference_audio() -> np.ndarray:
 @pytest.mark.parametrize("transcript", [None, "This is the reference."], ids=["x-vector", "in-context"])
 def test_clone_codes_equal(base, transcript):
     ref = reference_audio()
-    prompt_items = base.create_voice_clone_prompt(ref_audio=(ref, 24000), ref_text=transcript,
-                                                  x_vector_only_mode=transcript is None)
+    prompt_items = base.create_voice_clone_prompt(
+        ref_audio=(ref, 24000), ref_text=transcript, x_vector_only_mode=transcript is None
+    )
     text = "Cloned speech sounds like this."
-    expected, _ = package_codes(base, lambda: base.generate_voice_clone(
-        text, language="English", voice_clone_prompt=prompt_items, max_new_tokens=FRAMES + 1))
+    expected, _ = package_codes(
+        base,
+        lambda: base.generate_voice_clone(
+            text, language="English", voice_clone_prompt=prompt_items, max_new_tokens=FRAMES + 1
+        ),
+    )
     if transcript is not None:
         ref_len = prompt_items[0].ref_code.shape[0]
         assert torch.equal(expected[:ref_len], prompt_items[0].ref_code)
@@ -107,10 +120,11 @@ def test_clone_codes_equal(base, transcript):
 
 # ---------- waveform: incremental decode against the package's full decode ----------
 
-from qwen_tts_api.engine.decoding import StreamingDecoder  # noqa: E402
+from qwen_tts_api.engine.decoding import DecoderContext, StreamingDecoder  # noqa: E402
 
-def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context_codes=None) -> np.ndarray:
-    decoder = StreamingDecoder(tts, first_chunk=first_chunk, max_chunk=max_chunk, context_codes=context_codes)
+
+def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context=None) -> np.ndarray:
+    decoder = StreamingDecoder(tts, first_chunk=first_chunk, max_chunk=max_chunk, context=context)
     parts = [audio for frame in codes if (audio := decoder.push(frame)) is not None]
     if (tail := decoder.flush()) is not None:
         parts.append(tail)
@@ -121,8 +135,12 @@ def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context_codes=None) -
 @pytest.mark.parametrize("frames", [40, 200])
 @pytest.mark.parametrize("first_chunk, max_chunk", [(3, 48), (1, 1), (7, 13)])
 def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, max_chunk):
-    codes, wav = package_codes(customvoice, lambda: customvoice.generate_custom_voice(
-        "Hello there, how are you?", speaker="Vivian", language="English", max_new_tokens=frames + 1))
+    codes, wav = package_codes(
+        customvoice,
+        lambda: customvoice.generate_custom_voice(
+            "Hello there, how are you?", speaker="Vivian", language="English", max_new_tokens=frames + 1
+        ),
+    )
     ours = stream_decode(customvoice, codes, first_chunk, max_chunk)
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
@@ -131,9 +149,28 @@ def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, 
 def test_in_context_clone_waveform_equals_package(base):
     ref = reference_audio()
     items = base.create_voice_clone_prompt(ref_audio=(ref, 24000), ref_text="This is the reference.")
-    codes, wav = package_codes(base, lambda: base.generate_voice_clone(
-        "Cloned speech.", language="English", voice_clone_prompt=items, max_new_tokens=FRAMES + 1))
+    codes, wav = package_codes(
+        base,
+        lambda: base.generate_voice_clone(
+            "Cloned speech.", language="English", voice_clone_prompt=items, max_new_tokens=FRAMES + 1
+        ),
+    )
     ref_len = items[0].ref_code.shape[0]
-    ours = stream_decode(base, codes[ref_len:], context_codes=items[0].ref_code)
+    ours = stream_decode(base, codes[ref_len:], context=DecoderContext.prime(base, items[0].ref_code))
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
+
+
+def test_reference_context_is_shared_unchanged_by_its_streams(base):
+    """A long request primes the decoder with its reference once; each segment's stream
+    starts from that state exactly as if it had been primed afresh."""
+    ref_codes = base.create_voice_clone_prompt(ref_audio=(reference_audio(), 24000), ref_text="This is the reference.")[
+        0
+    ].ref_code
+    generator = torch.Generator().manual_seed(3)
+    first, second = (torch.randint(0, 2048, (n, 16), generator=generator) for n in (90, 30))
+    shared = DecoderContext.prime(base, ref_codes)
+    stream_decode(base, first, context=shared)  # past the 72-frame window: its cache rolls over
+    from_shared = stream_decode(base, second, context=shared)
+    afresh = stream_decode(base, second, context=DecoderContext.prime(base, ref_codes))
+    assert np.array_equal(from_shared, afresh)

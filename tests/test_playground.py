@@ -10,8 +10,7 @@ import os
 import shutil
 
 import pytest
-
-from conftest import SR
+from helpers import SR
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -34,7 +33,8 @@ def browser():
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=path, headless=True,
+            executable_path=path,
+            headless=True,
             args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
         )
         yield browser
@@ -58,8 +58,9 @@ def test_page_lists_voices_from_the_api(page, http):
     page.wait_for_function("window.playground.voices > 0", timeout=30_000)
     listed = http.get("/v1/audio/voices").json()["data"]
     options = page.eval_on_selector_all("#voice option", "els => els.map(e => e.value)")
-    assert options == [v["id"] for v in listed if v["type"] == "audio_sample"] + \
-        [v["id"] for v in listed if v["type"] == "builtin"] + [v["id"] for v in listed if v["type"] == "alias"]
+    assert options == [v["id"] for v in listed if v["type"] == "audio_sample"] + [
+        v["id"] for v in listed if v["type"] == "builtin"
+    ] + [v["id"] for v in listed if v["type"] == "alias"]
     assert "alloy" in options and "Vivian" in options
     assert page.problems == []
 
@@ -77,8 +78,16 @@ def run_synthesis(page, fmt: str, text: str) -> dict:
 def test_pcm_synthesis_streams_and_plays(page, http):
     state = run_synthesis(page, "pcm", "Hello from the playground.")
     assert state["status"] == "done", state
-    expected = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "voice": "alloy", "response_format": "pcm",
-                                                   "input": "Hello from the playground.", "stream": False}).content
+    expected = http.post(
+        "/v1/audio/speech",
+        json={
+            "model": "qwen3-tts",
+            "voice": "alloy",
+            "response_format": "pcm",
+            "input": "Hello from the playground.",
+            "stream": False,
+        },
+    ).content
     # Every byte arrived and was scheduled for playback as it came.
     assert state["bytes"] == len(expected)
     assert abs(state["seconds"] - len(expected) / 2 / SR) < 1e-3
@@ -125,7 +134,7 @@ def test_page_works_under_its_own_content_security_policy(browser, server):
 
 
 def test_page_with_api_keys_asks_for_one(browser, demo_models):
-    from conftest import LiveServer, cpu_settings
+    from helpers import LiveServer, cpu_settings
 
     settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], api_keys=["sk-page"])
     with LiveServer(settings) as live:

@@ -5,8 +5,8 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SR, encode_with_pyav, tone
 
-from conftest import SR, encode_with_pyav, tone
 from qwen_tts_api.audio.reference import AudioSampleError, decode_reference
 
 

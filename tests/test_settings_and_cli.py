@@ -10,8 +10,15 @@ import pytest
 from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_configured_models
 from qwen_tts_api.settings import Settings
 
-SPEC_VARS = ["CUSTOMVOICE_MODEL_PATH", "BASE_MODEL_PATH", "QWEN_TTS_DEVICE", "QWEN_TTS_DTYPE",
-             "QWEN_TTS_ATTN", "HOST", "PORT"]
+SPEC_VARS = [
+    "CUSTOMVOICE_MODEL_PATH",
+    "BASE_MODEL_PATH",
+    "QWEN_TTS_DEVICE",
+    "QWEN_TTS_DTYPE",
+    "QWEN_TTS_ATTN",
+    "HOST",
+    "PORT",
+]
 
 
 @pytest.fixture()
@@ -30,9 +37,15 @@ def test_specification_defaults(clean_env):
 
 
 def test_every_specification_variable_is_read(clean_env, tmp_path):
-    for name, value in {"CUSTOMVOICE_MODEL_PATH": str(tmp_path / "cv"), "BASE_MODEL_PATH": str(tmp_path / "b"),
-                        "QWEN_TTS_DEVICE": "cpu", "QWEN_TTS_DTYPE": "float32", "QWEN_TTS_ATTN": "",
-                        "HOST": "127.0.0.1", "PORT": "9001"}.items():
+    for name, value in {
+        "CUSTOMVOICE_MODEL_PATH": str(tmp_path / "cv"),
+        "BASE_MODEL_PATH": str(tmp_path / "b"),
+        "QWEN_TTS_DEVICE": "cpu",
+        "QWEN_TTS_DTYPE": "float32",
+        "QWEN_TTS_ATTN": "",
+        "HOST": "127.0.0.1",
+        "PORT": "9001",
+    }.items():
         clean_env.setenv(name, value)
     s = Settings()
     assert s.customvoice_model_path == tmp_path / "cv" and s.base_model_path == tmp_path / "b"
@@ -75,8 +88,14 @@ def test_model_dir_checks(tmp_path, demo_models):
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in SPEC_VARS and not k.startswith("QWEN_TTS_")}
-    return subprocess.run([sys.executable, "main.py"], env={**clean, **env}, capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "main.py"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def test_serve_refuses_without_models():

@@ -7,8 +7,8 @@ import time
 
 import httpx
 import pytest
+from helpers import SR, LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 
-from conftest import SR, LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 from qwen_tts_api.text.segment import split_text
 
 FRAME = 1920 / SR
@@ -28,8 +28,9 @@ def stream_chunks(client, **kwargs) -> list[bytes]:
 def test_streamed_format_is_incremental_and_complete(client, fmt):
     chunks = stream_chunks(client, response_format=fmt)
     assert len(chunks) > 2, "audio arrives in several pieces"
-    whole = client.audio.speech.create(model="qwen3-tts", voice="alloy", input=TEXT, response_format=fmt,
-                                       extra_body={"stream": False}).content
+    whole = client.audio.speech.create(
+        model="qwen3-tts", voice="alloy", input=TEXT, response_format=fmt, extra_body={"stream": False}
+    ).content
     streamed = decode_audio(b"".join(chunks), fmt)
     complete = decode_audio(whole, fmt)
     assert streamed.rate == complete.rate and streamed.samples.ndim == 1
@@ -39,14 +40,18 @@ def test_streamed_format_is_incremental_and_complete(client, fmt):
 
 def test_streamed_pcm_equals_whole_pcm(client):
     chunks = stream_chunks(client, response_format="pcm")
-    whole = client.audio.speech.create(model="qwen3-tts", voice="alloy", input=TEXT, response_format="pcm",
-                                       extra_body={"stream": False}).content
+    whole = client.audio.speech.create(
+        model="qwen3-tts", voice="alloy", input=TEXT, response_format="pcm", extra_body={"stream": False}
+    ).content
     assert b"".join(chunks) == whole
 
 
 def test_first_audio_arrives_early(server):
-    body = {"model": "qwen3-tts", "input": "A longer sentence keeps the generator busy for a while. " * 4,
-            "response_format": "pcm"}
+    body = {
+        "model": "qwen3-tts",
+        "input": "A longer sentence keeps the generator busy for a while. " * 4,
+        "response_format": "pcm",
+    }
     with httpx.Client(base_url=server.url, timeout=300) as http:
         started = time.perf_counter()
         with http.stream("POST", "/v1/audio/speech", json=body) as response:
@@ -67,7 +72,7 @@ def sse_events(server, **body) -> list[dict]:
             assert response.headers["content-type"].startswith("text/event-stream")
             lines = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
-    return [json.loads(line[len("data: "):]) for line in lines]
+    return [json.loads(line[len("data: ") :]) for line in lines]
 
 
 def test_sse_deltas_and_done(server, client):
@@ -75,8 +80,9 @@ def test_sse_deltas_and_done(server, client):
     deltas, done = events[:-1], events[-1]
     assert len(deltas) > 2 and all(e["type"] == "speech.audio.delta" for e in deltas)
     audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
-    whole = client.audio.speech.create(model="qwen3-tts", voice="alloy", input=TEXT, response_format="pcm",
-                                       extra_body={"stream": False}).content
+    whole = client.audio.speech.create(
+        model="qwen3-tts", voice="alloy", input=TEXT, response_format="pcm", extra_body={"stream": False}
+    ).content
     assert audio == whole
     assert done["type"] == "speech.audio.done"
     usage = done["usage"]
@@ -110,8 +116,11 @@ def test_long_input_is_spoken_to_the_end(capped_server, length):
     text = LONG_TEXT[:length]
     segments = split_text(text)
     assert len(segments) >= 6
-    audio = capped_server.openai().audio.speech.create(model="qwen3-tts", voice="alloy", input=text,
-                                                       response_format="wav").content
+    audio = (
+        capped_server.openai()
+        .audio.speech.create(model="qwen3-tts", voice="alloy", input=text, response_format="wav")
+        .content
+    )
     # Every segment produced its 20 frames: nothing was dropped or cut short.
     assert decode_audio(audio).duration == pytest.approx(len(segments) * 20 * FRAME, abs=0.01)
 
@@ -124,8 +133,7 @@ def test_disconnect_stops_generation_and_frees_worker(server, http):
     alone = time.perf_counter() - began
 
     with recorded_streams(server.app.state.engine) as streams:
-        long_body = {"model": "qwen3-tts", "input": "Words keep coming without an end. " * 40,
-                     "response_format": "pcm"}
+        long_body = {"model": "qwen3-tts", "input": "Words keep coming without an end. " * 40, "response_format": "pcm"}
         with raw_speech_request(server.port, long_body) as sock:
             assert b"200 OK" in sock.recv(65536)  # headers and the first audio
     began = time.perf_counter()

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers import SR, tone
 
-from conftest import SR, tone
 from qwen_tts_api.audio.tempo import atempo_factors, change_speed
 
 

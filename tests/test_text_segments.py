@@ -2,13 +2,12 @@
 
 import re
 
+import numpy as np
 import pytest
 
 from qwen_tts_api.engine.joining import FADE_SAMPLES, SegmentJoiner
 from qwen_tts_api.text.budget import frame_budget
 from qwen_tts_api.text.segment import MAX_SEGMENT_WEIGHT, split_text, weight
-
-import numpy as np
 
 SAMPLES = [
     "Hello there. How are you? I am fine, thanks! " * 40,
@@ -68,7 +67,13 @@ def test_joiner_removes_click_between_segments():
     joiner = SegmentJoiner(2)
     first = np.full(4800, 0.8, np.float32)
     second = np.full(4800, -0.8, np.float32)
-    out = np.concatenate([joiner.feed(0, first[:2000]), joiner.end_segment(0, first[2000:]),
-                          joiner.feed(1, second), joiner.end_segment(1, None)])
+    out = np.concatenate(
+        [
+            joiner.feed(0, first[:2000]),
+            joiner.end_segment(0, first[2000:]),
+            joiner.feed(1, second),
+            joiner.end_segment(1, None),
+        ]
+    )
     assert len(out) == len(first) + len(second)
     assert np.max(np.abs(np.diff(out))) <= 0.8 / FADE_SAMPLES * 1.01  # a ramp, not a jump

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SR, LiveServer, cpu_settings, decode_audio, error_of
 
-from conftest import LiveServer, SR, cpu_settings, decode_audio, error_of
 from qwen_tts_api.engine.clone import PromptCache, compute_clone_prompt
 from qwen_tts_api.voices.store import VoiceStore
 
@@ -30,12 +30,16 @@ def wav_bytes(freq: float, seconds: float = 1.5) -> bytes:
 
 
 def upload(http: httpx.Client, name: str, audio: bytes, **fields) -> httpx.Response:
-    return http.post("/v1/audio/voices", data={"name": name, **fields}, files={"audio_sample": ("ref.wav", audio, "audio/wav")})
+    return http.post(
+        "/v1/audio/voices", data={"name": name, **fields}, files={"audio_sample": ("ref.wav", audio, "audio/wav")}
+    )
 
 
 def speak(http: httpx.Client, **body) -> bytes:
-    r = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "input": TEXT, "response_format": "pcm",
-                                            "stream": False, **body})
+    r = http.post(
+        "/v1/audio/speech",
+        json={"model": "qwen3-tts", "input": TEXT, "response_format": "pcm", "stream": False, **body},
+    )
     assert r.status_code == 200, r.text
     return r.content
 
@@ -71,6 +75,7 @@ def encoders(server, monkeypatch) -> EncoderCalls:
 
 # ---------- create and speak ----------
 
+
 def test_create_with_sdk_then_speak_by_id_object_id_string_and_name(server, client, http):
     audio = wav_bytes(231)
     name = unique_name()
@@ -79,8 +84,9 @@ def test_create_with_sdk_then_speak_by_id_object_id_string_and_name(server, clie
     assert voice.type == "audio_sample" and abs(voice.created_at - __import__("time").time()) < 120
 
     # The SDK's own voice={"id": ...} form, streamed.
-    streamed = client.audio.speech.create(model="qwen3-tts", voice={"id": voice.id}, input=TEXT,
-                                          response_format="pcm").content
+    streamed = client.audio.speech.create(
+        model="qwen3-tts", voice={"id": voice.id}, input=TEXT, response_format="pcm"
+    ).content
     by_id = speak(http, voice=voice.id)
     by_name = speak(http, voice=name.upper())
     inline = speak(http, audio_sample=base64.b64encode(audio).decode())
@@ -129,12 +135,22 @@ def test_in_context_voice_from_transcript(server, http):
 
 def test_instructions_with_a_saved_voice_are_ignored_and_said_so(server, http):
     voice = upload(http, unique_name(), wav_bytes(281)).json()
-    r = http.post("/v1/audio/speech", json={"model": "qwen3-tts", "input": TEXT, "voice": voice["id"],
-                                            "instructions": "Whisper.", "response_format": "pcm", "stream": False})
+    r = http.post(
+        "/v1/audio/speech",
+        json={
+            "model": "qwen3-tts",
+            "input": TEXT,
+            "voice": voice["id"],
+            "instructions": "Whisper.",
+            "response_format": "pcm",
+            "stream": False,
+        },
+    )
     assert r.status_code == 200 and "x-instructions-ignored" in r.headers
 
 
 # ---------- list, get, delete ----------
+
 
 def test_list_get_delete(server, http, client):
     voice = upload(http, unique_name(), wav_bytes(293)).json()
@@ -143,8 +159,16 @@ def test_list_get_delete(server, http, client):
     by_id = {entry["id"]: entry for entry in listed["data"]}
     assert by_id[voice["id"]] == voice
     builtin = [e["id"] for e in listed["data"] if e["type"] == "builtin"]
-    assert sorted(builtin) == sorted(["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"])
-    assert by_id["alloy"] == {"object": "audio.voice", "id": "alloy", "name": "alloy", "type": "alias", "speaker": "Vivian"}
+    assert sorted(builtin) == sorted(
+        ["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"]
+    )
+    assert by_id["alloy"] == {
+        "object": "audio.voice",
+        "id": "alloy",
+        "name": "alloy",
+        "type": "alias",
+        "speaker": "Vivian",
+    }
     # Every listed id is a voice a speech request accepts.
     for entry in listed["data"]:
         assert speak(http, voice=entry["id"], input="Hi.")
@@ -163,6 +187,7 @@ def test_list_get_delete(server, http, client):
 
 
 # ---------- errors ----------
+
 
 @pytest.mark.parametrize("name", ["", "   ", "a/b", "../x", "-dash", "x" * 65, "voice_abc", "Vivian", "ALLOY", "nova"])
 def test_bad_names(http, name):
@@ -186,8 +211,9 @@ def test_bad_uploads(http):
     assert no_name.status_code == 400 and error_of(no_name)["param"] == "name"
     urlencoded = http.post("/v1/audio/voices", data={"name": name})
     assert urlencoded.status_code == 400 and error_of(urlencoded)["code"] == "invalid_content_type"
-    as_text = http.post("/v1/audio/voices", data={"name": name, "audio_sample": "UklGRg=="},
-                        files={"other": ("x", b"x")})
+    as_text = http.post(
+        "/v1/audio/voices", data={"name": name, "audio_sample": "UklGRg=="}, files={"other": ("x", b"x")}
+    )
     assert as_text.status_code == 400 and error_of(as_text)["param"] == "audio_sample"
     garbage = upload(http, name, b"this is not audio" * 100)
     assert garbage.status_code == 400 and error_of(garbage)["code"] == "invalid_audio_sample"
@@ -195,11 +221,17 @@ def test_bad_uploads(http):
     assert too_short.status_code == 400 and error_of(too_short)["param"] == "audio_sample"
     json_body = http.post("/v1/audio/voices", json={"name": name, "audio_sample": "abc"})
     assert json_body.status_code == 400 and error_of(json_body)["code"] == "invalid_content_type"
-    prompt = http.post("/v1/audio/voices", data={"name": name, "type": "prompt", "prompt": "A deep voice."},
-                       files={"audio_sample": ("ref.wav", wav_bytes(300))})
+    prompt = http.post(
+        "/v1/audio/voices",
+        data={"name": name, "type": "prompt", "prompt": "A deep voice."},
+        files={"audio_sample": ("ref.wav", wav_bytes(300))},
+    )
     assert prompt.status_code == 400 and error_of(prompt)["param"] == "type"
-    broken = http.post("/v1/audio/voices", content=b"--xx\r\nnot multipart",
-                       headers={"content-type": "multipart/form-data; boundary=xx"})
+    broken = http.post(
+        "/v1/audio/voices",
+        content=b"--xx\r\nnot multipart",
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    )
     assert broken.status_code == 400
     assert name not in {e["name"] for e in http.get("/v1/audio/voices").json()["data"]}
     assert upload(http, name, wav_bytes(300)).status_code == 200  # and the server still works
@@ -229,6 +261,7 @@ def test_voices_need_the_base_model(demo_models):
 
 # ---------- persistence ----------
 
+
 def test_voices_survive_restart_and_corrupt_files_are_skipped(demo_models, tmp_path, caplog):
     settings = cpu_settings(base_model_path=demo_models["base"], data_dir=tmp_path)
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
@@ -249,8 +282,9 @@ def test_voices_survive_restart_and_corrupt_files_are_skipped(demo_models, tmp_p
 
 
 def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
-    prompt = compute_clone_prompt(server.app.state.engine.models["base"].tts,
-                                  np.sin(np.arange(SR) / 10).astype(np.float32) * 0.3, None)
+    prompt = compute_clone_prompt(
+        server.app.state.engine.models["base"].tts, np.sin(np.arange(SR) / 10).astype(np.float32) * 0.3, None
+    )
     store = VoiceStore(tmp_path)
 
     def crash(*_):
@@ -268,8 +302,9 @@ def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
 
 
 def test_replicas_sharing_a_directory_see_each_others_changes(server, tmp_path):
-    prompt = compute_clone_prompt(server.app.state.engine.models["base"].tts,
-                                  np.sin(np.arange(SR) / 7).astype(np.float32) * 0.3, None)
+    prompt = compute_clone_prompt(
+        server.app.state.engine.models["base"].tts, np.sin(np.arange(SR) / 7).astype(np.float32) * 0.3, None
+    )
     first, second = VoiceStore(tmp_path), VoiceStore(tmp_path)
     voice = first.add("Shared", prompt)
     assert second.find("shared").id == voice.id

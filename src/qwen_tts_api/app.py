@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 
@@ -12,7 +12,9 @@ from . import __version__
 from .api import health, metrics, models, playground, speech, voices
 from .api.auth import ApiKeyMiddleware
 from .api.errors import install_error_handlers
-from .engine.synthesis import Engine, EngineConfig
+from .api.protocol import stream_event_schemas
+from .engine.jobs import EngineConfig
+from .engine.synthesis import Engine
 from .engine.warmup import Readiness, warm_up
 from .settings import Settings
 from .telemetry.metrics import ServerMetrics
@@ -62,4 +64,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(playground.router)
+    _document_stream_events(app)
     return app
+
+
+def _document_stream_events(app: FastAPI) -> None:
+    """Add the SSE event models to the OpenAPI components the speech route refers to."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(stream_event_schemas())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -40,8 +40,9 @@ def serve() -> int:
     import uvicorn
 
     from .app import create_app
+    from .engine.jobs import EngineConfig
     from .engine.loading import ModelLoadError, load_models
-    from .engine.synthesis import Engine, EngineConfig
+    from .engine.synthesis import Engine
 
     try:
         engine = Engine(load_models(settings), EngineConfig.from_settings(settings))
@@ -50,8 +51,14 @@ def serve() -> int:
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests (streams included)
     # finish for up to QWEN_TTS_SHUTDOWN_TIMEOUT seconds, then exits. Our request log
     # replaces uvicorn's access log.
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info",
-                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
     return 0
 
 
@@ -75,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qwen-tts-api", description="OpenAI-compatible TTS server for Qwen3-TTS")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the HTTP server (configured by environment variables; see README)")
-    demo = sub.add_parser("demo-models", help="write tiny random-weight CustomVoice and Base models for trying and testing")
+    demo = sub.add_parser(
+        "demo-models", help="write tiny random-weight CustomVoice and Base models for trying and testing"
+    )
     demo.add_argument("directory", type=Path)
     demo.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same output)")
     args = parser.parse_args(argv)

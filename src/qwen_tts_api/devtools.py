@@ -22,8 +22,13 @@ def free_port() -> int:
 def cpu_settings(**overrides) -> Settings:
     """CPU settings that do not depend on the environment they run in."""
     values = dict(
-        device="cpu", dtype="float32", attn="", customvoice_model_path=None, base_model_path=None,
-        audio_sample_dirs=[], allow_private_urls=False,
+        device="cpu",
+        dtype="float32",
+        attn="",
+        customvoice_model_path=None,
+        base_model_path=None,
+        audio_sample_dirs=[],
+        allow_private_urls=False,
     )
     values.update(overrides)
     if "data_dir" not in values:  # never the user's own saved voices
@@ -45,7 +50,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + 600
         # Started, then warmed up (as a load balancer would wait for /ready), so the warm-up

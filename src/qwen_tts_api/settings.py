@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
+
+from .constants import ModelKind
 
 MiB = 1024 * 1024
 
@@ -28,9 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     # --- models (specification) ---
-    customvoice_model_path: Path | None = Field(
-        default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH")
-    )
+    customvoice_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
     base_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
     device: str = Field(default="cuda:0", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
@@ -56,7 +55,9 @@ class Settings(BaseSettings):
     url_timeout_seconds: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_URL_TIMEOUT"))
 
     # --- streaming (ours) ---
-    stream_first_frames: int = Field(default=3, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES"))
+    stream_first_frames: int = Field(
+        default=3, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES")
+    )
     stream_max_chunk_frames: int = Field(
         default=48, ge=1, le=300, validation_alias=AliasChoices("QWEN_TTS_STREAM_MAX_CHUNK_FRAMES")
     )
@@ -70,11 +71,17 @@ class Settings(BaseSettings):
 
     # --- saved voices and clone prompts (ours) ---
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias=AliasChoices("QWEN_TTS_DATA_DIR"))
-    prompt_cache_size: int = Field(default=32, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_PROMPT_CACHE_SIZE"))
+    prompt_cache_size: int = Field(
+        default=32, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_PROMPT_CACHE_SIZE")
+    )
 
     # --- running as a service (ours) ---
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("QWEN_TTS_API_KEYS"))
-    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, validation_alias=AliasChoices("QWEN_TTS_SHUTDOWN_TIMEOUT"))
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("QWEN_TTS_API_KEYS")
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0, ge=0, validation_alias=AliasChoices("QWEN_TTS_SHUTDOWN_TIMEOUT")
+    )
     log_input: bool = Field(default=False, validation_alias=AliasChoices("QWEN_TTS_LOG_INPUT"))
 
     @field_validator("api_keys", mode="before")
@@ -110,7 +117,7 @@ class Settings(BaseSettings):
         """``None`` lets transformers pick its default attention (an empty QWEN_TTS_ATTN)."""
         return self.attn.strip() or None
 
-    def model_paths(self) -> dict[str, Path]:
+    def model_paths(self) -> dict[ModelKind, Path]:
         """The configured models, keyed by kind (``customvoice``/``base``)."""
-        paths = {"customvoice": self.customvoice_model_path, "base": self.base_model_path}
+        paths = {ModelKind.CUSTOMVOICE: self.customvoice_model_path, ModelKind.BASE: self.base_model_path}
         return {kind: path for kind, path in paths.items() if path is not None}

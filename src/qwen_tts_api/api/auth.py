@@ -44,12 +44,21 @@ class ApiKeyMiddleware:
             return
         token = _bearer(scope)
         if token is None:
-            err = APIError(401, "Missing API key: send it as 'Authorization: Bearer <key>'",
-                           type="invalid_request_error", code="missing_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            err = APIError(
+                401,
+                "Missing API key: send it as 'Authorization: Bearer <key>'",
+                type="invalid_request_error",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         elif not key_matches(token, self.keys):
-            err = APIError(401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            err = APIError(
+                401,
+                "Incorrect API key provided",
+                type="invalid_request_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         else:
             await self.app(scope, receive, send)
             return

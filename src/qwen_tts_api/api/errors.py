@@ -11,6 +11,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..engine.admission import EngineBusy
+from ..engine.errors import EngineUnavailable, GenerationError
+from .protocol import ErrorDetail, ErrorResponse
+
 log = logging.getLogger(__name__)
 
 _TYPES_BY_STATUS = {
@@ -49,8 +53,8 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 
 def error_response(err: APIError) -> JSONResponse:
-    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    body = ErrorResponse(error=ErrorDetail(message=err.message, type=err.type, param=err.param, code=err.code))
+    return JSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
 
 
 def _validation_to_error(exc: RequestValidationError) -> APIError:
@@ -70,7 +74,7 @@ def _validation_to_error(exc: RequestValidationError) -> APIError:
     param = loc[0]
     msg = str(first.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     code = "missing_required_parameter" if kind == "missing" else "invalid_value"
     return invalid_request(f"Invalid '{param}': {msg}", param=param, code=code)
 
@@ -83,6 +87,32 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(_validation_to_error(exc))
+
+    @app.exception_handler(EngineBusy)
+    async def _busy(_: Request, exc: EngineBusy) -> JSONResponse:
+        return error_response(
+            APIError(
+                429,
+                "The server is busy with other requests; retry after the time in Retry-After",
+                code="server_busy",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        )
+
+    @app.exception_handler(GenerationError)
+    async def _generation(_: Request, exc: GenerationError) -> JSONResponse:
+        return error_response(APIError(500, str(exc), type="server_error", code="generation_failed"))
+
+    @app.exception_handler(EngineUnavailable)
+    async def _unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        return error_response(
+            APIError(
+                503,
+                f"The speech engine has stopped and this server must be restarted: {exc}",
+                type="server_error",
+                code="engine_unavailable",
+            )
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,8 +1,11 @@
 """Liveness and readiness.
 
-``/health`` says the process is up and serving HTTP. ``/ready`` says it is worth sending
-speech: the models are loaded and a warm-up synthesis has gone through each of them (the
-first request after loading is otherwise slow: allocator, kernels, caches).
+``/health`` says the process can serve: HTTP is up and the engine can still generate. If
+the engine's scheduler has stopped (e.g. the device became unusable), it answers 503 with
+the reason, so a liveness probe restarts the process instead of keeping a zombie.
+``/ready`` says it is worth sending speech: the models are loaded and a warm-up has gone
+through each of them (the first request after loading is otherwise slow: allocator,
+kernels, caches), and the engine has not failed since.
 """
 
 from __future__ import annotations
@@ -10,19 +13,31 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from .protocol import HealthStatus, ReadyStatus
+
 router = APIRouter()
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+def _engine_failure(request: Request) -> str | None:
+    engine = request.app.state.engine
+    return None if engine is None else engine.failure
 
 
-@router.get("/ready")
+@router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
+async def health(request: Request) -> JSONResponse:
+    failure = _engine_failure(request)
+    body = HealthStatus(status="failed", error=failure) if failure else HealthStatus(status="ok")
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if failure else 200)
+
+
+@router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ReadyStatus}})
 async def ready(request: Request) -> JSONResponse:
     readiness = request.app.state.readiness
-    body = {"status": "ready" if readiness.ready else "starting", "models": readiness.models,
-            "warmed_up": readiness.warmed_up}
-    if readiness.error:
-        body.update(status="failed", error=readiness.error)
-    return JSONResponse(body, status_code=200 if readiness.ready else 503)
+    failure = _engine_failure(request) or readiness.error
+    body = ReadyStatus(
+        status="ready" if readiness.ready else "starting", models=readiness.models, warmed_up=readiness.warmed_up
+    )
+    if failure:
+        body.status, body.error = "failed", failure
+    ok = readiness.ready and not failure
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from ..engine.synthesis import Engine
 from .errors import APIError
-from .schemas import ModelCard, ModelList
+from .protocol import ModelCard, ModelList, error_responses
 
 router = APIRouter()
 
@@ -21,12 +21,12 @@ def model_cards(engine: Engine) -> list[ModelCard]:
     return cards
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=error_responses())
 async def list_models(request: Request) -> ModelList:
     return ModelList(data=model_cards(request.app.state.engine))
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard)
+@router.get("/v1/models/{model_id}", response_model=ModelCard, responses=error_responses(404))
 async def get_model(model_id: str, request: Request) -> ModelCard:
     for card in model_cards(request.app.state.engine):
         if card.id == model_id:

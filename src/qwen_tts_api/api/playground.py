@@ -19,6 +19,8 @@ def _page() -> str:
 @router.get("/", include_in_schema=False)
 async def playground() -> HTMLResponse:
     # The page only calls this server; forbid everything else, including framing.
-    csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-           "media-src 'self' blob: data:; img-src data:; frame-ancestors 'none'; form-action 'none'")
+    csp = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "media-src 'self' blob: data:; img-src data:; frame-ancestors 'none'; form-action 'none'"
+    )
     return HTMLResponse(_page(), headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"})

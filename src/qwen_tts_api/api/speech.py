@@ -5,24 +5,26 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ..audio.encode import CONTENT_TYPES, encode_audio
+from ..audio.encode import CONTENT_TYPES
 from ..audio.reference import AudioSampleError, decode_reference
+from ..audio.render import Renderer
 from ..audio.source import read_audio_sample
-from ..audio.tempo import change_speed
-from ..engine.admission import EngineBusy, SynthesisTimeout
+from ..constants import ModelKind
+from ..engine.admission import SynthesisTimeout
+from ..engine.jobs import ReferenceAudio, SpeechJob
 from ..engine.loading import LoadedModel
-from ..engine.synthesis import Engine, ReferenceAudio, SpeechJob
+from ..engine.synthesis import Engine
 from ..settings import Settings
 from ..telemetry.record import record_of
+from ..text.prepare import PreparedText, clean, prepare
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
 from ..voices.store import SavedVoice, VoiceStore
 from .errors import APIError, invalid_request
+from .protocol import STREAM_EVENTS, SpeechRequest, VoiceRef, error_responses
 from .routing import require_model
-from .schemas import SpeechRequest, VoiceRef
 from .streaming import ClientGone, audio_body, sse_body, until_ready
 
 router = APIRouter()
@@ -32,7 +34,7 @@ INSTRUCTIONS_IGNORED_HEADER = "X-Instructions-Ignored"
 
 @dataclass
 class SpeechPlan:
-    kind: str
+    kind: ModelKind
     job: SpeechJob
     voice_kind: str  # builtin | saved | clone (for logs)
     headers: dict[str, str] = field(default_factory=dict)
@@ -50,15 +52,21 @@ async def _reference(body: SpeechRequest, settings: Settings, model: LoadedModel
         waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
     except AudioSampleError as exc:
         raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
-    return ReferenceAudio(waveform=waveform, transcript=model.clean_text(body.audio_sample_text or "") or None)
+    return ReferenceAudio(
+        waveform=waveform, transcript=clean(body.audio_sample_text or "", model.control_tokens) or None
+    )
 
 
-def _speakable(model: LoadedModel, body: SpeechRequest) -> str:
-    text = model.clean_text(body.input)
-    if not text:
-        raise invalid_request("Invalid 'input': nothing left to speak once the model's control tokens are removed",
-                              param="input", code="invalid_value")
-    return text
+def _speakable(model: LoadedModel, body: SpeechRequest) -> PreparedText:
+    """The input, cleaned and cut into segments with their frame budgets (text/prepare.py)."""
+    prepared = prepare(body.input, model.control_tokens, model.max_new_tokens)
+    if prepared is None:
+        raise invalid_request(
+            "Invalid 'input': nothing left to speak once the model's control tokens are removed",
+            param="input",
+            code="invalid_value",
+        )
+    return prepared
 
 
 async def _saved_voice(voice: str | VoiceRef, store: VoiceStore) -> SavedVoice | None:
@@ -79,47 +87,67 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
 
     if body.audio_sample is not None:
         # Specification: audio_sample routes to Base; voice and instructions are ignored.
-        model = require_model(engine, "base", "audio_sample")
+        model = require_model(engine, ModelKind.BASE, "audio_sample")
         _check_language(model, body.language)
-        job = SpeechJob(text=_speakable(model, body), language=body.language,
-                        reference=await _reference(body, settings, model))
-        headers = {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"} \
-            if instructions else {}
-        return SpeechPlan("base", job, "clone", headers)
+        job = SpeechJob(
+            text=_speakable(model, body), language=body.language, reference=await _reference(body, settings, model)
+        )
+        headers = (
+            {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"}
+            if instructions
+            else {}
+        )
+        return SpeechPlan(ModelKind.BASE, job, "clone", headers)
 
     saved = await _saved_voice(body.voice, store)
     if saved is not None:
-        model = require_model(engine, "base", "voice")
+        model = require_model(engine, ModelKind.BASE, "voice")
         _check_language(model, body.language)
         job = SpeechJob(text=_speakable(model, body), language=body.language, voice_prompt=saved.prompt)
         headers = {INSTRUCTIONS_IGNORED_HEADER: "saved (cloned) voices do not use instructions"} if instructions else {}
-        return SpeechPlan("base", job, "saved", headers)
+        return SpeechPlan(ModelKind.BASE, job, "saved", headers)
 
     assert isinstance(body.voice, str)
-    model = engine.model("customvoice")
+    model = engine.model(ModelKind.CUSTOMVOICE)
     speaker = resolve_speaker(body.voice, model.speakers) if model is not None else None
     if speaker is None:
         if model is None and is_builtin_voice(body.voice):
-            require_model(engine, "customvoice", "voice")
-        names = (voice_names(model.speakers) if model is not None else []) + \
-            [v.name for v in await asyncio.to_thread(store.list)]
-        raise invalid_request(f"unknown voice {body.voice!r}; available: {', '.join(names) or 'none'}",
-                              param="voice", code="invalid_voice")
+            require_model(engine, ModelKind.CUSTOMVOICE, "voice")
+        names = (voice_names(model.speakers) if model is not None else []) + [
+            v.name for v in await asyncio.to_thread(store.list)
+        ]
+        raise invalid_request(
+            f"unknown voice {body.voice!r}; available: {', '.join(names) or 'none'}",
+            param="voice",
+            code="invalid_voice",
+        )
     _check_language(model, body.language)
     headers: dict[str, str] = {}
     if instructions and not model.supports_instructions:
         headers[INSTRUCTIONS_IGNORED_HEADER] = f"model {model.name} (0.6B) does not support instructions"
         instructions = None
-    instructions = model.clean_text(instructions or "") or None
+    instructions = clean(instructions or "", model.control_tokens) or None
     job = SpeechJob(text=_speakable(model, body), language=body.language, speaker=speaker, instructions=instructions)
-    return SpeechPlan("customvoice", job, "builtin", headers)
+    return SpeechPlan(ModelKind.CUSTOMVOICE, job, "builtin", headers)
 
 
-def render(waveform: np.ndarray, speed: float, fmt: str) -> bytes:
-    return encode_audio(change_speed(waveform, speed), fmt)
-
-
-@router.post("/v1/audio/speech")
+@router.post(
+    "/v1/audio/speech",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Audio in `response_format` (chunked while `stream` is true), or Server-Sent Events "
+            "(`speech.audio.delta`, `speech.audio.done`, `error`) with `stream_format: sse`",
+            "content": {
+                **{media: {} for media in sorted(set(CONTENT_TYPES.values()))},
+                "text/event-stream": {
+                    "schema": {"oneOf": [{"$ref": f"#/components/schemas/{event.__name__}"} for event in STREAM_EVENTS]}
+                },
+            },
+        },
+        **error_responses(400, 429, 500, 503, 504),
+    },
+)
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
@@ -129,11 +157,7 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         record.model, record.voice_kind = engine.models[plan.kind].name, plan.voice_kind
         record.response_format, record.input_chars, record.speed = body.response_format, len(body.input), body.speed
         record.input_text = body.input if settings.log_input else None
-    try:
-        stream = engine.start(plan.kind, plan.job)
-    except EngineBusy as busy:
-        raise APIError(429, "The server is busy with other requests; retry after the time in Retry-After",
-                       code="server_busy", headers={"Retry-After": str(busy.retry_after)}) from busy
+    stream = engine.start(plan.kind, plan.job)  # EngineBusy: 429 (errors.py)
     if record is not None:
         record.stream = stream
     fmt = body.response_format
@@ -141,7 +165,7 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         if body.stream_format == "audio" and not body.stream:
             # Whole body: exact length, and mp3 carries its gapless header.
             waveform = await until_ready(request, asyncio.ensure_future(stream.collect()), stream)
-            audio = await asyncio.to_thread(render, waveform, body.speed, fmt)
+            audio = await asyncio.to_thread(Renderer(fmt, body.speed).whole, waveform)
             return Response(content=audio, media_type=CONTENT_TYPES[fmt], headers=plan.headers)
         # Wait for the first audio before answering, so a failure up to then is a proper error status.
         chunks = aiter(stream)
@@ -149,13 +173,21 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     except SynthesisTimeout as exc:
-        raise APIError(504, f"Speech was not ready within {settings.request_timeout_seconds:g} s "
-                            "(QWEN_TTS_REQUEST_TIMEOUT)", type="server_error", code="timeout") from exc
+        raise APIError(
+            504,
+            f"Speech was not ready within {settings.request_timeout_seconds:g} s (QWEN_TTS_REQUEST_TIMEOUT)",
+            type="server_error",
+            code="timeout",
+        ) from exc
     except BaseException:
         stream.cancel()
         raise
     if body.stream_format == "sse":
-        return StreamingResponse(sse_body(first, chunks, stream, fmt, body.speed),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", **plan.headers})
-    return StreamingResponse(audio_body(first, chunks, stream, fmt, body.speed),
-                             media_type=CONTENT_TYPES[fmt], headers=plan.headers)
+        return StreamingResponse(
+            sse_body(first, chunks, stream, fmt, body.speed),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **plan.headers},
+        )
+    return StreamingResponse(
+        audio_body(first, chunks, stream, fmt, body.speed), media_type=CONTENT_TYPES[fmt], headers=plan.headers
+    )

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import Request
+from pydantic import BaseModel
 
-from ..audio.encode import AudioEncoder, make_encoder
-from ..audio.tempo import TempoFilter
-from ..engine.admission import SynthesisTimeout
-from ..engine.synthesis import SynthesisStream
+from ..audio.render import Renderer
+from ..engine.errors import GenerationError
+from ..engine.stream import SynthesisStream
+from .protocol import ErrorDetail, SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, SpeechUsage
 
 log = logging.getLogger(__name__)
 
@@ -34,46 +33,27 @@ async def _disconnected(request: Request) -> None:
 
 
 async def until_ready(request: Request, work: asyncio.Future | asyncio.Task, stream: SynthesisStream):
-    """Await ``work`` until the stream's deadline; if the client disconnects first, cancel
-    the stream and raise ClientGone (a queued request then never starts)."""
+    """Await ``work``; if the client disconnects first, cancel the stream and raise ClientGone
+    (a queued request then never starts). The deadline is the engine's: a request out of
+    time ends its stream with SynthesisTimeout, which ``work`` raises."""
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        remaining = max(0.0, stream.deadline - time.monotonic())
-        done, _ = await asyncio.wait({work, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
     if work not in done:
         stream.cancel()
         work.cancel()
-        if watcher in done:
-            raise ClientGone
-        raise SynthesisTimeout
+        raise ClientGone
     return work.result()
 
 
-class ChunkRenderer:
-    """Applies ``speed`` and encodes, one chunk at a time."""
-
-    def __init__(self, fmt: str, speed: float):
-        self.encoder: AudioEncoder = make_encoder(fmt)
-        self.tempo = TempoFilter(speed) if abs(speed - 1.0) > 1e-6 else None
-
-    def render(self, audio: np.ndarray) -> bytes:
-        if self.tempo is not None:
-            audio = self.tempo.process(audio)
-        return self.encoder.encode(audio)
-
-    def finish(self) -> bytes:
-        tail = self.encoder.encode(self.tempo.flush()) if self.tempo is not None else b""
-        return tail + self.encoder.finish()
-
-
 async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fmt: str, speed: float):
-    renderer = ChunkRenderer(fmt, speed)
+    renderer = Renderer(fmt, speed)
     if first is not None:
-        yield await asyncio.to_thread(renderer.render, first)
+        yield await asyncio.to_thread(renderer.chunk, first)
         async for chunk in rest:
-            yield await asyncio.to_thread(renderer.render, chunk)
+            yield await asyncio.to_thread(renderer.chunk, chunk)
     yield await asyncio.to_thread(renderer.finish)
 
 
@@ -89,24 +69,28 @@ async def audio_body(first, rest, stream: SynthesisStream, fmt: str, speed: floa
         stream.cancel()
 
 
-def _event(payload: dict) -> bytes:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+def _event(payload: BaseModel) -> bytes:
+    return f"data: {payload.model_dump_json()}\n\n".encode()
 
 
 async def sse_body(first, rest, stream: SynthesisStream, fmt: str, speed: float) -> AsyncIterator[bytes]:
     try:
         async for data in _encoded(first, rest, fmt, speed):
             if data:
-                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+                yield _event(SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii")))
         usage = stream.usage
-        yield _event({"type": "speech.audio.done", "usage": {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_frames,
-            "total_tokens": usage.input_tokens + usage.output_frames,
-        }})
-    except Exception:
+        total = usage.input_tokens + usage.output_frames
+        yield _event(
+            SpeechAudioDone(
+                usage=SpeechUsage(
+                    input_tokens=usage.input_tokens, output_tokens=usage.output_frames, total_tokens=total
+                )
+            )
+        )
+    except Exception as exc:
         log.exception("synthesis failed mid-stream")
-        yield _event({"type": "error", "error": {"message": "The server had an error while generating audio",
-                                                  "type": "server_error", "param": None, "code": None}})
+        message = str(exc) if isinstance(exc, GenerationError) else "The server had an error while generating audio"
+        code = "generation_failed" if isinstance(exc, GenerationError) else None
+        yield _event(SpeechStreamError(error=ErrorDetail(message=message, type="server_error", code=code)))
     finally:
         stream.cancel()

@@ -14,11 +14,14 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData, UploadFile
 
 from ..audio.reference import AudioSampleError, decode_reference
+from ..constants import ModelKind
 from ..engine.synthesis import Engine
 from ..settings import Settings
+from ..text.prepare import clean
 from ..voices.speakers import available_aliases
-from ..voices.store import VoiceNameError, VoiceStore
+from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
+from .protocol import VoiceCard, VoiceDeleted, VoiceList, error_responses
 from .routing import require_model
 
 router = APIRouter()
@@ -27,8 +30,12 @@ _FORM_OVERHEAD = 64 * 1024  # room for the text fields and multipart framing bes
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"audio_sample is larger than the {limit // (1024 * 1024)} MiB limit "
-                         "(QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES)", param="audio_sample", code="file_too_large")
+    return APIError(
+        413,
+        f"audio_sample is larger than the {limit // (1024 * 1024)} MiB limit (QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES)",
+        param="audio_sample",
+        code="file_too_large",
+    )
 
 
 async def _read_form(request: Request, file_limit: int) -> FormData:
@@ -51,15 +58,17 @@ async def _read_form(request: Request, file_limit: int) -> FormData:
 
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise invalid_request("send the voice as multipart/form-data (name, audio_sample, consent)",
-                              code="invalid_content_type")
+        raise invalid_request(
+            "send the voice as multipart/form-data (name, audio_sample, consent)", code="invalid_content_type"
+        )
     try:
         return await Request(request.scope, receive).form(max_files=1, max_fields=16)
     except APIError:
         raise
     except Exception as exc:  # malformed multipart: starlette raises its own HTTP errors
-        raise invalid_request(f"could not read the multipart body: {getattr(exc, 'detail', exc)}",
-                              code="invalid_multipart") from exc
+        raise invalid_request(
+            f"could not read the multipart body: {getattr(exc, 'detail', exc)}", code="invalid_multipart"
+        ) from exc
 
 
 def _text_field(form: FormData, name: str, required: bool = False) -> str | None:
@@ -73,30 +82,39 @@ def _text_field(form: FormData, name: str, required: bool = False) -> str | None
     return value.strip()
 
 
-@router.post("/v1/audio/voices")
-async def create_voice(request: Request) -> dict:
+@router.post(
+    "/v1/audio/voices",
+    response_model=VoiceCard,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 413, 429, 500, 503),
+)
+async def create_voice(request: Request) -> VoiceCard:
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
     store: VoiceStore = request.app.state.voices
-    model = require_model(engine, "base", "audio_sample")
+    model = require_model(engine, ModelKind.BASE, "audio_sample")
     form = await _read_form(request, settings.audio_sample_max_bytes)
     try:
         kind = _text_field(form, "type") or "audio_sample"
         if kind != "audio_sample":
-            raise invalid_request("only voices from an audio sample (type 'audio_sample') are supported; "
-                                  "Qwen3-TTS Base clones voices, it does not design them from prompts",
-                                  param="type", code="unsupported_voice_type")
+            raise invalid_request(
+                "only voices from an audio sample (type 'audio_sample') are supported; "
+                "Qwen3-TTS Base clones voices, it does not design them from prompts",
+                param="type",
+                code="unsupported_voice_type",
+            )
         name = _text_field(form, "name", required=True)
         # Checked now as well as when saving, so a bad or taken name costs no decoding.
         await asyncio.to_thread(_check_new_name, store, name)
         sample = form.get("audio_sample")
         if not isinstance(sample, UploadFile):
-            raise invalid_request("missing required file 'audio_sample'", param="audio_sample",
-                                  code="missing_required_parameter")
+            raise invalid_request(
+                "missing required file 'audio_sample'", param="audio_sample", code="missing_required_parameter"
+            )
         data = await sample.read(settings.audio_sample_max_bytes + 1)
         if len(data) > settings.audio_sample_max_bytes:
             raise _too_large(settings.audio_sample_max_bytes)
-        transcript = model.clean_text(_text_field(form, "audio_sample_text") or "") or None
+        transcript = clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None
         consent = _text_field(form, "consent")
     finally:
         await form.close()
@@ -109,7 +127,11 @@ async def create_voice(request: Request) -> dict:
         voice = await asyncio.to_thread(store.add, name, prompt, consent)
     except VoiceNameError as exc:
         raise _name_error(exc) from exc
-    return voice.card()
+    return _card(voice)
+
+
+def _card(voice: SavedVoice) -> VoiceCard:
+    return VoiceCard(id=voice.id, name=voice.name, created_at=voice.created_at, type="audio_sample")
 
 
 def _name_error(exc: VoiceNameError) -> APIError:
@@ -125,35 +147,42 @@ def _check_new_name(store: VoiceStore, name: str) -> None:
         raise _name_error(exc) from exc
 
 
-@router.get("/v1/audio/voices")
-async def list_voices(request: Request) -> dict:
+@router.get("/v1/audio/voices", response_model=VoiceList, response_model_exclude_none=True, responses=error_responses())
+async def list_voices(request: Request) -> VoiceList:
     """Saved voices first, then the built-in speakers and the OpenAI names mapped onto them:
     every entry's ``id`` works as the ``voice`` of a speech request."""
     engine: Engine = request.app.state.engine
     store: VoiceStore = request.app.state.voices
-    data = [voice.card() for voice in await asyncio.to_thread(store.list)]
-    customvoice = engine.model("customvoice")
+    data = [_card(voice) for voice in await asyncio.to_thread(store.list)]
+    customvoice = engine.model(ModelKind.CUSTOMVOICE)
     if customvoice is not None:
-        data += [{"object": "audio.voice", "id": name, "name": name, "type": "builtin"} for name in customvoice.speakers]
-        data += [{"object": "audio.voice", "id": alias, "name": alias, "type": "alias", "speaker": speaker}
-                 for alias, speaker in available_aliases(customvoice.speakers).items()]
-    return {"object": "list", "data": data}
+        data += [VoiceCard(id=name, name=name, type="builtin") for name in customvoice.speakers]
+        data += [
+            VoiceCard(id=alias, name=alias, type="alias", speaker=speaker)
+            for alias, speaker in available_aliases(customvoice.speakers).items()
+        ]
+    return VoiceList(data=data)
 
 
 def _not_found(voice_id: str) -> APIError:
     return APIError(404, f"no saved voice with id {voice_id!r}", param="voice_id", code="voice_not_found")
 
 
-@router.get("/v1/audio/voices/{voice_id}")
-async def get_voice(voice_id: str, request: Request) -> dict:
+@router.get(
+    "/v1/audio/voices/{voice_id}",
+    response_model=VoiceCard,
+    response_model_exclude_none=True,
+    responses=error_responses(404),
+)
+async def get_voice(voice_id: str, request: Request) -> VoiceCard:
     voice = await asyncio.to_thread(request.app.state.voices.get, voice_id)
     if voice is None:
         raise _not_found(voice_id)
-    return voice.card()
+    return _card(voice)
 
 
-@router.delete("/v1/audio/voices/{voice_id}")
-async def delete_voice(voice_id: str, request: Request) -> dict:
+@router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=error_responses(404))
+async def delete_voice(voice_id: str, request: Request) -> VoiceDeleted:
     if not await asyncio.to_thread(request.app.state.voices.delete, voice_id):
         raise _not_found(voice_id)
-    return {"object": "audio.voice.deleted", "id": voice_id, "deleted": True}
+    return VoiceDeleted(id=voice_id)

@@ -14,7 +14,7 @@ from typing import Protocol
 import av
 import numpy as np
 
-SAMPLE_RATE = 24000
+from ..constants import SAMPLE_RATE
 
 CONTENT_TYPES: dict[str, str] = {
     "mp3": "audio/mpeg",
@@ -54,9 +54,13 @@ def wav_header(num_samples: int | None) -> bytes:
     data_size = 0xFFFFFFFF if num_samples is None else num_samples * 2
     riff_size = 0xFFFFFFFF if num_samples is None else 36 + data_size
     return (
-        b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
-        + b"data" + struct.pack("<I", data_size)
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_size)
     )
 
 

@@ -12,7 +12,8 @@ import io
 import av
 import numpy as np
 
-SAMPLE_RATE = 24000
+from ..constants import SAMPLE_RATE
+
 MIN_SECONDS = 0.5
 
 

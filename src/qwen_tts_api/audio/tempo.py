@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-SAMPLE_RATE = 24000
+from ..constants import SAMPLE_RATE
 
 
 def atempo_factors(speed: float) -> list[float]:

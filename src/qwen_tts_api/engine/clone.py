@@ -9,25 +9,12 @@ same reference again skips the encoders.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-SAMPLE_RATE = 24000
-
-
-@dataclass(frozen=True)
-class ClonePrompt:
-    speaker_embedding: torch.Tensor  # (D,)
-    reference_codes: torch.Tensor | None = None  # (T, 16): in-context cloning only
-    reference_text: str | None = None  # the transcript that goes with reference_codes
-
-    @property
-    def in_context(self) -> bool:
-        return self.reference_codes is not None
+from ..constants import SAMPLE_RATE
+from ..voices.prompt import ClonePrompt
 
 
 def compute_clone_prompt(tts, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
@@ -36,8 +23,9 @@ def compute_clone_prompt(tts, waveform: np.ndarray, transcript: str | None) -> C
     transcript = (transcript or "").strip() or None
     # Our own decoded waveform goes in as a (samples, rate) tuple, so the package's unsafe
     # path/URL/base64 loader is never used.
-    item = tts.create_voice_clone_prompt(ref_audio=(waveform, SAMPLE_RATE), ref_text=transcript,
-                                         x_vector_only_mode=transcript is None)[0]
+    item = tts.create_voice_clone_prompt(
+        ref_audio=(waveform, SAMPLE_RATE), ref_text=transcript, x_vector_only_mode=transcript is None
+    )[0]
     return ClonePrompt(
         speaker_embedding=item.ref_spk_embedding.detach().cpu(),
         reference_codes=None if item.ref_code is None else item.ref_code.detach().cpu(),
@@ -50,8 +38,7 @@ class PromptCache:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str | None], ClonePrompt] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str | None], ClonePrompt] = OrderedDict()  # scheduler thread only
         self.hits = 0
         self.misses = 0
 
@@ -60,19 +47,24 @@ class PromptCache:
         digest = hashlib.sha256(np.ascontiguousarray(waveform, dtype=np.float32).tobytes()).hexdigest()
         return digest, (transcript or "").strip() or None
 
-    def get_or_compute(self, tts, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
+    def cached(self, waveform: np.ndarray, transcript: str | None) -> ClonePrompt | None:
+        """The prompt for this reference if it is cached (a hit), else None (no encoder runs)."""
         key = self.key(waveform, transcript)
-        with self._lock:
-            prompt = self._items.get(key)
-            if prompt is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return prompt
-            self.misses += 1
+        prompt = self._items.get(key)
+        if prompt is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return prompt
+
+    def compute(self, tts, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
+        """Run the encoders (a miss) and keep the result."""
+        self.misses += 1
         prompt = compute_clone_prompt(tts, waveform, transcript)
         if self.capacity > 0:
-            with self._lock:
-                self._items[key] = prompt
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
+            self._items[self.key(waveform, transcript)] = prompt
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
         return prompt
+
+    def get_or_compute(self, tts, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
+        return self.cached(waveform, transcript) or self.compute(tts, waveform, transcript)

@@ -13,13 +13,13 @@ The first chunk is small so audio starts early; later chunks double in size up t
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
-
-SAMPLES_PER_FRAME = 1920
 
 
 class _LayerStates:
@@ -53,14 +53,30 @@ class _LayerStates:
         joined = torch.cat([tail, x], dim=-1)
         self._tails[id(module)] = joined[..., -keep:]
         out = conv(joined)
-        return out[..., keep * stride: (keep + x.shape[-1]) * stride]
+        return out[..., keep * stride : (keep + x.shape[-1]) * stride]
+
+
+@dataclass(frozen=True)
+class DecoderContext:
+    """The decoder's state after frames heard before a stream (the reference in in-context
+    cloning), computed once and shared by every stream that continues from it (each text
+    segment of a request). Their audio is never output: the package cuts it off too."""
+
+    tails: dict[int, torch.Tensor]
+    cache: DynamicCache
+    position: int
+
+    @classmethod
+    def prime(cls, tts, codes: torch.Tensor) -> DecoderContext:
+        """Run ``codes`` (R, 16) through the decoder and keep the state it leaves."""
+        decoder = StreamingDecoder(tts)
+        decoder._run(codes)
+        return cls(dict(decoder._states._tails), decoder._cache, decoder._position)
 
 
 class StreamingDecoder:
-    def __init__(self, tts, first_chunk: int = 3, max_chunk: int = 48, context_codes: torch.Tensor | None = None):
-        """``context_codes`` (R, 16): frames heard before this stream (the reference in
-        in-context cloning). They are run through the decoder to set its state; their
-        audio is not output, as the package cuts it off after decoding."""
+    def __init__(self, tts, first_chunk: int = 3, max_chunk: int = 48, context: DecoderContext | None = None):
+        """``context``: continue from that state instead of silence (it is not modified)."""
         self.decoder = tts.model.speech_tokenizer.model.decoder
         self.next_chunk = first_chunk
         self.max_chunk = max(max_chunk, first_chunk)
@@ -68,8 +84,12 @@ class StreamingDecoder:
         self._states = _LayerStates()
         self._cache = DynamicCache(config=self.decoder.pre_transformer.config)
         self._position = 0
-        if context_codes is not None and len(context_codes):
-            self._run(context_codes)
+        if context is not None:
+            # Tails are replaced, never written in place, so sharing them is safe; the KV cache is copied.
+            self._states._tails = dict(context.tails)
+            with torch.inference_mode():
+                self._cache = copy.deepcopy(context.cache)
+            self._position = context.position
 
     def push(self, frame: torch.Tensor) -> np.ndarray | None:
         """Add one frame (16 codes); returns audio when a chunk is complete."""
@@ -102,8 +122,11 @@ class StreamingDecoder:
         positions = torch.arange(self._position, self._position + n, device=hidden.device)
         self._position += n
         hidden = dec.pre_transformer(
-            inputs_embeds=hidden, past_key_values=self._cache, use_cache=True,
-            cache_position=positions, position_ids=positions.unsqueeze(0),
+            inputs_embeds=hidden,
+            past_key_values=self._cache,
+            use_cache=True,
+            cache_position=positions,
+            position_ids=positions.unsqueeze(0),
         ).last_hidden_state.permute(0, 2, 1)
         for transposed, convnext in dec.upsample:
             hidden = states.transposed(transposed, hidden)

@@ -82,21 +82,39 @@ class ModelShape:
     codec: str = "tiny"  # "published": codec decoder at the package's default (full-size) widths
 
     @classmethod
-    def tiny(cls) -> "ModelShape":
+    def tiny(cls) -> ModelShape:
         return cls()
 
     @classmethod
-    def published_0_6b(cls) -> "ModelShape":
+    def published_0_6b(cls) -> ModelShape:
         return cls(
-            hidden=1024, intermediate=3072, layers=28, heads=16, kv_heads=8, head_dim=128,
-            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="0b6", codec="published",
+            hidden=1024,
+            intermediate=3072,
+            layers=28,
+            heads=16,
+            kv_heads=8,
+            head_dim=128,
+            text_hidden=2048,
+            predictor_layers=5,
+            predictor_intermediate=3072,
+            size_tag="0b6",
+            codec="published",
         )
 
     @classmethod
-    def published_1_7b(cls) -> "ModelShape":
+    def published_1_7b(cls) -> ModelShape:
         return cls(
-            hidden=2048, intermediate=8192, layers=28, heads=16, kv_heads=8, head_dim=128,
-            text_hidden=2048, predictor_layers=5, predictor_intermediate=3072, size_tag="1b7", codec="published",
+            hidden=2048,
+            intermediate=8192,
+            layers=28,
+            heads=16,
+            kv_heads=8,
+            head_dim=128,
+            text_hidden=2048,
+            predictor_layers=5,
+            predictor_intermediate=3072,
+            size_tag="1b7",
+            codec="published",
         )
 
     @property
@@ -135,10 +153,12 @@ def build_text_tokenizer(directory: Path) -> int:
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
         r"|\s*[\r\n]+|\s+(?!\S)|\s+"
     )
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     fast = Qwen2TokenizerFast(
         tokenizer_object=tok,
@@ -332,19 +352,22 @@ def build_model(
     saved.update(config_dict)
     _write_json(directory / "config.json", saved)
     # Greedy decoding makes demo output deterministic; the budget comes from the server.
-    _write_json(directory / "generation_config.json", {
-        "do_sample": False,
-        "top_k": 50,
-        "top_p": 1.0,
-        "temperature": 0.9,
-        "repetition_penalty": 1.05,
-        "subtalker_dosample": False,
-        "subtalker_top_k": 50,
-        "subtalker_top_p": 1.0,
-        "subtalker_temperature": 0.9,
-        "max_new_tokens": 8192,
-        **(generation or {}),
-    })
+    _write_json(
+        directory / "generation_config.json",
+        {
+            "do_sample": False,
+            "top_k": 50,
+            "top_p": 1.0,
+            "temperature": 0.9,
+            "repetition_penalty": 1.05,
+            "subtalker_dosample": False,
+            "subtalker_top_k": 50,
+            "subtalker_top_p": 1.0,
+            "subtalker_temperature": 0.9,
+            "max_new_tokens": 8192,
+            **(generation or {}),
+        },
+    )
 
     codec_dir = directory / "speech_tokenizer"
     codec_dir.mkdir(exist_ok=True)
@@ -357,17 +380,28 @@ def build_model(
         # Keep the waveform well inside [-1, 1] (the decoder clamps) so it is noise, not clipping.
         codec.decoder.decoder[-1].conv.weight.mul_(0.02)
     codec.save_pretrained(str(codec_dir), safe_serialization=True)
-    _write_json(codec_dir / "preprocessor_config.json", {
-        "feature_extractor_type": "EncodecFeatureExtractor",
-        "feature_size": 1,
-        "sampling_rate": 24000,
-        "padding_side": "right",
-        "padding_value": 0.0,
-        "return_attention_mask": True,
-        "chunk_length_s": None,
-        "overlap": None,
-    })
+    _write_json(
+        codec_dir / "preprocessor_config.json",
+        {
+            "feature_extractor_type": "EncodecFeatureExtractor",
+            "feature_size": 1,
+            "sampling_rate": 24000,
+            "padding_side": "right",
+            "padding_value": 0.0,
+            "return_attention_mask": True,
+            "chunk_length_s": None,
+            "overlap": None,
+        },
+    )
+    _make_world_readable(directory)
     return directory
+
+
+def _make_world_readable(directory: Path) -> None:
+    """Like a downloaded checkpoint: readable by any user, e.g. a container's unprivileged
+    one (safetensors writes its files 0600)."""
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def build_demo_models(root: Path, seed: int = 0, shape: ModelShape | None = None) -> dict[str, Path]:

@@ -29,14 +29,12 @@ class FrameGenerator:
         self.prompt = prompt
         self.max_frames = max_frames
         self.should_stop = should_stop
-        self.frames_made = 0
-        self.ended_by_model = False
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         row = self.batch.add(self.prompt, self.max_frames, self.should_stop)
         while len(self.batch):
             made, _ = self.batch.step()
             for _, codes in made:
-                self.frames_made = row.frames_made
                 yield codes
-        self.ended_by_model = row.ended_by_model
+        if row.error is not None:
+            raise row.error

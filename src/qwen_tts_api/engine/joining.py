@@ -33,8 +33,8 @@ class SegmentJoiner:
         if self.segments == 1:
             return audio
         joined = np.concatenate([self._held, self._fade_in(index, audio)])
-        self._held = joined[-self.fade:]
-        return joined[:-self.fade]
+        self._held = joined[-self.fade :]
+        return joined[: -self.fade]
 
     def end_segment(self, index: int, tail: np.ndarray | None) -> np.ndarray:
         audio = self.feed(index, tail) if tail is not None else np.zeros(0, np.float32)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..constants import ModelKind, display_speaker_name
 from ..settings import Settings
-from ..text.control_tokens import control_tokens_of, strip_control_tokens
-from ..voices.speakers import display_speaker_name
+from ..text.control_tokens import control_tokens_of
 
 log = logging.getLogger(__name__)
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded with the configured device, dtype or attention."""
@@ -21,7 +23,7 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    kind: str  # "customvoice" or "base"
+    kind: ModelKind
     name: str  # directory name, e.g. Qwen3-TTS-12Hz-0.6B-CustomVoice
     path: Path
     tts: Any  # qwen_tts.Qwen3TTSModel
@@ -31,9 +33,6 @@ class LoadedModel:
     max_new_tokens: int
     created: int = field(default_factory=lambda: int(time.time()))
     control_tokens: list[str] = field(default_factory=list)  # removed from user text (text/control_tokens.py)
-
-    def clean_text(self, text: str) -> str:
-        return strip_control_tokens(text, self.control_tokens).strip()
 
     @property
     def supports_instructions(self) -> bool:
@@ -51,7 +50,24 @@ def resolve_attention(requested: str | None, device: str) -> str | None:
     if importlib.util.find_spec("flash_attn") is None:
         log.warning("flash-attn is not installed; using sdpa attention (see README to install it)")
         return "sdpa"
+    try:
+        importlib.import_module("flash_attn")
+    except Exception as exc:  # noqa: BLE001 - e.g. built against another torch: undefined symbols
+        log.warning(
+            "flash-attn is installed but cannot be imported (%s: %s); using sdpa attention. "
+            "It must be built for this torch (%s)",
+            type(exc).__name__,
+            exc,
+            _torch_version(),
+        )
+        return "sdpa"
     return requested
+
+
+def _torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
 
 
 def _check_device(device: str) -> None:
@@ -59,12 +75,42 @@ def _check_device(device: str) -> None:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(
-            f"QWEN_TTS_DEVICE={device} but no CUDA device is available; "
-            "set QWEN_TTS_DEVICE=cpu (and QWEN_TTS_DTYPE=float32) to run on the CPU"
+            f"QWEN_TTS_DEVICE={device} but torch cannot use a CUDA device: {cuda_diagnosis()}; "
+            "or set QWEN_TTS_DEVICE=cpu (and QWEN_TTS_DTYPE=float32) to run on the CPU"
         )
 
 
-def load_model(kind: str, path: Path, settings: Settings) -> LoadedModel:
+def cuda_diagnosis() -> str:
+    """Why ``torch.cuda.is_available()`` is False, as far as can be told without a driver call
+    that might crash: no CUDA build, no driver at all, or a driver older than the build."""
+    import torch
+
+    built_for = torch.version.cuda
+    if not built_for:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    driver = _nvidia_driver_version()
+    if driver is None:
+        return (
+            f"no NVIDIA driver was found (this torch {torch.__version__} is built for CUDA {built_for}); "
+            "in a container, run it with the GPU passed through (docker run --gpus all)"
+        )
+    return (
+        f"the NVIDIA driver is {driver} and this torch ({torch.__version__}) is built for CUDA {built_for}; "
+        f"the likely cause is a driver older than that CUDA version needs (see README: GPU driver), "
+        "so update the driver or install a torch built for an older CUDA"
+    )
+
+
+def _nvidia_driver_version() -> str | None:
+    try:
+        first_line = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    found = re.search(r"\s(\d{3,}\.\d+(?:\.\d+)?)\s", first_line)  # "... Kernel Module  535.129.03  Thu ..."
+    return found.group(1) if found else "of an unknown version"
+
+
+def load_model(kind: ModelKind, path: Path, settings: Settings) -> LoadedModel:
     import torch
     from qwen_tts import Qwen3TTSModel
 
@@ -88,7 +134,7 @@ def load_model(kind: str, path: Path, settings: Settings) -> LoadedModel:
         name=path.resolve().name,
         path=path,
         tts=tts,
-        speakers=speakers if kind == "customvoice" else [],
+        speakers=speakers if kind == ModelKind.CUSTOMVOICE else [],
         languages=languages,
         size_tag=str(model.tts_model_size or ""),
         max_new_tokens=max_new,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-EXPECTED_TYPES = {"customvoice": "custom_voice", "base": "base"}
-ENV_NAMES = {"customvoice": "CUSTOMVOICE_MODEL_PATH", "base": "BASE_MODEL_PATH"}
+from ..constants import MODEL_PATH_ENV, ModelKind
+
+EXPECTED_TYPES = {ModelKind.CUSTOMVOICE: "custom_voice", ModelKind.BASE: "base"}  # config.json tts_model_type
 
 
 class ModelDirectoryError(ValueError):
@@ -21,9 +22,9 @@ def _has_weights(directory: Path) -> bool:
     return (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()
 
 
-def check_model_dir(kind: str, directory: Path) -> None:
+def check_model_dir(kind: ModelKind, directory: Path) -> None:
     """Raise ``ModelDirectoryError`` naming the variable and the missing piece."""
-    env = ENV_NAMES[kind]
+    env = MODEL_PATH_ENV[kind]
     if not directory.is_dir():
         raise ModelDirectoryError(f"{env}={directory} is not a directory")
     config_path = directory / "config.json"
@@ -48,8 +49,10 @@ def check_model_dir(kind: str, directory: Path) -> None:
             ("model weights (model.safetensors)", _has_weights(directory)),
             ("generation_config.json", (directory / "generation_config.json").is_file()),
             ("speech_tokenizer/config.json", (directory / "speech_tokenizer" / "config.json").is_file()),
-            ("tokenizer files (vocab.json or tokenizer.json)",
-             (directory / "vocab.json").is_file() or (directory / "tokenizer.json").is_file()),
+            (
+                "tokenizer files (vocab.json or tokenizer.json)",
+                (directory / "vocab.json").is_file() or (directory / "tokenizer.json").is_file(),
+            ),
         )
         if not present
     ]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .clone import ClonePrompt
+from ..voices.prompt import ClonePrompt
+
 
 @dataclass
 class TalkerPrompt:
@@ -107,8 +108,13 @@ def build_prompt(
     if instructions:
         prefill = torch.cat([parts[0], prefill], dim=1)
     # The chat template adds 3 tokens before the text and 5 after it.
-    return TalkerPrompt(prefill=prefill, trailing_text=trailing, tts_pad=tts_pad, ref_codes=ref_codes,
-                        text_tokens=int(input_id.shape[1]) - 8)
+    return TalkerPrompt(
+        prefill=prefill,
+        trailing_text=trailing,
+        tts_pad=tts_pad,
+        ref_codes=ref_codes,
+        text_tokens=int(input_id.shape[1]) - 8,
+    )
 
 
 def _icl_prompt(model, text_id, ref_id, ref_code, tts_pad, tts_eos):
@@ -118,12 +124,14 @@ def _icl_prompt(model, text_id, ref_id, ref_code, tts_pad, tts_eos):
     text = talker.text_projection(talker.get_text_embeddings()(torch.cat([ref_id, text_id], dim=-1)))
     text = torch.cat([text, tts_eos], dim=1)
     groups = [talker.get_input_embeddings()(ref_code[:, :1])]
-    groups += [talker.code_predictor.get_input_embeddings()[i - 1](ref_code[:, i:i + 1])
-               for i in range(1, tcfg.num_code_groups)]
+    groups += [
+        talker.code_predictor.get_input_embeddings()[i - 1](ref_code[:, i : i + 1])
+        for i in range(1, tcfg.num_code_groups)
+    ]
     codec = torch.cat(groups, dim=1).sum(1).unsqueeze(0)
     bos = talker.get_input_embeddings()(torch.tensor([[tcfg.codec_bos_id]], device=talker.device))
     codec = torch.cat([bos, codec], dim=1)
     if text.shape[1] > codec.shape[1]:
-        return text[:, :codec.shape[1]] + codec, text[:, codec.shape[1]:]
+        return text[:, : codec.shape[1]] + codec, text[:, codec.shape[1] :]
     padded = torch.cat([text] + [tts_pad] * (codec.shape[1] - text.shape[1]), dim=1)
     return padded + codec, tts_pad

@@ -15,8 +15,15 @@ import torch
 
 # The package's fallbacks when generate_config.json leaves a value out.
 _DEFAULTS: dict[str, Any] = dict(
-    do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
-    subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9,
+    do_sample=True,
+    top_k=50,
+    top_p=1.0,
+    temperature=0.9,
+    repetition_penalty=1.05,
+    subtalker_dosample=True,
+    subtalker_top_k=50,
+    subtalker_top_p=1.0,
+    subtalker_temperature=0.9,
 )
 MIN_FRAMES_BEFORE_EOS = 2
 
@@ -53,13 +60,18 @@ class SamplingParams:
     repetition_penalty: float
 
     @classmethod
-    def from_generate_config(cls, config: dict[str, Any] | None) -> "SamplingParams":
+    def from_generate_config(cls, config: dict[str, Any] | None) -> SamplingParams:
         values = {**_DEFAULTS, **{k: v for k, v in (config or {}).items() if k in _DEFAULTS}}
         return cls(
-            talker=TokenSampler(bool(values["do_sample"]), int(values["top_k"]), float(values["top_p"]),
-                                float(values["temperature"])),
-            predictor=TokenSampler(bool(values["subtalker_dosample"]), int(values["subtalker_top_k"]),
-                                   float(values["subtalker_top_p"]), float(values["subtalker_temperature"])),
+            talker=TokenSampler(
+                bool(values["do_sample"]), int(values["top_k"]), float(values["top_p"]), float(values["temperature"])
+            ),
+            predictor=TokenSampler(
+                bool(values["subtalker_dosample"]),
+                int(values["subtalker_top_k"]),
+                float(values["subtalker_top_p"]),
+                float(values["subtalker_temperature"]),
+            ),
             repetition_penalty=float(values["repetition_penalty"]),
         )
 
@@ -71,7 +83,7 @@ class TalkerLogits:
         self.eos_id = eos_id
         # The top 1024 ids are control tokens (languages, speakers...), never spoken, except end-of-speech.
         self.suppressed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        self.suppressed[vocab_size - 1024:] = True
+        self.suppressed[vocab_size - 1024 :] = True
         self.suppressed[eos_id] = False
 
     def apply(self, logits: torch.Tensor, history: torch.Tensor, frame: int, penalty: float) -> torch.Tensor:

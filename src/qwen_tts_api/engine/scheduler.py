@@ -6,6 +6,11 @@ segment joins as the previous one ends. Every step makes one frame for each row;
 to their request's streaming decoder, and audio to its stream as chunks complete.
 CustomVoice and Base requests batch within their own model; the scheduler steps the
 models' batches in turn.
+
+Failures stay with the requests they touch: a row whose logits are not finite, or whose
+decoding raises, fails alone; a step that raises fails its batch, which starts afresh. If
+the loop itself cannot go on (a fresh batch cannot even be made: the device is unusable),
+it says why in ``failure`` and answers every request, queued or new, with EngineUnavailable.
 """
 
 from __future__ import annotations
@@ -17,34 +22,36 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..text.budget import frame_budget
-from ..text.segment import split_text
+from ..constants import ModelKind
+from ..voices.prompt import ClonePrompt
 from .admission import Admission, SynthesisTimeout
 from .batching import BatchRow, FrameBatch
-from .clone import ClonePrompt, PromptCache
-from .decoding import StreamingDecoder
+from .clone import PromptCache
+from .decoding import DecoderContext, StreamingDecoder
+from .errors import EngineUnavailable, GenerationError
+from .jobs import EngineConfig, SpeechJob
 from .joining import SegmentJoiner
 from .loading import LoadedModel
 from .prompt import build_prompt
 from .sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from .synthesis import EngineConfig, SpeechJob, SynthesisStream
+from .stream import END, SynthesisStream
 
 log = logging.getLogger(__name__)
-END = object()  # the last item of a stream that finished normally
+MAX_FAILED_ITERATIONS = 3  # unexplained loop failures in a row before the scheduler gives up
 
 
 class _Request:
-    def __init__(self, kind: str, job: "SpeechJob", stream: "SynthesisStream"):
+    def __init__(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream, admitted: bool = True):
         self.kind, self.job, self.stream = kind, job, stream
-        self.segments = split_text(job.text) or [job.text]
+        self.admitted = admitted  # holds a place in admission control (the warm-up does not)
+        self.segments = job.text.segments
         self.index = 0
         self.joiner = SegmentJoiner(len(self.segments))
         self.clone_prompt: ClonePrompt | None = job.voice_prompt  # a saved voice's, or computed on admission
         self.decoder: StreamingDecoder | None = None
+        self.decoder_context: DecoderContext | None = None  # in-context cloning: the reference, decoded once
         self.row: BatchRow | None = None
         self.began: float | None = None
 
@@ -68,85 +75,145 @@ class _Task:
 
 
 class Scheduler:
-    def __init__(self, models: dict[str, LoadedModel], config: "EngineConfig", admission: Admission):
+    def __init__(self, models: dict[str, LoadedModel], config: EngineConfig, admission: Admission):
         self.models = models
         self.config = config
         self.admission = admission
         self.prompts = PromptCache(config.prompt_cache_size)
-        self.on_step: Callable[[str, int], None] = lambda kind, rows: None  # metrics hook: batch size per step
+        # Metrics hook, after each step: model kind, rows, seconds, cache positions.
+        self.on_step: Callable[[str, int, float, int], None] = lambda kind, rows, seconds, cache: None
         self.batches = {kind: self._new_batch(kind) for kind in models}
-        self._inbox: queue.SimpleQueue[_Request | _Task | None] = queue.SimpleQueue()
+        self._failure: str | None = None
+        self._closed = False
+        self._inbox: queue.SimpleQueue[list[_Request] | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
+        self._tasks: deque[_Task] = deque()  # encoder work (clone prompts), one between two steps
         self._owners: dict[int, _Request] = {}
         self._thread = threading.Thread(target=self._loop, name="qwen-tts-scheduler", daemon=True)
         self._thread.start()
 
-    def _new_batch(self, kind: str) -> FrameBatch:
+    def _new_batch(self, kind: ModelKind) -> FrameBatch:
         tts = self.models[kind].tts
         return FrameBatch(tts, SamplingParams.from_generate_config(tts.generate_defaults))
 
-    def submit(self, kind: str, job: "SpeechJob", stream: "SynthesisStream") -> None:
-        self._inbox.put(_Request(kind, job, stream))
+    @property
+    def failure(self) -> str | None:
+        """Why the scheduler cannot generate any more, or None while it can."""
+        if self._failure is None and not self._closed and not self._thread.is_alive():
+            return "the scheduler thread is not running"
+        return self._failure
+
+    def submit(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream) -> None:
+        self._inbox.put([_Request(kind, job, stream)])
+
+    def submit_together(self, kind: ModelKind, work: list[tuple[SpeechJob, SynthesisStream]]) -> None:
+        """Requests outside admission control (the warm-up) that join the batch at one step,
+        so their prefill runs batched."""
+        self._inbox.put([_Request(kind, job, stream, admitted=False) for job, stream in work])
 
     def call(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn`` on the scheduler thread, between two steps; its result comes in the future."""
+        """Run ``fn`` (encoder work: a clone prompt) on the scheduler thread, between two steps,
+        at most one such call between two steps; its result comes in the future."""
         task = _Task(fn)
         self._inbox.put(task)
         return task.future
 
-    def clone_prompt(self, kind: str, waveform, transcript: str | None) -> ClonePrompt:
+    def clone_prompt(self, kind: ModelKind, waveform, transcript: str | None) -> ClonePrompt:
         """On the scheduler thread: a clone prompt for this reference, from the cache when it can."""
         return self.prompts.get_or_compute(self.models[kind].tts, waveform, transcript)
 
     def close(self) -> None:
+        self._closed = True
         self._inbox.put(None)
 
     # --- the scheduler thread ---
     def _loop(self) -> None:
-        while True:
-            idle = not self._waiting and not any(len(b) for b in self.batches.values())
-            try:
-                while True:
-                    request = self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait()
-                    if request is None:
-                        return
-                    if isinstance(request, _Task):
-                        request.run()
-                        continue
-                    self._waiting.append(request)
-                    idle = False
-            except queue.Empty:
-                pass
-            self._admit_waiting()
-            for kind, batch in self.batches.items():
-                if len(batch):
-                    self.on_step(kind, len(batch))
-                    self._step(kind, batch)
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - the loop cannot go on: say so, answer everyone
+            self._stop_serving(exc)
 
-    def _admit_waiting(self) -> None:
-        joining: dict[str, list[_Request]] = {}
-        for request in list(self._waiting):
-            if request.stream.should_stop():  # client gone or deadline passed while queued
-                self._waiting.remove(request)
-                self._finish(request)
-                continue
-            places = self.config.max_batch - len(self.batches[request.kind]) - len(joining.get(request.kind, []))
-            if places <= 0:
-                continue
-            self._waiting.remove(request)
-            request.began = time.monotonic()
-            request.stream.started = True
+    def _serve(self) -> None:
+        failed_in_a_row = 0
+        while True:
             try:
+                if not self._receive():
+                    return
+                # A step of the batch in flight waits for at most one encoder call: one
+                # queued task or one inline reference's clone prompt, not both, not several.
+                encoder_free = True
+                if self._tasks:
+                    self._tasks.popleft().run()
+                    encoder_free = False
+                self._admit_waiting(encoder_free)
+                for kind in list(self.batches):
+                    if len(self.batches[kind]):
+                        self._step(kind, self.batches[kind])
+                failed_in_a_row = 0
+            except EngineUnavailable:
+                raise
+            except Exception:
+                # Every request-level failure is handled where it happens; this is a bug's last line.
+                log.exception("scheduler iteration failed")
+                failed_in_a_row += 1
+                if failed_in_a_row >= MAX_FAILED_ITERATIONS:
+                    raise
+
+    def _receive(self) -> bool:
+        """Take what has arrived (waiting for it when there is nothing to do); False on close."""
+        idle = not self._waiting and not self._tasks and not any(len(b) for b in self.batches.values())
+        try:
+            while True:
+                item = self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait()
+                if item is None:
+                    return False
+                if isinstance(item, _Task):
+                    self._tasks.append(item)
+                else:
+                    self._waiting.extend(item)
+                idle = False
+        except queue.Empty:
+            return True
+
+    def _admit_waiting(self, encoder_free: bool) -> None:
+        """Move waiting requests into their batch while it has places. An inline reference
+        whose clone prompt is not cached needs the encoders: one such request per call (when
+        ``encoder_free``); the others keep their place in the queue until a later step."""
+        joining: dict[ModelKind, list[_Request]] = {}
+        for request in list(self._waiting):
+            try:
+                if request.stream.should_stop():  # client gone or deadline passed while queued
+                    self._waiting.remove(request)
+                    self._finish(request)
+                    continue
+                places = self.config.max_batch - len(self.batches[request.kind]) - len(joining.get(request.kind, []))
+                if places <= 0:
+                    continue
                 reference = request.job.reference
                 if request.clone_prompt is None and reference is not None:
-                    request.clone_prompt = self.clone_prompt(request.kind, reference.waveform, reference.transcript)
+                    request.clone_prompt = self.prompts.cached(reference.waveform, reference.transcript)
+                    if request.clone_prompt is None:
+                        if not encoder_free:
+                            continue
+                        encoder_free = False
+                        tts = self.models[request.kind].tts
+                        request.clone_prompt = self.prompts.compute(tts, reference.waveform, reference.transcript)
+                self._waiting.remove(request)
+                request.began = time.monotonic()
+                request.stream.started = True
                 joining.setdefault(request.kind, []).append(request)
             except Exception as exc:
-                self._fail(request, exc)
+                log.exception("admitting a request failed")
+                self._admission_failed(request, _generation_error("reference encoding", exc))
         for kind, requests in joining.items():
             self._join(kind, requests)
 
-    def _join(self, kind: str, requests: list[_Request]) -> None:
+    def _admission_failed(self, request: _Request, exc: Exception) -> None:
+        if request in self._waiting:
+            self._waiting.remove(request)
+        self._fail(request, exc)
+
+    def _join(self, kind: ModelKind, requests: list[_Request]) -> None:
         """Start the current segment of each request; their prefills run as one batch."""
         entries, ready = [], []
         for request in requests:
@@ -154,14 +221,16 @@ class Scheduler:
                 entries.append(self._segment_entry(request))
                 ready.append(request)
             except Exception as exc:
-                self._fail(request, exc)
+                log.exception("preparing a segment failed")
+                self._fail(request, _generation_error("prompt preparation", exc))
         if not ready:
             return
         try:
             rows = self.batches[kind].add_many(entries)
         except Exception as exc:
+            log.exception("prefill failed")
             for request in ready:
-                self._fail(request, exc)
+                self._fail(request, _generation_error("prefill", exc))
             return
         for request, row in zip(ready, rows):
             request.row = row
@@ -171,42 +240,61 @@ class Scheduler:
         """The prompt of the request's current segment, and a fresh decoder for it."""
         model = self.models[request.kind]
         job, segment = request.job, request.segments[request.index]
-        prompt = build_prompt(model.tts, segment, job.language, speaker=job.speaker,
-                              instructions=job.instructions, clone_prompt=request.clone_prompt)
+        prompt = build_prompt(
+            model.tts,
+            segment.text,
+            job.language,
+            speaker=job.speaker,
+            instructions=job.instructions,
+            clone_prompt=request.clone_prompt,
+        )
         request.stream.usage.input_tokens += prompt.text_tokens
+        if prompt.ref_codes is not None and request.decoder_context is None:
+            request.decoder_context = DecoderContext.prime(model.tts, prompt.ref_codes)
         cfg = self.config
         request.decoder = StreamingDecoder(
             model.tts,
             # Only the very first chunk of a request is small: it sets the time to first audio.
             first_chunk=cfg.first_chunk_frames if request.index == 0 else cfg.max_chunk_frames,
             max_chunk=cfg.max_chunk_frames,
-            context_codes=prompt.ref_codes,
+            context=request.decoder_context,
         )
-        return prompt, frame_budget(segment, model.max_new_tokens), request.stream.should_stop
+        return prompt, segment.max_frames, request.stream.should_stop
 
-    def _step(self, kind: str, batch: FrameBatch) -> None:
+    def _step(self, kind: ModelKind, batch: FrameBatch) -> None:
+        started = time.perf_counter()
         try:
             made, finished = batch.step()
         except Exception as exc:  # the whole batch is unusable: fail its requests, start afresh
             log.exception("batch step failed")
-            for row in list(batch.rows):
-                self._fail(self._owners.pop(id(row)), exc)
-            self.batches[kind] = self._new_batch(kind)
+            self._reset_batch(kind, _generation_error("a generation step", exc))
             return
+        if made:
+            try:
+                self.on_step(kind, len(made), time.perf_counter() - started, batch.cache_length)
+            except Exception:  # metrics never stop generation
+                log.exception("step hook failed")
         for row, codes in made:
-            request = self._owners[id(row)]
+            request = self._owners.get(id(row))
+            if request is None:  # failed earlier in this step
+                continue
             try:
                 audio = request.decoder.push(codes)
                 if audio is not None:
                     request.emit_audio(request.joiner.feed(request.index, audio))
             except Exception as exc:
-                self._fail(request, exc)
+                log.exception("decoding failed")
+                self._fail(request, _generation_error("decoding", exc))
         for row in finished:
             request = self._owners.pop(id(row), None)
             if request is None:  # failed above
                 continue
             request.row = None
             request.stream.usage.output_frames += row.frames_made
+            if row.error is not None:
+                log.error("request failed: %s", row.error)
+                self._fail(request, row.error)
+                continue
             try:
                 if request.stream.should_stop():  # cancelled or out of time: nobody hears the rest
                     self._finish(request)
@@ -218,7 +306,24 @@ class Scheduler:
                 else:
                     self._finish(request)
             except Exception as exc:
+                log.exception("finishing a segment failed")
+                self._fail(request, _generation_error("decoding", exc))
+
+    def _reset_batch(self, kind: ModelKind, exc: Exception) -> None:
+        """Fail every request in ``kind``'s batch and start an empty one. If not even that
+        works (the device is gone), the loop cannot go on."""
+        batch = self.batches[kind]
+        for row in list(batch.rows):
+            request = self._owners.pop(id(row), None)
+            if request is not None:
+                request.row = None
                 self._fail(request, exc)
+        try:
+            self.batches[kind] = self._new_batch(kind)
+        except Exception as fatal:
+            raise EngineUnavailable(
+                f"the {kind} model cannot start a new batch after a failed step ({type(fatal).__name__}: {fatal})"
+            ) from fatal
 
     def _finish(self, request: _Request) -> None:
         request.stream.emit(SynthesisTimeout() if request.stream.expired else END)
@@ -226,11 +331,60 @@ class Scheduler:
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
         if request.row is not None:
-            self._owners.pop(id(request.row), None)
-            self.batches[request.kind].remove(request.row)
-            request.row = None
+            row, request.row = request.row, None
+            self._owners.pop(id(row), None)
+            try:
+                self.batches[request.kind].remove(row)
+            except Exception:  # the batch is in an unknown state: the others cannot trust it either
+                log.exception("removing a failed row failed")
+                self._reset_batch(request.kind, exc if isinstance(exc, Exception) else GenerationError(str(exc)))
         request.stream.emit(exc)
         self._release(request)
 
     def _release(self, request: _Request) -> None:
-        self.admission.release(None if request.began is None else time.monotonic() - request.began)
+        if request.admitted:
+            self.admission.release(None if request.began is None else time.monotonic() - request.began)
+
+    def _stop_serving(self, exc: BaseException) -> None:
+        """The loop cannot go on: record why, fail every request in the scheduler, and from now
+        on answer whatever arrives with EngineUnavailable (until close)."""
+        reason = (
+            str(exc)
+            if isinstance(exc, EngineUnavailable)
+            else f"the scheduler stopped after an unexpected error ({type(exc).__name__}: {exc})"
+        )
+        self._failure = reason
+        log.critical("%s; this process can no longer generate speech and should be restarted", reason, exc_info=exc)
+        unavailable = EngineUnavailable(reason)
+        pending = list(self._waiting) + list(self._owners.values())
+        self._waiting.clear()
+        self._owners.clear()
+        for task in self._tasks:
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(unavailable)
+        self._tasks.clear()
+        while True:
+            for request in pending:
+                try:
+                    request.stream.emit(unavailable)
+                    self._release(request)
+                except Exception:  # noqa: BLE001 - answer the others regardless
+                    log.exception("could not fail a request")
+            item = self._inbox.get()
+            if item is None:
+                return
+            if isinstance(item, _Task):
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(unavailable)
+                pending = []
+            else:
+                pending = item
+
+
+def _generation_error(stage: str, exc: BaseException) -> GenerationError:
+    """What the client is told (the details go to the log)."""
+    if isinstance(exc, GenerationError):
+        return exc
+    error = GenerationError(f"speech generation failed during {stage} ({type(exc).__name__})")
+    error.__cause__ = exc
+    return error

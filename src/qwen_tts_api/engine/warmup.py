@@ -1,17 +1,29 @@
-"""One short synthesis through each loaded model before the server says it is ready."""
+"""Before the server says it is ready, run through each model what production runs: a
+batched prefill of two prompts of different lengths, a two-row generation step, streaming
+decoding and, for Base, a clone prompt from reference audio (speaker and codec encoders)
+spoken both ways (x-vector and in-context). The first user request is otherwise the one
+that pays for allocator growth, kernel selection and first-use caches on each path."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .synthesis import Engine, ReferenceAudio, SpeechJob
+from ..constants import SAMPLE_RATE, ModelKind
+from ..text.prepare import PreparedText, prepare
+from ..voices.prompt import ClonePrompt
+from .clone import compute_clone_prompt
+from .jobs import SpeechJob
+from .loading import LoadedModel
+from .synthesis import Engine
 
 log = logging.getLogger(__name__)
 
-WARMUP_TEXT = "Hello."
+WARMUP_TEXTS = ("Hello.", "Warming up a batch of two.")
+WARMUP_TRANSCRIPT = "A gliding tone."
 
 
 @dataclass
@@ -25,20 +37,45 @@ class Readiness:
         return self.warmed_up and self.error is None
 
 
-def _warmup_reference() -> ReferenceAudio:
-    t = np.arange(24000) / 24000  # one second of a gliding tone stands in for a voice
-    return ReferenceAudio(waveform=(0.2 * np.sin(2 * np.pi * (150 + 50 * t) * t)).astype(np.float32))
+def _warmup_reference() -> np.ndarray:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE  # one second of a gliding tone stands in for a voice
+    return (0.2 * np.sin(2 * np.pi * (150 + 50 * t) * t)).astype(np.float32)
+
+
+def _prepared(model: LoadedModel, text: str) -> PreparedText:
+    prepared = prepare(text, model.control_tokens, model.max_new_tokens)
+    assert prepared is not None
+    return prepared
+
+
+async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[SpeechJob]:
+    if kind == ModelKind.CUSTOMVOICE:
+        speakers = model.speakers or [None]
+        return [
+            SpeechJob(text=_prepared(model, text), language="Auto", speaker=speakers[i % len(speakers)])
+            for i, text in enumerate(WARMUP_TEXTS)
+        ]
+    # Computed on the scheduler thread (it owns the model) and kept out of the prompt cache.
+    in_context: ClonePrompt = await asyncio.wrap_future(
+        engine.scheduler.call(lambda: compute_clone_prompt(model.tts, _warmup_reference(), WARMUP_TRANSCRIPT))
+    )
+    x_vector = ClonePrompt(speaker_embedding=in_context.speaker_embedding)
+    return [
+        SpeechJob(text=_prepared(model, text), language="Auto", voice_prompt=prompt)
+        for text, prompt in zip(WARMUP_TEXTS, (x_vector, in_context))
+    ]
 
 
 async def warm_up(engine: Engine, readiness: Readiness) -> None:
     try:
         for kind, model in engine.models.items():
-            if kind == "customvoice":
-                job = SpeechJob(text=WARMUP_TEXT, language="Auto", speaker=model.speakers[0] if model.speakers else None)
-            else:
-                job = SpeechJob(text=WARMUP_TEXT, language="Auto", reference=_warmup_reference())
-            audio = await engine.start(kind, job).collect()
-            log.info("warm-up of %s done (%.2f s of audio)", model.name, audio.size / 24000)
+            streams = engine.start_together(kind, await _jobs(engine, kind, model))
+            audio = await asyncio.gather(*(stream.collect() for stream in streams))
+            log.info(
+                "warm-up of %s done (%s s of audio)",
+                model.name,
+                " + ".join(f"{part.size / SAMPLE_RATE:.2f}" for part in audio),
+            )
         readiness.warmed_up = True
     except Exception as exc:  # noqa: BLE001 - reported by /ready, the server keeps running
         log.exception("warm-up synthesis failed")

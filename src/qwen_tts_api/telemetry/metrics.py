@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 
+from ..constants import ModelKind
 from .record import RequestRecord
 
 disable_created_metrics()  # the *_created series only add noise here
@@ -14,6 +23,7 @@ disable_created_metrics()  # the *_created series only add noise here
 _TTFA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 _RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+_STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
 
 
 class _PromptCacheCollector:
@@ -24,8 +34,11 @@ class _PromptCacheCollector:
 
     def collect(self):
         hits, misses = self.cache_stats()
-        family = CounterMetricFamily("qwen_tts_prompt_cache_lookups", "Clone-prompt cache lookups for inline "
-                                     "reference audio, by result", labels=["result"])
+        family = CounterMetricFamily(
+            "qwen_tts_prompt_cache_lookups",
+            "Clone-prompt cache lookups for inline reference audio, by result",
+            labels=["result"],
+        )
         family.add_metric(["hit"], hits)
         family.add_metric(["miss"], misses)
         yield family
@@ -37,20 +50,54 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("qwen_tts_requests", "HTTP requests, by route, status, format and model",
-                                ["route", "status", "format", "model"], registry=r)
-        self.ttfa = Histogram("qwen_tts_time_to_first_audio_seconds", "Arrival to first audio byte, speech requests",
-                              ["model"], buckets=_TTFA_BUCKETS, registry=r)
-        self.rtf = Histogram("qwen_tts_real_time_factor", "Request duration / audio duration, speech requests",
-                             ["model"], buckets=_RTF_BUCKETS, registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open files (on Linux)
+        self.requests = Counter(
+            "qwen_tts_requests",
+            "HTTP requests, by route, status, format and model",
+            ["route", "status", "format", "model"],
+            registry=r,
+        )
+        self.ttfa = Histogram(
+            "qwen_tts_time_to_first_audio_seconds",
+            "Arrival to first audio byte, speech requests",
+            ["model"],
+            buckets=_TTFA_BUCKETS,
+            registry=r,
+        )
+        self.rtf = Histogram(
+            "qwen_tts_real_time_factor",
+            "Request duration / audio duration, speech requests",
+            ["model"],
+            buckets=_RTF_BUCKETS,
+            registry=r,
+        )
         self.audio = Counter("qwen_tts_audio_seconds", "Seconds of audio produced", ["model"], registry=r)
-        self.batch_size = Histogram("qwen_tts_batch_size", "Requests generated together, per decoding step",
-                                    ["model"], buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "qwen_tts_batch_size",
+            "Requests generated together, per decoding step",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "qwen_tts_step_seconds",
+            "Time of one batched generation step (one frame for every row)",
+            ["model"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.cache_positions = Gauge(
+            "qwen_tts_batch_cache_positions",
+            "Positions the batch's talker KV cache holds per row, after the last step",
+            ["model"],
+            registry=r,
+        )
         self.queue_depth = Gauge("qwen_tts_queue_depth", "Requests waiting for a place in a batch", registry=r)
         self.active = Gauge("qwen_tts_requests_generating", "Requests in a batch now", registry=r)
 
     def watch_engine(self, engine) -> None:
         """Gauges and counters that read the engine when scraped; batch sizes as it steps."""
+
         def generating() -> int:
             return sum(len(batch) for batch in engine.scheduler.batches.values())
 
@@ -59,7 +106,13 @@ class ServerMetrics:
         cache = engine.scheduler.prompts
         self.registry.register(_PromptCacheCollector(lambda: (cache.hits, cache.misses)))
         names = {kind: model.name for kind, model in engine.models.items()}
-        engine.scheduler.on_step = lambda kind, rows: self.batch_size.labels(names[kind]).observe(rows)
+
+        def on_step(kind: ModelKind, rows: int, seconds: float, cache_positions: int) -> None:
+            self.batch_size.labels(names[kind]).observe(rows)
+            self.step_seconds.labels(names[kind]).observe(seconds)
+            self.cache_positions.labels(names[kind]).set(cache_positions)
+
+        engine.scheduler.on_step = on_step
 
     def observe(self, record: RequestRecord) -> None:
         model = record.model or ""

@@ -46,8 +46,10 @@ class RequestTelemetry:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (REQUEST_ID_HEADER.encode(), record.request_id.encode("latin-1"))]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), record.request_id.encode("latin-1")),
+                ]
             elif message["type"] == "http.response.body" and message.get("body") and record.first_byte is None:
                 record.first_byte = time.monotonic()
             await send(message)

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-SECONDS_PER_FRAME = 1920 / 24000
+from ..constants import FRAME_SECONDS
 
 
 @dataclass
@@ -38,7 +38,7 @@ class RequestRecord:
     def audio_seconds(self) -> float:
         if self.stream is None:
             return 0.0
-        return self.stream.usage.output_frames * SECONDS_PER_FRAME / self.speed
+        return self.stream.usage.output_frames * FRAME_SECONDS / self.speed
 
     @property
     def ttfa(self) -> float | None:
@@ -47,12 +47,22 @@ class RequestRecord:
 
     def fields(self) -> dict[str, Any]:
         ended = self.ended if self.ended is not None else time.monotonic()
-        out: dict[str, Any] = {"request_id": self.request_id, "method": self.method, "path": self.path,
-                               "status": self.status, "duration_s": round(ended - self.started, 4)}
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_s": round(ended - self.started, 4),
+        }
         if self.is_speech:
-            out.update(model=self.model, voice_kind=self.voice_kind, format=self.response_format,
-                       input_chars=self.input_chars, audio_s=round(self.audio_seconds, 3),
-                       ttfa_s=None if self.ttfa is None else round(self.ttfa, 4))
+            out.update(
+                model=self.model,
+                voice_kind=self.voice_kind,
+                format=self.response_format,
+                input_chars=self.input_chars,
+                audio_s=round(self.audio_seconds, 3),
+                ttfa_s=None if self.ttfa is None else round(self.ttfa, 4),
+            )
             if self.input_text is not None:
                 out["input"] = self.input_text
         return out

@@ -15,13 +15,13 @@ LATIN_FRAMES_PER_CHAR = 1.8
 WIDE_FRAMES_PER_CHAR = 6.0
 
 
-def _is_wide(ch: str) -> bool:
+def is_wide(ch: str) -> bool:
     # CJK ideographs, kana and hangul carry a syllable each: much slower per character.
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
 def frame_budget(text: str, model_limit: int) -> int:
-    wide = sum(1 for ch in text if _is_wide(ch))
+    wide = sum(1 for ch in text if is_wide(ch))
     narrow = sum(1 for ch in text if not ch.isspace()) - wide
     frames = BASE_FRAMES + LATIN_FRAMES_PER_CHAR * narrow + WIDE_FRAMES_PER_CHAR * wide
     return max(1, min(int(frames), model_limit))

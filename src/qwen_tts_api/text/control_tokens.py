@@ -26,4 +26,6 @@ def control_tokens_of(tts) -> list[str]:
     """The special tokens of a loaded model's text tokenizer, longest first."""
     tokenizer = getattr(tts.processor, "tokenizer", tts.processor)
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return sorted({token.content for token in added.values() if getattr(token, "special", False)}, key=len, reverse=True)
+    return sorted(
+        {token.content for token in added.values() if getattr(token, "special", False)}, key=len, reverse=True
+    )

@@ -8,7 +8,8 @@ with no spaces at all (CJK) is cut between characters. A word is never cut.
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from .budget import is_wide
 
 # Weighted length: a CJK character carries about three Latin characters of speech.
 MAX_SEGMENT_WEIGHT = 300
@@ -21,7 +22,7 @@ _CLAUSE = re.compile(r"[^,;:，、；：]*[,;:，、；：]?\s*", re.S)
 
 
 def weight(text: str) -> int:
-    return sum(WIDE_WEIGHT if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+    return sum(WIDE_WEIGHT if is_wide(ch) else 1 for ch in text)
 
 
 def _pieces(pattern: re.Pattern[str], text: str) -> list[str]:
@@ -41,7 +42,7 @@ def _split_words(text: str, bound: int) -> list[str]:
             current = ""
         while weight(word) > bound:  # no space to break at: cut between characters
             cut = 1
-            while cut < len(word) and weight(word[:cut + 1]) <= bound:
+            while cut < len(word) and weight(word[: cut + 1]) <= bound:
                 cut += 1
             out.append(word[:cut])
             word = word[cut:]

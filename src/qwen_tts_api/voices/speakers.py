@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-# The nine speakers of the published CustomVoice checkpoints, spelled as documented.
-QWEN_SPEAKERS = ["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"]
+from ..constants import QWEN_SPEAKERS
 
 # OpenAI voice name -> Qwen3-TTS speaker, exactly as the specification's table.
 OPENAI_VOICE_ALIASES: dict[str, str] = {
@@ -24,12 +23,7 @@ OPENAI_VOICE_ALIASES: dict[str, str] = {
 
 DEFAULT_VOICE = "alloy"
 
-_DISPLAY = {name.lower(): name for name in QWEN_SPEAKERS}
-
-
-def display_speaker_name(name: str) -> str:
-    """Model configs store speakers lower-case; show the documented spelling."""
-    return _DISPLAY.get(name.lower(), name.title())
+_PUBLISHED = {name.lower() for name in QWEN_SPEAKERS}
 
 
 def resolve_speaker(voice: str, available: list[str]) -> str | None:
@@ -47,14 +41,15 @@ def resolve_speaker(voice: str, available: list[str]) -> str | None:
 def is_builtin_voice(voice: str) -> bool:
     """A published speaker or an OpenAI voice name (any case), whether or not a model is loaded."""
     key = voice.strip().lower()
-    return key in _DISPLAY or key in OPENAI_VOICE_ALIASES
+    return key in _PUBLISHED or key in OPENAI_VOICE_ALIASES
 
 
 def available_aliases(available: list[str]) -> dict[str, str]:
     """OpenAI voice name -> speaker, for the aliases whose speaker is available."""
     by_lower = {name.lower(): name for name in available}
-    return {alias: by_lower[target.lower()] for alias, target in OPENAI_VOICE_ALIASES.items()
-            if target.lower() in by_lower}
+    return {
+        alias: by_lower[target.lower()] for alias, target in OPENAI_VOICE_ALIASES.items() if target.lower() in by_lower
+    }
 
 
 def voice_names(available: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ..engine.clone import ClonePrompt
+from .prompt import ClonePrompt
 from .speakers import is_builtin_voice
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,14 @@ class SavedVoice:
     prompt: ClonePrompt
     consent: str | None = None
 
-    def card(self) -> dict:
-        """The OpenAI ``audio.voice`` object."""
-        return {"object": "audio.voice", "id": self.id, "name": self.name, "created_at": self.created_at,
-                "type": "audio_sample"}
-
 
 def check_name(name: str) -> str:
     name = name.strip()
     if not _NAME.match(name):
-        raise VoiceNameError("a voice name is 1-64 characters: letters, digits, spaces, '-', '_' and '.', "
-                             "starting with a letter or digit")
+        raise VoiceNameError(
+            "a voice name is 1-64 characters: letters, digits, spaces, '-', '_' and '.', "
+            "starting with a letter or digit"
+        )
     if is_builtin_voice(name):
         raise VoiceNameError(f"{name!r} is a built-in voice; choose another name")
     if name.lower().startswith(ID_PREFIX):
@@ -98,7 +95,8 @@ class VoiceStore:
         with self._lock:
             self.refresh()
             return self._voices.get(key) or next(
-                (v for v in self._voices.values() if v.name.lower() == key.lower()), None)
+                (v for v in self._voices.values() if v.name.lower() == key.lower()), None
+            )
 
     # --- changes ---
     def check_new_name(self, name: str) -> str:
@@ -111,8 +109,13 @@ class VoiceStore:
     def add(self, name: str, prompt: ClonePrompt, consent: str | None = None) -> SavedVoice:
         with self._lock:
             name = self.check_new_name(name)
-            voice = SavedVoice(id=ID_PREFIX + secrets.token_hex(12), name=name, created_at=int(time.time()),
-                               prompt=prompt, consent=consent)
+            voice = SavedVoice(
+                id=ID_PREFIX + secrets.token_hex(12),
+                name=name,
+                created_at=int(time.time()),
+                prompt=prompt,
+                consent=consent,
+            )
             self._write(voice)
             self._voices[voice.id] = voice
             return voice
@@ -191,10 +194,10 @@ def _read(path: Path, voice_id: str) -> SavedVoice:
         codes = f.get_tensor("reference_codes") if "reference_codes" in keys else None
     if embedding.dim() != 1 or (codes is not None and codes.dim() != 2):
         raise ValueError("unexpected tensor shapes")
-    prompt = ClonePrompt(speaker_embedding=embedding, reference_codes=codes,
-                         reference_text=meta.get("reference_text"))
-    return SavedVoice(id=voice_id, name=meta["name"], created_at=int(meta["created_at"]), prompt=prompt,
-                      consent=meta.get("consent"))
+    prompt = ClonePrompt(speaker_embedding=embedding, reference_codes=codes, reference_text=meta.get("reference_text"))
+    return SavedVoice(
+        id=voice_id, name=meta["name"], created_at=int(meta["created_at"]), prompt=prompt, consent=meta.get("consent")
+    )
 
 
 def _sync_directory(directory: Path) -> None:

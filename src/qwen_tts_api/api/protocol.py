@@ -1,0 +1,197 @@
+"""Every JSON body the server reads or sends, as pydantic models: routes name them as
+``response_model`` / ``responses``, so ``/openapi.json`` describes what actually goes over
+the wire, errors included."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import models_json_schema
+
+from ..audio.encode import RESPONSE_FORMATS
+from ..voices.speakers import DEFAULT_VOICE
+
+MAX_INPUT_CHARS = 4096
+
+# Languages of the specification; "Auto" lets the model decide.
+LANGUAGES = [
+    "Auto",
+    "English",
+    "Chinese",
+    "Japanese",
+    "Korean",
+    "French",
+    "German",
+    "Spanish",
+    "Italian",
+    "Portuguese",
+    "Russian",
+]
+_LANGUAGE_BY_LOWER = {name.lower(): name for name in LANGUAGES}
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+assert set(RESPONSE_FORMATS) == set(ResponseFormat.__args__)  # one list of formats
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's saved custom voice reference: ``{"id": "voice_..."}``."""
+
+    id: str = Field(min_length=1)
+
+
+class SpeechRequest(BaseModel):
+    # Unknown fields are ignored, as OpenAI clients send extras over time.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    voice: str | VoiceRef = DEFAULT_VOICE
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    language: str = "Auto"
+    instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    audio_sample: str | None = None
+    audio_sample_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    stream_format: Literal["audio", "sse"] = "audio"
+    # Ours: false waits for the whole utterance and answers with one complete body.
+    stream: bool = True
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain text to speak, not only whitespace")
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        canonical = _LANGUAGE_BY_LOWER.get(value.strip().lower())
+        if canonical is None:
+            raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
+        return canonical
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwen"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---------- errors ----------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str  # invalid_request_error, authentication_error, not_found_error, rate_limit_error, server_error
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, for every failure."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request: `param` names the field",
+    401: "Missing or invalid API key (when QWEN_TTS_API_KEYS is set)",
+    404: "Unknown model, voice or route",
+    413: "Reference audio larger than QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES",
+    429: "Queue full: retry after the seconds in the Retry-After header",
+    500: "Generation failed for this request (the server goes on)",
+    503: "The engine has stopped: the server must be restarted",
+    504: "Not done within QWEN_TTS_REQUEST_TIMEOUT",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """``responses=`` for a route: the error envelope for each status (401 always: API keys)."""
+    return {
+        status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]}
+        for status in sorted({401, *statuses})
+    }
+
+
+# ---------- voices ----------
+
+
+class VoiceCard(BaseModel):
+    """OpenAI's ``audio.voice`` object; ``type`` and ``speaker`` are ours."""
+
+    object: Literal["audio.voice"] = "audio.voice"
+    id: str
+    name: str
+    created_at: int | None = None  # saved voices
+    type: Literal["audio_sample", "builtin", "alias"]
+    speaker: str | None = None  # aliases: the built-in speaker they stand for
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceCard]
+
+
+class VoiceDeleted(BaseModel):
+    object: Literal["audio.voice.deleted"] = "audio.voice.deleted"
+    id: str
+    deleted: bool = True
+
+
+# ---------- speech as Server-Sent Events (stream_format "sse") ----------
+
+
+class SpeechUsage(BaseModel):
+    input_tokens: int  # text tokens read
+    output_tokens: int  # codec frames made
+    total_tokens: int
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str  # base64 of the next piece of the encoded stream
+
+
+class SpeechAudioDone(BaseModel):
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: SpeechUsage
+
+
+class SpeechStreamError(BaseModel):
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+STREAM_EVENTS = (SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
+
+
+def stream_event_schemas() -> dict[str, dict]:
+    """JSON schemas of the SSE events (and what they contain), for ``components.schemas``:
+    an event stream is no response_model, so FastAPI does not collect them itself."""
+    _, top = models_json_schema(
+        [(event, "serialization") for event in STREAM_EVENTS], ref_template="#/components/schemas/{model}"
+    )
+    return top["$defs"]
+
+
+# ---------- liveness and readiness ----------
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "failed"]
+    error: str | None = None  # why the engine cannot generate any more
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready", "starting", "failed"]
+    models: list[str]
+    warmed_up: bool
+    error: str | None = None

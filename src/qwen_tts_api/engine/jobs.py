@@ -1,0 +1,51 @@
+"""What the engine is asked to do: one request's text, language and voice, and the
+engine's own configuration (built from the settings, by name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..settings import Settings
+from ..text.prepare import PreparedText
+from ..voices.prompt import ClonePrompt
+
+
+@dataclass(frozen=True)
+class ReferenceAudio:
+    """Decoded reference audio for cloning: mono float32 at 24 kHz."""
+
+    waveform: np.ndarray
+    transcript: str | None = None
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    text: PreparedText  # cleaned and cut into segments, each with its frame budget
+    language: str  # as the model names it, e.g. "English" or "Auto"
+    speaker: str | None = None  # CustomVoice
+    instructions: str | None = None  # CustomVoice; callers drop it for 0.6B models
+    reference: ReferenceAudio | None = None  # Base, cloning from audio sent with the request
+    voice_prompt: ClonePrompt | None = None  # Base, a saved voice's stored prompt
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    first_chunk_frames: int = 3
+    max_chunk_frames: int = 48
+    max_queue: int = 16  # requests waiting beyond those in the batch
+    request_timeout: float = 300.0  # seconds from admission to the last audio
+    max_batch: int = 8  # requests generated together, per model
+    prompt_cache_size: int = 32  # clone prompts of inline reference audio kept for reuse
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            first_chunk_frames=settings.stream_first_frames,
+            max_chunk_frames=settings.stream_max_chunk_frames,
+            max_queue=settings.max_queue,
+            request_timeout=settings.request_timeout_seconds,
+            max_batch=settings.max_batch,
+            prompt_cache_size=settings.prompt_cache_size,
+        )

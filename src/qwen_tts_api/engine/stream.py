@@ -1,0 +1,64 @@
+"""One request's audio, handed from the scheduler thread to the event loop as it is made."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+END = object()  # the last item of a stream that finished normally
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_frames: int = 0
+
+
+class SynthesisStream:
+    """Audio chunks of one request, handed from the worker thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.deadline = time.monotonic() + timeout
+        self.started = False  # set when the worker takes it up
+        self.usage = Usage()
+
+    # --- worker side ---
+    def emit(self, item: object) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.expired
+
+    # --- event-loop side ---
+    def cancel(self) -> None:
+        """Stop generating after the current frame (or never start, if still queued)."""
+        self._cancelled.set()
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        while True:
+            item = await self._queue.get()
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def collect(self) -> np.ndarray:
+        parts = [chunk async for chunk in self]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -1,0 +1,20 @@
+"""What a cloned voice is to the Base model: a speaker embedding from reference audio and,
+for in-context cloning, the reference's codec frames and transcript. Saved voices store
+one; the engine computes them (``engine/clone.py``) and speaks with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClonePrompt:
+    speaker_embedding: torch.Tensor  # (D,)
+    reference_codes: torch.Tensor | None = None  # (T, 16): in-context cloning only
+    reference_text: str | None = None  # the transcript that goes with reference_codes
+
+    @property
+    def in_context(self) -> bool:
+        return self.reference_codes is not None

@@ -1,0 +1,131 @@
+"""Helpers the tests share: a live server with the openai client, audio to send and to
+decode, and request plumbing. Fixtures live in conftest.py; this module is imported."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+from collections.abc import Iterator
+
+import av
+import numpy as np
+import openai
+
+from qwen_tts_api.constants import SAMPLE_RATE as SR
+from qwen_tts_api.devtools import BackgroundServer, cpu_settings
+
+__all__ = [
+    "SR",
+    "LiveServer",
+    "cpu_settings",
+    "tone",
+    "encode_with_pyav",
+    "Decoded",
+    "decode_audio",
+    "opus_head",
+    "error_of",
+    "recorded_streams",
+    "raw_speech_request",
+]
+
+
+class LiveServer(BackgroundServer):
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
+
+
+# ---------- audio helpers ----------
+
+
+def tone(seconds: float, freq: float, sr: int = SR, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    mono = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
+
+
+def encode_with_pyav(samples: np.ndarray, sr: int, container: str, codec: str, layout: str = "mono") -> bytes:
+    """Write test reference files in formats soundfile cannot (mp3, ogg/opus...)."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sr, layout=layout)
+        data = samples.reshape(1, -1) if samples.ndim == 1 else np.ascontiguousarray(samples).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data, dtype=np.float32), format="flt", layout=layout)
+        frame.sample_rate = sr
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+class Decoded:
+    def __init__(self, samples: np.ndarray, rate: int, channels: int, container: str):
+        self.samples, self.rate, self.channels, self.container = samples, rate, channels, container
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[-1] / self.rate
+
+
+def decode_audio(data: bytes, fmt: str | None = None) -> Decoded:
+    """Decode any response body the way a player would (pcm needs its known layout)."""
+    if fmt == "pcm":
+        pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767
+        return Decoded(pcm, SR, 1, "pcm")
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray() for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        name = container.format.name
+    samples = np.concatenate(frames, axis=1)
+    return Decoded(samples[0] if samples.shape[0] == 1 else samples, rate, channels, name)
+
+
+def opus_head(data: bytes) -> tuple[int, int]:
+    """(channels, input sample rate) from an Ogg Opus stream's OpusHead packet."""
+    at = data.index(b"OpusHead")
+    return data[at + 9], int.from_bytes(data[at + 12 : at + 16], "little")
+
+
+# ---------- request plumbing helpers ----------
+
+
+def error_of(response) -> dict:
+    """The OpenAI error object of a response, after checking the envelope's exact shape."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@contextlib.contextmanager
+def recorded_streams(engine) -> Iterator[list]:
+    """Collect every SynthesisStream the engine starts while the block runs."""
+    streams: list = []
+    original = engine.start
+
+    def recording_start(kind, job):
+        stream = original(kind, job)
+        streams.append(stream)
+        return stream
+
+    engine.start = recording_start
+    try:
+        yield streams
+    finally:
+        engine.start = original
+
+
+def raw_speech_request(port: int, body: dict) -> socket.socket:
+    """Send a speech request on a plain socket, so a test can drop the connection at will."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock

@@ -1,0 +1,94 @@
+"""What runs before /ready (a batched prefill, a two-row batch, both kinds of cloning), and
+in-context cloning that decodes its reference frames once per request, not once per segment."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import pytest
+import soundfile as sf
+from helpers import SR, LiveServer, cpu_settings, decode_audio, tone
+from qwen_tts import Qwen3TTSModel
+
+from qwen_tts_api.engine.batching import FrameBatch
+from qwen_tts_api.engine.decoding import DecoderContext
+from qwen_tts_api.engine.warmup import WARMUP_TRANSCRIPT
+from qwen_tts_api.text.segment import split_text
+
+FRAME = 1920 / SR
+
+
+def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch):
+    prefills: list[list[bool]] = []  # per batched prefill: does each prompt clone in context?
+    add_many = FrameBatch.add_many
+
+    def recording_add_many(self, entries):
+        prefills.append([prompt.ref_codes is not None for prompt, _, _ in entries])
+        return add_many(self, entries)
+
+    transcripts: list[str | None] = []
+    create_prompt = Qwen3TTSModel.create_voice_clone_prompt
+
+    def recording_create_prompt(self, *args, **kwargs):
+        transcripts.append(kwargs.get("ref_text"))
+        return create_prompt(self, *args, **kwargs)
+
+    monkeypatch.setattr(FrameBatch, "add_many", recording_add_many)
+    monkeypatch.setattr(Qwen3TTSModel, "create_voice_clone_prompt", recording_create_prompt)
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], base_model_path=demo_models["base"])
+    with LiveServer(settings) as live:
+        assert live.app.state.readiness.ready
+        before_ready = list(prefills)
+        cache = live.app.state.engine.scheduler.prompts
+        assert (cache.hits, cache.misses) == (0, 0), "the warm-up leaves the users' prompt cache alone"
+    # CustomVoice: two prompts prefilled together; Base: an x-vector and an in-context prompt together.
+    assert [False, False] in before_ready
+    assert [False, True] in before_ready
+    # The speaker and codec encoders ran on reference audio (in-context: with its transcript).
+    assert transcripts == [WARMUP_TRANSCRIPT]
+
+
+@pytest.fixture(scope="module")
+def capped_base(demo_models, tmp_path_factory):
+    """The demo Base model with a 20-frame limit per segment, so long input stays fast."""
+    path = tmp_path_factory.mktemp("capped-base") / "base-capped"
+    shutil.copytree(demo_models["base"], path)
+    config = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": 20}))
+    with LiveServer(cpu_settings(base_model_path=path)) as live:
+        yield live
+
+
+def test_reference_frames_are_decoded_once_per_request(capped_base, monkeypatch):
+    primed: list[int] = []
+    prime = DecoderContext.prime.__func__
+
+    def counting_prime(cls, tts, codes):
+        primed.append(codes.shape[0])
+        return prime(cls, tts, codes)
+
+    monkeypatch.setattr(DecoderContext, "prime", classmethod(counting_prime))
+    text = " ".join(f"Sentence {i} of a long cloned request, spoken in the reference voice." for i in range(14))
+    segments = split_text(text)
+    assert len(segments) >= 3
+    wav = io.BytesIO()
+    sf.write(wav, tone(1.5, 200.0), SR, format="WAV")
+    audio = (
+        capped_base.openai()
+        .audio.speech.with_raw_response.create(
+            model="qwen3-tts",
+            voice="alloy",
+            input=text,
+            response_format="wav",
+            extra_body={
+                "audio_sample": base64.b64encode(wav.getvalue()).decode(),
+                "audio_sample_text": "A steady tone.",
+            },
+        )
+        .content
+    )
+    assert decode_audio(audio).duration == pytest.approx(len(segments) * 20 * FRAME, abs=0.01)
+    assert len(primed) == 1 and primed[0] > 0, f"reference decoded {len(primed)} times for {len(segments)} segments"
