@@ -118,3 +118,42 @@ def test_serve_refuses_missing_cuda(demo_models):
     result = _serve({"CUSTOMVOICE_MODEL_PATH": str(demo_models["customvoice"]), "QWEN_TTS_DEVICE": "cuda:0"})
     assert result.returncode == 2
     assert "QWEN_TTS_DEVICE=cpu" in result.stderr
+    # Why torch cannot use CUDA here, as far as the server can tell.
+    assert any(cause in result.stderr for cause in ("CPU-only build", "no NVIDIA driver", "driver older"))
+
+
+def test_flash_attention_that_cannot_import_falls_back_to_sdpa(monkeypatch, caplog):
+    """A flash-attn built against another torch is installed but fails to import."""
+    import importlib
+    import importlib.util
+
+    from qwen_tts_api.engine import loading
+
+    real_import = importlib.import_module
+
+    def failing_import(name, *args, **kwargs):
+        if name == "flash_attn":
+            raise ImportError("undefined symbol: _ZN3c104cuda9SetDevice")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else None)
+    monkeypatch.setattr(importlib, "import_module", failing_import)
+    with caplog.at_level("WARNING", logger=loading.__name__):
+        assert loading.resolve_attention("flash_attention_2", "cuda:0") == "sdpa"
+    assert "cannot be imported" in caplog.text and "undefined symbol" in caplog.text
+    assert loading.resolve_attention("sdpa", "cuda:0") == "sdpa"
+
+
+def test_cuda_diagnosis_names_the_likely_cause(monkeypatch):
+    import torch
+
+    from qwen_tts_api.engine import loading
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(loading, "_nvidia_driver_version", lambda: "535.129.03")
+    message = loading.cuda_diagnosis()
+    assert "535.129.03" in message and "CUDA 13.0" in message and "driver older" in message
+    monkeypatch.setattr(loading, "_nvidia_driver_version", lambda: None)
+    assert "no NVIDIA driver was found" in loading.cuda_diagnosis()
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU-only build" in loading.cuda_diagnosis()
