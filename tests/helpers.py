@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import numpy as np
@@ -17,6 +19,7 @@ from qwen_tts_api.constants import SAMPLE_RATE as SR
 from qwen_tts_api.devtools import BackgroundServer, cpu_settings
 
 __all__ = [
+    "capped_copy",
     "SR",
     "LiveServer",
     "cpu_settings",
@@ -129,3 +132,13 @@ def raw_speech_request(port: int, body: dict) -> socket.socket:
         + payload
     )
     return sock
+
+
+def capped_copy(model: Path, directory: Path, frames: int = 20) -> Path:
+    """A copy of a demo model that makes at most ``frames`` frames per segment, so long
+    input stays fast (random weights never end on their own)."""
+    path = directory / f"{model.name}-capped"
+    shutil.copytree(model, path)
+    config = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": frames}))
+    return path

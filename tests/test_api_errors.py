@@ -143,3 +143,8 @@ def test_openapi_describes_what_the_server_sends(http):
     assert all(event in schemas for event in events) and "SpeechUsage" in schemas
     assert fields(schema_of("/health", "get", "503")) == {"status", "error"}
     assert fields(schema_of("/ready", "get", "200")) == {"status", "models", "warmed_up", "error"}
+    # Validation errors go out as 400 in the envelope: no route claims FastAPI's 422.
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, path)
+    assert "HTTPValidationError" not in schemas

@@ -2,12 +2,11 @@
 
 import base64
 import json
-import shutil
 import time
 
 import httpx
 import pytest
-from helpers import SR, LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
+from helpers import SR, LiveServer, capped_copy, cpu_settings, decode_audio, raw_speech_request, recorded_streams
 
 from qwen_tts_api.text.segment import split_text
 
@@ -100,10 +99,7 @@ def test_sse_in_mp3(server):
 @pytest.fixture(scope="module")
 def capped_server(demo_models, tmp_path_factory):
     """The demo CustomVoice model with a 20-frame limit per segment, so 4096 characters stay fast."""
-    path = tmp_path_factory.mktemp("capped") / "customvoice-capped"
-    shutil.copytree(demo_models["customvoice"], path)
-    config = json.loads((path / "generation_config.json").read_text())
-    (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": 20}))
+    path = capped_copy(demo_models["customvoice"], tmp_path_factory.mktemp("capped"))
     with LiveServer(cpu_settings(customvoice_model_path=path)) as live:
         yield live
 

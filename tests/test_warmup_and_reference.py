@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import shutil
 
 import pytest
 import soundfile as sf
-from helpers import SR, LiveServer, cpu_settings, decode_audio, tone
+from helpers import SR, LiveServer, capped_copy, cpu_settings, decode_audio, tone
 from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.engine.batching import FrameBatch
@@ -54,10 +52,7 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
 @pytest.fixture(scope="module")
 def capped_base(demo_models, tmp_path_factory):
     """The demo Base model with a 20-frame limit per segment, so long input stays fast."""
-    path = tmp_path_factory.mktemp("capped-base") / "base-capped"
-    shutil.copytree(demo_models["base"], path)
-    config = json.loads((path / "generation_config.json").read_text())
-    (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": 20}))
+    path = capped_copy(demo_models["base"], tmp_path_factory.mktemp("capped-base"))
     with LiveServer(cpu_settings(base_model_path=path)) as live:
         yield live
 

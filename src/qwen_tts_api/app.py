@@ -64,18 +64,26 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(playground.router)
-    _document_stream_events(app)
+    _document_what_is_sent(app)
     return app
 
 
-def _document_stream_events(app: FastAPI) -> None:
-    """Add the SSE event models to the OpenAPI components the speech route refers to."""
+def _document_what_is_sent(app: FastAPI) -> None:
+    """Make /openapi.json match the wire: add the SSE event models the speech route refers to,
+    and drop FastAPI's automatic 422 responses (validation errors are sent as 400 in the
+    OpenAI envelope, see api/errors.py)."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(stream_event_schemas())
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(stream_event_schemas())
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
