@@ -44,6 +44,8 @@ class SpeechRequest(BaseModel):
     # Unknown fields are ignored, as OpenAI clients send extras over time.
     model_config = ConfigDict(extra="ignore")
 
+    # Required by the OpenAI contract; the specification accepts any value for compatibility and
+    # routes by voice / audio_sample, so it is validated but not used to pick a model.
     model: str = Field(min_length=1)
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     voice: str | VoiceRef = DEFAULT_VOICE
