@@ -174,34 +174,13 @@ def test_metrics(server, http):
     def delta(family, name, **labels):
         return value(after.get(family, []), name, **labels) - value(before.get(family, []), name, **labels)
 
-    speech = "/v1/audio/speech"
-    assert (
-        delta(
-            "qwen_tts_requests",
-            "qwen_tts_requests_total",
-            route=speech,
-            status="200",
-            format="wav",
-            model="customvoice",
-        )
-        == 1
-    )
-    assert (
-        delta(
-            "qwen_tts_requests",
-            "qwen_tts_requests_total",
-            route=speech,
-            status="200",
-            format="mp3",
-            model="customvoice",
-        )
-        == 1
-    )
-    assert (
-        delta("qwen_tts_requests", "qwen_tts_requests_total", route=speech, status="200", format="wav", model="base")
-        == 2
-    )
-    assert delta("qwen_tts_requests", "qwen_tts_requests_total", route=speech, status="400") == 1
+    def speech_requests(**labels):
+        return delta("qwen_tts_requests", "qwen_tts_requests_total", route="/v1/audio/speech", **labels)
+
+    assert speech_requests(status="200", format="wav", model="customvoice") == 1
+    assert speech_requests(status="200", format="mp3", model="customvoice") == 1
+    assert speech_requests(status="200", format="wav", model="base") == 2
+    assert speech_requests(status="400") == 1
     assert (
         delta("qwen_tts_time_to_first_audio_seconds", "qwen_tts_time_to_first_audio_seconds_count", model="customvoice")
         == 2

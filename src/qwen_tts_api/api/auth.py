@@ -44,22 +44,14 @@ class ApiKeyMiddleware:
             return
         token = _bearer(scope)
         if token is None:
-            err = APIError(
-                401,
-                "Missing API key: send it as 'Authorization: Bearer <key>'",
-                type="invalid_request_error",
-                code="missing_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            err = _unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'", "missing_api_key")
         elif not key_matches(token, self.keys):
-            err = APIError(
-                401,
-                "Incorrect API key provided",
-                type="invalid_request_error",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            err = _unauthorized("Incorrect API key provided", "invalid_api_key")
         else:
             await self.app(scope, receive, send)
             return
         await error_response(err)(scope, receive, send)
+
+
+def _unauthorized(message: str, code: str) -> APIError:
+    return APIError(401, message, type="invalid_request_error", code=code, headers={"WWW-Authenticate": "Bearer"})

@@ -116,8 +116,9 @@ class FrameBatch:
             if row.error is None:
                 row.frames_made += 1
                 made.append((row, codes[i]))
-        keep = [i for i, r in enumerate(self.rows) if r.error is None and r.frames_made < r.max_frames]
-        done = [r for i, r in enumerate(self.rows) if i not in keep]
+        going_on = [r.error is None and r.frames_made < r.max_frames for r in self.rows]
+        keep = [i for i, on in enumerate(going_on) if on]
+        done = [r for r, on in zip(self.rows, going_on) if not on]
         finished += done
         self._drop(done)
         if self.rows:

@@ -329,7 +329,7 @@ class Scheduler:
         request.stream.emit(SynthesisTimeout() if request.stream.expired else END)
         self._release(request)
 
-    def _fail(self, request: _Request, exc: BaseException) -> None:
+    def _fail(self, request: _Request, exc: Exception) -> None:
         if request.row is not None:
             row, request.row = request.row, None
             self._owners.pop(id(row), None)
@@ -337,7 +337,7 @@ class Scheduler:
                 self.batches[request.kind].remove(row)
             except Exception:  # the batch is in an unknown state: the others cannot trust it either
                 log.exception("removing a failed row failed")
-                self._reset_batch(request.kind, exc if isinstance(exc, Exception) else GenerationError(str(exc)))
+                self._reset_batch(request.kind, exc)
         request.stream.emit(exc)
         self._release(request)
 
