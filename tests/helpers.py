@@ -19,6 +19,7 @@ from qwen_tts_api.constants import SAMPLE_RATE as SR
 from qwen_tts_api.devtools import BackgroundServer, cpu_settings
 
 __all__ = [
+    "OPENAI_CONTENT_TYPES",
     "capped_copy",
     "SR",
     "LiveServer",
@@ -32,6 +33,17 @@ __all__ = [
     "recorded_streams",
     "raw_speech_request",
 ]
+
+
+# What OpenAI sends for each response_format (written out here, not read from the server).
+OPENAI_CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
 
 
 class LiveServer(BackgroundServer):

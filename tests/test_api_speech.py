@@ -7,7 +7,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from helpers import SR, LiveServer, cpu_settings, decode_audio, opus_head
+from helpers import OPENAI_CONTENT_TYPES, SR, LiveServer, cpu_settings, decode_audio, opus_head
 
 from qwen_tts_api.api.protocol import LANGUAGES  # the specification's ten and Auto
 from qwen_tts_api.constants import QWEN_SPEAKERS
@@ -48,17 +48,7 @@ def test_health(http):
 def test_every_format(client, reference_wav, fmt):
     raw = speak(client, response_format=fmt, extra_body=WHOLE)
     assert raw.headers["content-length"] == str(len(raw.content))
-    assert (
-        raw.headers["content-type"]
-        == {
-            "mp3": "audio/mpeg",
-            "opus": "audio/opus",
-            "aac": "audio/aac",
-            "flac": "audio/flac",
-            "wav": "audio/wav",
-            "pcm": "audio/pcm",
-        }[fmt]
-    )
+    assert raw.headers["content-type"] == OPENAI_CONTENT_TYPES[fmt]
     decoded = decode_audio(raw.content, fmt)
     assert decoded.samples.ndim == 1, "mono"
     if fmt == "opus":

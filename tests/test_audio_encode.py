@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import SR, decode_audio, opus_head, tone
+from helpers import OPENAI_CONTENT_TYPES, SR, decode_audio, opus_head, tone
 
 from qwen_tts_api.audio.encode import CONTENT_TYPES, encode_audio, make_encoder, wav_header
 
@@ -12,14 +12,7 @@ AAC_PADDING = 2 * 1024 / SR
 
 
 def test_content_types_match_openai():
-    assert CONTENT_TYPES == {
-        "mp3": "audio/mpeg",
-        "opus": "audio/opus",
-        "aac": "audio/aac",
-        "flac": "audio/flac",
-        "wav": "audio/wav",
-        "pcm": "audio/pcm",
-    }
+    assert CONTENT_TYPES == OPENAI_CONTENT_TYPES
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Speaker ids, dialects and language ids follow the published CustomVoice config where
@@ -103,19 +103,8 @@ class ModelShape:
 
     @classmethod
     def published_1_7b(cls) -> ModelShape:
-        return cls(
-            hidden=2048,
-            intermediate=8192,
-            layers=28,
-            heads=16,
-            kv_heads=8,
-            head_dim=128,
-            text_hidden=2048,
-            predictor_layers=5,
-            predictor_intermediate=3072,
-            size_tag="1b7",
-            codec="published",
-        )
+        # The 1.7B talker is wider; its code predictor and codec are the 0.6B ones.
+        return replace(cls.published_0_6b(), hidden=2048, intermediate=8192, size_tag="1b7")
 
     @property
     def mrope_section(self) -> list[int]:
