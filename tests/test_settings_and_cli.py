@@ -1,5 +1,6 @@
 """Settings from the environment, and `serve` refusing to start without usable models."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_configured_models
+from qwen_tts_api.engine.precision import resolve_dtype
 from qwen_tts_api.settings import Settings
 
 SPEC_VARS = [
@@ -32,7 +34,8 @@ def clean_env(monkeypatch):
 def test_specification_defaults(clean_env):
     s = Settings()
     assert (s.customvoice_model_path, s.base_model_path) == (None, None)
-    assert (s.device, s.dtype, s.attn, s.host, s.port) == ("cuda:0", "bfloat16", "flash_attention_2", "0.0.0.0", 8000)
+    assert (s.device, s.dtype, s.attn, s.host, s.port) == ("cuda:0", "auto", "flash_attention_2", "0.0.0.0", 8000)
+    # "auto" is the specification's bfloat16 on its default device (see test_dtype_auto).
     assert s.audio_sample_dirs == [] and s.allow_private_urls is False
 
 
@@ -157,3 +160,20 @@ def test_cuda_diagnosis_names_the_likely_cause(monkeypatch):
     assert "no NVIDIA driver was found" in loading.cuda_diagnosis()
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "CPU-only build" in loading.cuda_diagnosis()
+
+
+def test_dtype_auto(caplog):
+    caplog.set_level(logging.INFO, logger="qwen_tts_api.engine.precision")
+    assert resolve_dtype("auto", "cuda:0") == "bfloat16"
+    # A CPU without native bfloat16 (AVX2 only) stays in float32, and the log says why.
+    assert resolve_dtype("auto", "cpu", flags={"avx2", "fma"}) == "float32"
+    assert "no native bfloat16" in caplog.text
+    # With native bfloat16 it is measured; either answer is a real dtype.
+    assert resolve_dtype("auto", "cpu", flags={"avx512_bf16"}) in ("bfloat16", "float32")
+    assert resolve_dtype("float32", "cuda:0") == "float32"  # an explicit choice is obeyed
+
+
+def test_float16_is_obeyed_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="qwen_tts_api.engine.precision")
+    assert resolve_dtype("float16", "cuda:0") == "float16"
+    assert "non-finite logits in the code predictor" in caplog.text

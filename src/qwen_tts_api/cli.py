@@ -62,12 +62,13 @@ def serve() -> int:
     return 0
 
 
-def demo_models(directory: Path, seed: int) -> int:
+def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_logs()
     from .engine.demo_models import build_demo_models
 
-    paths = build_demo_models(directory, seed=seed)
+    generation = None if max_frames is None else {"max_new_tokens": max_frames}
+    paths = build_demo_models(directory, seed=seed, size=size, generation=generation)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     print(
@@ -83,13 +84,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the HTTP server (configured by environment variables; see README)")
     demo = sub.add_parser(
-        "demo-models", help="write tiny random-weight CustomVoice and Base models for trying and testing"
+        "demo-models", help="write random-weight CustomVoice and Base models for trying, testing and benchmarking"
     )
     demo.add_argument("directory", type=Path)
     demo.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same output)")
+    demo.add_argument(
+        "--size",
+        choices=["tiny", "0.6b", "1.7b"],
+        default="tiny",
+        help="tiny (seconds to build; what the tests use) or a published configuration, for benchmarks",
+    )
+    demo.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="write N as the generation budget (random weights never end on their own: a fixed length)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo-models":
-        return demo_models(args.directory, args.seed)
+        if args.max_frames is not None and args.max_frames < 1:
+            parser.error("--max-frames must be at least 1")
+        return demo_models(args.directory, args.seed, args.size, args.max_frames)
     return serve()
 
 

@@ -32,9 +32,10 @@ class Settings(BaseSettings):
     customvoice_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
     base_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
     device: str = Field(default="cuda:0", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        default="bfloat16", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
     )
+    quantize: Literal["none", "int8"] = Field(default="none", validation_alias=AliasChoices("QWEN_TTS_QUANTIZE"))
     attn: str = Field(default="flash_attention_2", validation_alias=AliasChoices("QWEN_TTS_ATTN"))
 
     # --- network (specification) ---

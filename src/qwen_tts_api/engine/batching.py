@@ -1,15 +1,19 @@
 """Several requests' generation in one batch per step, with requests joining and leaving
 between steps (the core of continuous batching).
 
-Joining requests run their prefill together (left-padded, masked), then their talker KV
-cache is merged into the batch cache, left-padded to a common length with an attention mask; each row keeps its own
-positions, so padding changes nothing it attends to. The code predictor runs all rows in
-lock-step (every frame starts a fresh 17-position cache), so it needs no padding. Rows
-that end (end-of-speech, budget, cancellation) leave the batch at the next step.
+Joining requests run their prefill together through the package's own modules (left-padded,
+masked); each row's real positions are then copied into its own slot of a preallocated
+talker cache, at indices from 0. Per frame the talker step and the code predictor's 15
+passes run through the compact forward in ``lean.py`` over those caches: each row writes
+its own next position and attends only to its own positions, so rows of different lengths
+share a step without padding games. The code predictor runs all rows in lock-step (every
+frame starts its 17 positions afresh). Rows that end (end-of-speech, budget, cancellation)
+leave at the next step; the rows after them move down a slot.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +21,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from .errors import GenerationError
+from .lean import DecoderStack, FrameCache, SlotCache
 from .prompt import TalkerPrompt
 from .sampling import SamplingParams, TalkerLogits
 
@@ -44,8 +49,8 @@ class FrameBatch:
         self.eos_id = tcfg.codec_eos_token_id
         self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
         self.rows: list[BatchRow] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # (B, L): 1 where a cached position is real
+        self.stack, self.codebooks = _lean_parts(self.talker, params)
+        self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,32 +60,37 @@ class FrameBatch:
 
     @torch.inference_mode()
     def add_many(self, entries: list[tuple[TalkerPrompt, int, Callable[[], bool] | None]]) -> list[BatchRow]:
-        """Prefill several joining prompts in one forward pass (left-padded to the longest,
-        each with its own positions and a mask over the padding), then merge them in."""
+        """Prefill several joining prompts in one forward pass of the package's modules
+        (left-padded to the longest, each with its own positions and a mask over the
+        padding), then copy each row's real positions into its slot."""
         prompts = [prompt for prompt, _, _ in entries]
         lengths = [p.prefill.shape[1] for p in prompts]
         longest = max(lengths)
         device = self.talker.device
         inputs = torch.cat([_left_pad(p.prefill, longest) for p in prompts], dim=0)
-        mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest) for n in lengths])
-        cache = DynamicCache()
+        prefill = DynamicCache()
         if len(prompts) == 1:  # no padding: the plain call (what the equivalence tests compare)
-            out = self.talker.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
+            out = self.talker.model(inputs_embeds=inputs, past_key_values=prefill, use_cache=True)
         else:
+            mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest) for n in lengths])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out = self.talker.model(
                 inputs_embeds=inputs,
                 attention_mask=mask,
-                past_key_values=cache,
+                past_key_values=prefill,
                 use_cache=True,
                 position_ids=positions.unsqueeze(0).expand(3, -1, -1),
             )
-            padding = (mask == 0)[:, None, :, None]
-            for layer in cache.layers:  # padding never counts, whatever was computed there
-                layer.keys = layer.keys.masked_fill(padding, 0)
-                layer.values = layer.values.masked_fill(padding, 0)
         hidden = out.last_hidden_state[:, -1:]
         tokens, finite = self._choose(hidden[:, -1], [[] for _ in prompts], [0] * len(prompts))
+        first_slot = len(self.rows)
+        self.cache.reserve(first_slot + len(prompts), max([longest + 1, *(r.position + 1 for r in self.rows)]))
+        for i, length in enumerate(lengths):
+            self.cache.load(
+                first_slot + i,
+                [layer.keys[i, :, longest - length :] for layer in prefill.layers],
+                [layer.values[i, :, longest - length :] for layer in prefill.layers],
+            )
         rows = [
             BatchRow(
                 prompt=prompt,
@@ -93,7 +103,6 @@ class FrameBatch:
             for i, ((prompt, max_frames, should_stop), length) in enumerate(zip(entries, lengths))
         ]
         _mark_failed(rows, finite)
-        self._merge(cache, mask)
         self.rows.extend(rows)
         return rows
 
@@ -109,7 +118,7 @@ class FrameBatch:
             row.history.append(int(row.token))
         hidden = torch.cat([r.hidden for r in self.rows], dim=0)
         tokens = torch.stack([r.token for r in self.rows])
-        codes, embeds, finite = fill_codebooks(self.talker, self.params, hidden, tokens)
+        codes, embeds, finite = self.codebooks.fill(hidden, tokens)
         _mark_failed(self.rows, finite)
         made = []
         for i, row in enumerate(self.rows):
@@ -134,18 +143,16 @@ class FrameBatch:
             trailing, frame = row.prompt.trailing_text, row.frames_made - 1
             text.append(trailing[:, frame : frame + 1] if frame < trailing.shape[1] else row.prompt.tts_pad)
         step_input = step_input + torch.cat(text, dim=0)
-        length = self.mask.shape[1]
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
-        positions = torch.tensor([r.position for r in rows], device=step_input.device).view(1, -1, 1)
-        out = self.talker.model(
-            inputs_embeds=step_input,
-            attention_mask=self.mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            position_ids=positions.expand(3, -1, -1),
-            cache_position=torch.tensor([length], device=step_input.device),
-        )
-        hidden = out.last_hidden_state[:, -1:]
+        written = [r.position for r in rows]
+        length = max(written) + 1
+        self.cache.reserve(len(rows), length)
+        positions = torch.tensor(written, device=step_input.device)
+        self.cache.prepare_step(positions, length)
+        mask = None
+        if min(written) != max(written):  # each row attends to its own positions only
+            span = torch.arange(length, device=positions.device)
+            mask = (span[None, :] <= positions[:, None]).view(len(rows), 1, 1, length)
+        hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
         tokens, finite = self._choose(hidden[:, -1], [r.history for r in rows], [r.frames_made for r in rows])
         for i, row in enumerate(rows):
             row.position += 1
@@ -168,50 +175,38 @@ class FrameBatch:
         ]
         return self.params.talker.choose(torch.cat(scores, dim=0)), finite
 
-    def _merge(self, cache: DynamicCache, new_mask: torch.Tensor) -> None:
-        length = new_mask.shape[1]
-        if self.cache is None or not self.rows:
-            self.cache, self.mask = cache, new_mask
-            return
-        current = self.mask.shape[1]
-        target = max(current, length)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, target), _left_pad(theirs.keys, target)], dim=0)
-            mine.values = torch.cat([_left_pad(mine.values, target), _left_pad(theirs.values, target)], dim=0)
-        self.mask = torch.cat([_left_pad(self.mask, target), _left_pad(new_mask, target)], dim=0)
-
+    @torch.inference_mode()  # the caches are inference tensors: changed only in this mode
     def remove(self, row: BatchRow) -> None:
         self._drop([row])
 
     def _drop(self, leaving: list[BatchRow]) -> None:
+        """Rows leave; the ones after them move down to keep slots 0..B-1 filled."""
         if not leaving:
             return
-        keep = [i for i, r in enumerate(self.rows) if r not in leaving]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache, self.mask = None, None
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.cache.batch_select_indices(index)
-        self.mask = self.mask[index]
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop the leading cache columns that are padding for every remaining row, so the
-        cache never holds more positions than its longest row needs (rows are left-padded:
-        each row's real positions are the last ones)."""
-        start = int(self.mask.any(dim=0).long().argmax())
-        if start == 0:
-            return
-        self.mask = self.mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[:, :, start:]
-            layer.values = layer.values[:, :, start:]
+        length = self.cache_length
+        kept = [(slot, r) for slot, r in enumerate(self.rows) if r not in leaving]
+        for target, (source, _) in enumerate(kept):
+            if source != target:
+                self.cache.move(source, target, length)
+        self.rows = [r for _, r in kept]
+        self.cache.shrink_to(len(self.rows), self.cache_length + 1)
 
     @property
     def cache_length(self) -> int:
-        """Positions the batch's talker cache holds per row (0 when empty)."""
-        return 0 if self.mask is None else int(self.mask.shape[1])
+        """Positions the longest row holds in the talker cache (0 when empty)."""
+        return max((r.position for r in self.rows), default=0)
+
+
+_LEAN_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lean_parts(talker, params: SamplingParams) -> tuple[DecoderStack, CodebookFiller]:
+    """The talker's compact forward and code-predictor loop, made once per loaded model
+    (a new batch then costs nothing; the scheduler runs one model's steps one at a time)."""
+    parts = _LEAN_PARTS.get(talker)
+    if parts is None or parts[1].sampler != params.predictor:
+        parts = _LEAN_PARTS[talker] = (DecoderStack(talker.model), CodebookFiller(talker, params))
+    return parts
 
 
 def _finite_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,26 +235,42 @@ def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=axis)
 
 
-def fill_codebooks(talker, params: SamplingParams, hidden: torch.Tensor, first: torch.Tensor):
-    """Codebooks 2..16 for one frame of each row: ``hidden`` (B, 1, D) is the talker's last
-    hidden state, ``first`` (B,) the first-codebook tokens. Returns codes (B, 16), their
-    input embeddings (B, 16, D) and whether each row's logits stayed finite (B,). Rows run
-    in lock-step, so no padding is needed."""
-    predictor = talker.code_predictor
-    first_embed = talker.get_input_embeddings()(first.view(-1, 1))
-    embeds = [first_embed]
-    codes = [first.view(-1)]
-    cache = DynamicCache()
-    step_input = torch.cat([hidden, first_embed], dim=1)
-    all_finite = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
-    for group in range(talker.config.num_code_groups - 1):
-        out = predictor.model(
-            inputs_embeds=predictor.small_to_mtp_projection(step_input), past_key_values=cache, use_cache=True
-        )
-        logits, finite = _finite_rows(predictor.lm_head[group](out.last_hidden_state[:, -1]).float())
-        all_finite &= finite
-        code = params.predictor.choose(logits)
-        codes.append(code)
-        step_input = predictor.model.get_input_embeddings()[group](code.view(-1, 1))
-        embeds.append(step_input)
-    return torch.stack(codes, dim=1), torch.cat(embeds, dim=1), all_finite
+class CodebookFiller:
+    """Codebooks 2..16 of one frame for every row: the code predictor's 15 passes through
+    the compact forward, over a 17-position cache that every frame rewrites."""
+
+    def __init__(self, talker, params: SamplingParams):
+        predictor = talker.code_predictor
+        self.first_embedding = talker.get_input_embeddings()
+        self.embeddings = predictor.model.get_input_embeddings()
+        self.heads = predictor.lm_head
+        self.project = predictor.small_to_mtp_projection
+        self.groups = talker.config.num_code_groups - 1
+        self.sampler = params.predictor
+        self.stack = DecoderStack(predictor.model)
+        self.cache = FrameCache(self.stack, positions=self.groups + 2)
+
+    @torch.inference_mode()
+    def fill(self, hidden: torch.Tensor, first: torch.Tensor):
+        """``hidden`` (B, 1, D) is the talker's last hidden state, ``first`` (B,) the
+        first-codebook tokens. Returns codes (B, 16), their input embeddings (B, 16, D) and
+        whether each row's logits stayed finite (B,)."""
+        rows = first.shape[0]
+        first_embed = self.first_embedding(first.view(-1, 1))
+        embeds = [first_embed]
+        codes = [first.view(-1)]
+        self.cache.begin(rows)
+        step_input = torch.cat([hidden, first_embed], dim=1)
+        all_finite = torch.ones(rows, dtype=torch.bool, device=first.device)
+        for group in range(self.groups):
+            start, count = self.cache.start, step_input.shape[1]
+            positions = torch.arange(start, start + count, device=first.device).view(1, count)
+            out = self.stack.forward(self.project(step_input), self.stack.rotary(positions), self.cache, mask=None)
+            self.cache.start += count
+            logits, finite = _finite_rows(self.heads[group](out[:, -1]).float())
+            all_finite &= finite
+            code = self.sampler.choose(logits)
+            codes.append(code)
+            step_input = self.embeddings[group](code.view(-1, 1))
+            embeds.append(step_input)
+        return torch.stack(codes, dim=1), torch.cat(embeds, dim=1), all_finite

@@ -2,15 +2,16 @@
 
 They load through the real ``qwen_tts.Qwen3TTSModel.from_pretrained`` path, so tests and
 demos exercise every line the server runs with real weights. They make noise, not
-speech. Shapes can be scaled up (see ``ModelShape``) to build a random-weight model
-with the published 0.6B/1.7B dimensions for benchmarks.
+speech. ``size="tiny"`` (tests, demos) is small enough to build in seconds; ``"0.6b"`` and
+``"1.7b"`` write the published ``config.json`` and speech-tokenizer decoder configuration
+verbatim (``published/``) with random weights, for benchmarks at real scale.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 # Speaker ids, dialects and language ids follow the published CustomVoice config where
@@ -61,13 +62,24 @@ SPECIAL_TOKENS = [
     "<tts_text_bos>",
     "<tts_text_eod>",
 ]
+# Where the published checkpoints keep their text special tokens (Qwen2 vocabulary ids).
+PUBLISHED_TOKEN_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<tts_pad>": 151671,
+    "<tts_text_bos>": 151672,
+    "<tts_text_eod>": 151673,
+}
+PUBLISHED = Path(__file__).parent / "published"
+SIZES = ("tiny", "0.6b", "1.7b")
 # Words the prompt template relies on being single tokens ("<|im_start|>assistant\n").
 SINGLE_TOKEN_WORDS = ["assistant", "user"]
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Talker and code-predictor sizes. ``tiny()`` for tests, ``published_0_6b()`` for benches."""
+    """Talker and code-predictor sizes of a tiny model (the published sizes come from their configs)."""
 
     hidden: int = 64
     intermediate: int = 128
@@ -79,32 +91,10 @@ class ModelShape:
     predictor_layers: int = 1
     predictor_intermediate: int = 128
     size_tag: str = "0b6"
-    codec: str = "tiny"  # "published": codec decoder at the package's default (full-size) widths
 
     @classmethod
     def tiny(cls) -> ModelShape:
         return cls()
-
-    @classmethod
-    def published_0_6b(cls) -> ModelShape:
-        return cls(
-            hidden=1024,
-            intermediate=3072,
-            layers=28,
-            heads=16,
-            kv_heads=8,
-            head_dim=128,
-            text_hidden=2048,
-            predictor_layers=5,
-            predictor_intermediate=3072,
-            size_tag="0b6",
-            codec="published",
-        )
-
-    @classmethod
-    def published_1_7b(cls) -> ModelShape:
-        # The 1.7B talker is wider; its code predictor and codec are the 0.6B ones.
-        return replace(cls.published_0_6b(), hidden=2048, intermediate=8192, size_tag="1b7")
 
     @property
     def mrope_section(self) -> list[int]:
@@ -118,11 +108,12 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def build_text_tokenizer(directory: Path) -> int:
-    """Write a small byte-level BPE Qwen2 tokenizer; return its vocabulary size.
+def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = None) -> dict[str, int]:
+    """Write a small byte-level BPE Qwen2 tokenizer; return its special tokens' ids.
 
-    Special tokens sit right after the byte alphabet and merges, so the text embedding
-    table stays small; the model config points at their ids.
+    By default special tokens sit right after the byte alphabet and merges, so the text
+    embedding table stays small. ``special_ids`` pins them where a published vocabulary has
+    them instead (the ids in between stay unused).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
@@ -136,6 +127,8 @@ def build_text_tokenizer(directory: Path) -> int:
             merges.append((prefix, ch))
             prefix += ch
             vocab.setdefault(prefix, len(vocab))
+    for token in SPECIAL_TOKENS:
+        vocab[token] = (special_ids or {}).get(token, len(vocab))
     bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
     tok = Tokenizer(bpe)
     qwen2_pattern = (
@@ -164,7 +157,7 @@ def build_text_tokenizer(directory: Path) -> int:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     _write_json(cfg_path, cfg)
-    return len(fast)
+    return {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
 def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool) -> dict:
@@ -206,13 +199,22 @@ def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool)
     }
 
 
-def _speech_tokenizer_config(size: str = "tiny") -> dict:
-    """A 12 Hz codec with the real rates (24 kHz, 1920 samples a frame): tiny widths, or
-    the package's default widths for real-scale benchmarks."""
+def _speech_tokenizer_config(size: str) -> dict:
+    """A 12 Hz codec (24 kHz, 1920 samples a frame): tiny widths, or the published decoder
+    with a Mimi encoder of the published widths (the package's Mimi defaults)."""
     config = _tiny_speech_tokenizer_config()
-    if size == "published":
-        # The decoder is what runs per request; the package's config defaults are its full size.
-        config["decoder_config"] = {"codebook_dim": 512, "num_quantizers": 16, "codebook_size": 2048}
+    if size != "tiny":
+        config["decoder_config"] = json.loads((PUBLISHED / "speech-tokenizer-12hz.config.json").read_text())[
+            "decoder_config"
+        ]
+        config["encoder_config"] = {
+            "sampling_rate": 24000,
+            "frame_rate": 12.5,
+            "codebook_size": 2048,
+            "num_quantizers": 32,
+            "num_semantic_quantizers": 1,
+            "use_cache": False,
+        }
     return config
 
 
@@ -281,28 +283,8 @@ def _reinitialise(module, seed: int) -> None:
                 param.zero_()
 
 
-def build_model(
-    directory: Path,
-    kind: str,
-    seed: int = 0,
-    shape: ModelShape | None = None,
-    generation: dict | None = None,
-) -> Path:
-    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``; ``generation``
-    overrides entries of its generation_config.json."""
-    import torch
-    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
-    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
-    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
-
-    if kind not in ("custom_voice", "base"):
-        raise ValueError(f"unknown model kind {kind!r}")
-    shape = shape or ModelShape.tiny()
-    directory.mkdir(parents=True, exist_ok=True)
-    text_vocab = build_text_tokenizer(directory)
-    token_id = {tok: text_vocab - len(SPECIAL_TOKENS) + i for i, tok in enumerate(SPECIAL_TOKENS)}
-
-    config_dict = {
+def _tiny_config(kind: str, shape: ModelShape, token_id: dict[str, int]) -> dict:
+    return {
         "model_type": "qwen3_tts",
         "architectures": ["Qwen3TTSForConditionalGeneration"],
         "tokenizer_type": "qwen3_tts_tokenizer_12hz",
@@ -313,7 +295,7 @@ def build_model(
         "tts_pad_token_id": token_id["<tts_pad>"],
         "tts_bos_token_id": token_id["<tts_text_bos>"],
         "tts_eos_token_id": token_id["<tts_text_eod>"],
-        "talker_config": _talker_config(shape, text_vocab, with_speakers=(kind == "custom_voice")),
+        "talker_config": _talker_config(shape, max(token_id.values()) + 1, with_speakers=(kind == "custom_voice")),
         # The speaker-encoder sub-config must not carry a model_type key.
         "speaker_encoder_config": {
             "mel_dim": 128,
@@ -327,6 +309,46 @@ def build_model(
             "sample_rate": 24000,
         },
     }
+
+
+def published_config(size: str, kind: str) -> dict:
+    """The published CustomVoice ``config.json`` of ``size``; for Base the same model
+    without built-in speakers and with a speaker encoder (the package's default widths)."""
+    config = json.loads((PUBLISHED / f"{size}-customvoice.config.json").read_text(encoding="utf-8"))
+    if kind == "base":
+        config["tts_model_type"] = "base"
+        config["talker_config"]["spk_id"] = {}
+        config["talker_config"]["spk_is_dialect"] = {}
+        config["speaker_encoder_config"] = {"enc_dim": config["talker_config"]["hidden_size"]}
+    return config
+
+
+def build_model(
+    directory: Path,
+    kind: str,
+    seed: int = 0,
+    shape: ModelShape | None = None,
+    generation: dict | None = None,
+    size: str = "tiny",
+) -> Path:
+    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``; ``size`` one of
+    ``SIZES`` (``shape`` varies the tiny one); ``generation`` overrides entries of its
+    generation_config.json."""
+    import torch
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    if kind not in ("custom_voice", "base"):
+        raise ValueError(f"unknown model kind {kind!r}")
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r} (one of {', '.join(SIZES)})")
+    directory.mkdir(parents=True, exist_ok=True)
+    if size == "tiny":
+        config_dict = _tiny_config(kind, shape or ModelShape.tiny(), build_text_tokenizer(directory))
+    else:
+        build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS)
+        config_dict = published_config(size, kind)
     torch.manual_seed(seed)
     config = Qwen3TTSConfig(**config_dict)
     model = Qwen3TTSForConditionalGeneration(config)
@@ -335,21 +357,25 @@ def build_model(
         # The end-of-speech logit stays at zero so greedy decoding of random weights runs to
         # the token budget: output length then follows the input length deterministically.
         model.talker.codec_head.weight[CODEC_IDS["codec_eos_token_id"]].zero_()
+    if size != "tiny":
+        model.to(torch.bfloat16)  # as published: half the disk and write time of float32
     model.save_pretrained(str(directory), safe_serialization=True)
-    # save_pretrained writes the class defaults; keep our exact dict (no nested model_type).
-    saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    saved.update(config_dict)
-    _write_json(directory / "config.json", saved)
-    # Greedy decoding makes demo output deterministic; the budget comes from the server.
+    if size == "tiny":
+        # save_pretrained writes the class defaults; keep our exact dict (no nested model_type).
+        config_dict = {**json.loads((directory / "config.json").read_text(encoding="utf-8")), **config_dict}
+    _write_json(directory / "config.json", config_dict)
+    # Tiny models decode greedily, so demo output is deterministic; published sizes sample
+    # as the published checkpoints do. The budget comes from the server unless given here.
+    sampling = size != "tiny"
     _write_json(
         directory / "generation_config.json",
         {
-            "do_sample": False,
+            "do_sample": sampling,
             "top_k": 50,
             "top_p": 1.0,
             "temperature": 0.9,
             "repetition_penalty": 1.05,
-            "subtalker_dosample": False,
+            "subtalker_dosample": sampling,
             "subtalker_top_k": 50,
             "subtalker_top_p": 1.0,
             "subtalker_temperature": 0.9,
@@ -361,7 +387,7 @@ def build_model(
     codec_dir = directory / "speech_tokenizer"
     codec_dir.mkdir(exist_ok=True)
     codec_cfg = Qwen3TTSTokenizerV2Config(
-        **{k: v for k, v in _speech_tokenizer_config(shape.codec).items() if k != "model_type"}
+        **{k: v for k, v in _speech_tokenizer_config(size).items() if k != "model_type"}
     )
     codec = Qwen3TTSTokenizerV2Model(codec_cfg)
     _reinitialise(codec, seed + 1)
@@ -393,9 +419,9 @@ def _make_world_readable(directory: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def build_demo_models(root: Path, seed: int = 0, shape: ModelShape | None = None) -> dict[str, Path]:
+def build_demo_models(root: Path, seed: int = 0, size: str = "tiny", generation: dict | None = None) -> dict[str, Path]:
     """Write ``root/customvoice`` and ``root/base``."""
     return {
-        "customvoice": build_model(root / "customvoice", "custom_voice", seed=seed, shape=shape),
-        "base": build_model(root / "base", "base", seed=seed + 100, shape=shape),
+        "customvoice": build_model(root / "customvoice", "custom_voice", seed, size=size, generation=generation),
+        "base": build_model(root / "base", "base", seed + 100, size=size, generation=generation),
     }

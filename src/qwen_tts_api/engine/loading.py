@@ -13,6 +13,7 @@ from typing import Any
 from ..constants import ModelKind, display_speaker_name
 from ..settings import Settings
 from ..text.control_tokens import control_tokens_of
+from .precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,14 @@ def _nvidia_driver_version() -> str | None:
     return found.group(1) if found else "of an unknown version"
 
 
-def load_model(kind: ModelKind, path: Path, settings: Settings) -> LoadedModel:
+def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | None = None) -> LoadedModel:
+    """Load one model; ``dtype`` is the resolved ``QWEN_TTS_DTYPE`` (resolved here if not given)."""
     import torch
     from qwen_tts import Qwen3TTSModel
 
     _check_device(settings.device)
-    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, settings.dtype)}
+    dtype = dtype or resolve_dtype(settings.dtype, settings.device)
+    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, dtype)}
     attn = resolve_attention(settings.attn_implementation, settings.device)
     if attn:
         kwargs["attn_implementation"] = attn
@@ -143,4 +146,6 @@ def load_model(kind: ModelKind, path: Path, settings: Settings) -> LoadedModel:
 
 
 def load_models(settings: Settings) -> dict[str, LoadedModel]:
-    return {kind: load_model(kind, path, settings) for kind, path in settings.model_paths().items()}
+    _check_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, settings.device)
+    return {kind: load_model(kind, path, settings, dtype) for kind, path in settings.model_paths().items()}

@@ -42,15 +42,35 @@ class TokenSampler:
         if self.temperature != 1.0:
             scores = scores / self.temperature
         if self.top_k and self.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
+            # Only the k best can be drawn: work on those (sorted, best first) alone.
+            best, ids = torch.topk(scores, self.top_k, dim=-1)
+            return ids.gather(-1, draw(_nucleus(best, self.top_p).softmax(dim=-1)).unsqueeze(-1)).squeeze(-1)
         if self.top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=False, dim=-1)
-            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-            drop = cumulative <= (1 - self.top_p)
-            drop[..., -1:] = False
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(-1)
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            return order.gather(-1, draw(_nucleus(ordered, self.top_p).softmax(dim=-1)).unsqueeze(-1)).squeeze(-1)
+        return draw(scores.softmax(dim=-1))
+
+
+def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Scores sorted best first -> the same with everything past the top-p mass removed
+    (the token that crosses the threshold stays, as in Hugging Face's TopPLogitsWarper)."""
+    if top_p >= 1.0:
+        return ordered
+    probs = ordered.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of the better tokens
+    return ordered.masked_fill(before >= top_p, float("-inf"))
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row from probs (B, V), by inverting the cumulative distribution
+    (``torch.multinomial`` costs ten times as much per call on a CPU). A token of
+    probability zero is never drawn: the search finds the first cumulative sum above the
+    uniform draw, and a draw that rounds past the total falls back to the likeliest token."""
+    cumulative = probs.cumsum(dim=-1)
+    uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype) * cumulative[:, -1:]
+    tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=probs.shape[-1] - 1)
+    possible = probs.gather(-1, tokens) > 0
+    return torch.where(possible, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,284 @@
+"""A compact forward for the talker and code-predictor transformers, over the package's own
+weights (no copies), writing into caches that callers preallocate.
+
+Per step it runs the same arithmetic as the package's Hugging Face modules, in the same
+order (RMSNorm in float32, per-head q/k norms, rotary embedding, SDPA with grouped-query
+attention), so greedy decoding gives the package's codes. What it leaves out is the
+plumbing: no cache objects, no mask builders, no rotary tables rebuilt per call, no
+module-call machinery per layer. Rotary tables are computed once for the positions a
+cache can hold.
+
+Both transformers only ever see text-like positions (the talker's three multimodal
+position components are always equal), so the talker's interleaved multimodal rotary
+embedding reduces to the plain one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def plain(layer: torch.nn.Module) -> Linear:
+    """A linear layer's own weight, called without the module machinery (other layers as they are)."""
+    if type(layer) is not torch.nn.Linear:
+        return layer
+    weight, bias = layer.weight, layer.bias
+    return lambda x: F.linear(x, weight, bias)
+
+
+def joined(*layers: torch.nn.Module) -> Linear:
+    """One call for several projections of the same input, their outputs side by side.
+
+    Plain bias-free linears become one matrix product: their weights are concatenated once
+    and each module's weight is re-pointed at its slice of the result, so the package's
+    modules (still used for prefill) and this path share one copy. Other layers (int8
+    ones) are called one after another."""
+    if not all(type(layer) is torch.nn.Linear and layer.bias is None for layer in layers):
+        return lambda x: torch.cat([layer(x) for layer in layers], dim=-1)
+    weights = [layer.weight for layer in layers]
+    base = weights[0]._base
+    if base is None or any(w._base is not base for w in weights) or base.shape[0] != sum(w.shape[0] for w in weights):
+        base = torch.cat([w.detach() for w in weights])
+        offset = 0
+        for layer in layers:
+            rows = layer.weight.shape[0]
+            layer.weight = torch.nn.Parameter(base[offset : offset + rows], requires_grad=False)
+            offset += rows
+    return lambda x: F.linear(x, base)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: Linear
+    qk_norm: torch.Tensor  # (query heads + key heads, head_dim): each head's norm weight
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+    @classmethod
+    def of(cls, layer: torch.nn.Module, heads: int, kv_heads: int) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+        return cls(
+            input_norm=layer.input_layernorm.weight,
+            qkv=joined(attn.q_proj, attn.k_proj, attn.v_proj),
+            qk_norm=torch.cat([attn.q_norm.weight.expand(heads, -1), attn.k_norm.weight.expand(kv_heads, -1)]),
+            o=plain(attn.o_proj),
+            post_norm=layer.post_attention_layernorm.weight,
+            gate_up=joined(mlp.gate_proj, mlp.up_proj),
+            down=plain(mlp.down_proj),
+        )
+
+
+class KVWriter:
+    """Where a forward pass stores each layer's new keys and values, and what it attends over."""
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class DecoderStack:
+    """The decoder layers and final norm of one of the package's transformer models
+    (``Qwen3TTSTalkerModel`` or ``Qwen3TTSTalkerCodePredictorModel``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        config = model.config
+        self.eps = config.rms_norm_eps
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.intermediate = config.intermediate_size
+        self.layers = [LayerWeights.of(layer, self.heads, self.kv_heads) for layer in model.layers]
+        self.final_norm = model.norm.weight
+        self.groups = self.heads // self.kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.dtype = self.final_norm.dtype
+        self.device = self.final_norm.device
+        self._inv_freq = model.rotary_emb.inv_freq.float()
+        self._attention_scaling = model.rotary_emb.attention_scaling
+        self.cos = self.sin = torch.empty(0)
+
+    def ensure_positions(self, count: int) -> None:
+        """Rotary tables for positions 0..count-1 (float32 arithmetic, as the package does)."""
+        if self.cos.shape[0] >= count:
+            return
+        count = max(count, 2 * self.cos.shape[0])
+        positions = torch.arange(count, device=self.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self._inv_freq.to(self.device))
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (angles.cos() * self._attention_scaling).to(self.dtype)
+        self.sin = (angles.sin() * self._attention_scaling).to(self.dtype)
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) -> cos, sin (B, 1, T, head_dim)."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        cache: KVWriter,
+        mask: torch.Tensor | None,
+        last_only: bool = True,
+    ) -> torch.Tensor:
+        """hidden (B, T, D) -> final-normed hidden states (B, 1, D) of the last position
+        (or all T). ``mask`` (B, 1, T, L) bool, or None: causal over equal-length rows."""
+        batch, length, _ = hidden.shape
+        cos, sin = rotary
+        causal = mask is None and length > 1
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        for index, layer in enumerate(self.layers):
+            residual = hidden
+            x = rms_norm(hidden, layer.input_norm, self.eps)
+            qkv = layer.qkv(x).view(batch, length, heads + 2 * kv_heads, head_dim)
+            # Queries and keys are normed per head and rotated together: one call each.
+            qk = _rotate(rms_norm(qkv[:, :, : heads + kv_heads], layer.qk_norm, self.eps).transpose(1, 2), cos, sin)
+            q, k = qk[:, :heads], qk[:, heads:]
+            v = qkv[:, :, heads + kv_heads :].transpose(1, 2)
+            keys, values = cache.write(index, k, v)
+            if mask is None:
+                attended = F.scaled_dot_product_attention(
+                    q, keys, values, is_causal=causal, scale=self.scaling, enable_gqa=True
+                )
+            else:  # the package repeats keys and values when it passes a mask; so do we
+                attended = F.scaled_dot_product_attention(
+                    q, _repeat(keys, self.groups), _repeat(values, self.groups), attn_mask=mask, scale=self.scaling
+                )
+            hidden = residual + layer.o(attended.transpose(1, 2).reshape(batch, length, -1))
+            residual = hidden
+            gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm, self.eps)).split(self.intermediate, dim=-1)
+            hidden = residual + layer.down(F.silu(gate) * up)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return rms_norm(hidden, self.final_norm, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The package's RMSNorm over the last axis: normalised in float32, cast back, then
+    scaled (``weight`` broadcasts: per head for the joint query/key norm)."""
+    x32 = x.to(torch.float32)
+    normalised = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normalised.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _repeat(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    batch, heads, length, dim = x.shape
+    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+
+
+class SlotCache(KVWriter):
+    """The talker's keys and values: one slot per batch row (rows 0..B-1 use slots 0..B-1),
+    each row's positions at their own indices from 0. Capacity grows in whole buckets (so
+    steady state allocates nothing) and shrinks when rows that needed it have left."""
+
+    LENGTH_STEP = 256
+
+    def __init__(self, stack: DecoderStack):
+        self.stack = stack
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.slots = 0
+        self.capacity = 0
+        # Set per step: which cache index each row writes, and how far rows attend.
+        self._rows = torch.empty(0, dtype=torch.long)
+        self._positions = torch.empty(0, dtype=torch.long)
+        self._length = 0
+
+    def reserve(self, rows: int, length: int) -> None:
+        slots = max(self.slots, _bucket(rows))
+        capacity = max(self.capacity, -(-length // self.LENGTH_STEP) * self.LENGTH_STEP)
+        if (slots, capacity) != (self.slots, self.capacity):
+            self._reallocate(slots, capacity, keep_rows=self.slots, keep_length=self.capacity)
+
+    def shrink_to(self, rows: int, length: int) -> None:
+        """Give memory back once it is more than twice what the remaining rows need."""
+        if rows == 0:
+            self.keys, self.values, self.slots, self.capacity = [], [], 0, 0
+            return
+        slots, capacity = _bucket(rows), -(-length // self.LENGTH_STEP) * self.LENGTH_STEP
+        if self.slots > 2 * slots or self.capacity > 2 * capacity:
+            self._reallocate(slots, capacity, keep_rows=rows, keep_length=length)
+
+    def _reallocate(self, slots: int, capacity: int, keep_rows: int, keep_length: int) -> None:
+        stack = self.stack
+        shape = (slots, stack.kv_heads, capacity, stack.head_dim)
+        # Zeros, not empty: masked positions still meet the values in attention (0 x NaN = NaN).
+        fresh = [torch.zeros(shape, dtype=stack.dtype, device=stack.device) for _ in range(2 * len(stack.layers))]
+        rows, length = min(keep_rows, slots, self.slots), min(keep_length, capacity, self.capacity)
+        for new, old in zip(fresh, self.keys + self.values):
+            new[:rows, :, :length] = old[:rows, :, :length]
+        half = len(stack.layers)
+        self.keys, self.values = fresh[:half], fresh[half:]
+        self.slots, self.capacity = slots, capacity
+        stack.ensure_positions(capacity)
+
+    def load(self, slot: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Put a prefilled row (per layer (kv_heads, n, head_dim)) into ``slot`` at 0..n-1."""
+        for mine, theirs in zip(self.keys + self.values, keys + values):
+            mine[slot, :, : theirs.shape[1]] = theirs
+
+    def move(self, source: int, target: int, length: int) -> None:
+        for tensor in self.keys + self.values:
+            tensor[target, :, :length] = tensor[source, :, :length]
+
+    def prepare_step(self, positions: torch.Tensor, length: int) -> None:
+        """Each row writes its next position (``positions`` (B,)) and attends over 0..length-1."""
+        self._rows = torch.arange(positions.shape[0], device=positions.device)
+        self._positions = positions
+        self._length = length
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = keys.shape[0]
+        cached_keys, cached_values = self.keys[layer], self.values[layer]
+        cached_keys[self._rows, :, self._positions] = keys[:, :, 0]
+        cached_values[self._rows, :, self._positions] = values[:, :, 0]
+        return cached_keys[:rows, :, : self._length], cached_values[:rows, :, : self._length]
+
+
+class FrameCache(KVWriter):
+    """The code predictor's keys and values for one frame: every row in lock-step over the
+    same positions (two at the first pass, then one per codebook), rewritten each frame."""
+
+    def __init__(self, stack: DecoderStack, positions: int):
+        self.stack = stack
+        self.positions = positions
+        self.slots = 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.start = 0
+        stack.ensure_positions(positions)
+
+    def begin(self, rows: int) -> None:
+        if rows > self.slots:
+            self.slots = _bucket(rows)
+            stack = self.stack
+            shape = (self.slots, stack.kv_heads, self.positions, stack.head_dim)
+            self.keys = [torch.zeros(shape, dtype=stack.dtype, device=stack.device) for _ in stack.layers]
+            self.values = [torch.zeros(shape, dtype=stack.dtype, device=stack.device) for _ in stack.layers]
+        self.start = 0
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, end = keys.shape[0], self.start + keys.shape[2]
+        self.keys[layer][:rows, :, self.start : end] = keys
+        self.values[layer][:rows, :, self.start : end] = values
+        return self.keys[layer][:rows, :, :end], self.values[layer][:rows, :, :end]
+
+
+def _bucket(rows: int) -> int:
+    """Slot counts come in powers of two (1, 2, 4, 8, 16, ...)."""
+    return 1 << max(rows - 1, 0).bit_length()

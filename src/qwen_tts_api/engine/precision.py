@@ -1,0 +1,76 @@
+"""Which floating-point type the models run in (``QWEN_TTS_DTYPE``).
+
+``auto`` picks bfloat16 on CUDA. On a CPU it picks bfloat16 only where the processor does
+bfloat16 arithmetic natively (AVX512-BF16 or AMX) and a matrix product of the talker's
+shape measures faster in it than in float32; elsewhere bfloat16 is emulated and slower,
+so float32. float16 is obeyed with a warning: it is reported to give non-finite logits
+in the code predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FLOAT16_WARNING = (
+    "QWEN_TTS_DTYPE=float16 is reported to give non-finite logits in the code predictor "
+    "(those requests then fail with generation_failed); bfloat16 or float32 are safer"
+)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def _seconds_per_product(dtype, repeat: int = 20) -> float:
+    import torch
+
+    # One talker MLP projection (1024 -> 3072) for one row: what a step mostly is on a CPU.
+    weight = torch.randn(3072, 1024).to(dtype)
+    x = torch.randn(1, 1024).to(dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+        started = time.perf_counter()
+        for _ in range(repeat):
+            torch.nn.functional.linear(x, weight)
+    return (time.perf_counter() - started) / repeat
+
+
+def resolve_dtype(requested: str, device: str, flags: set[str] | None = None) -> str:
+    """The dtype name to load with, logging why when it was chosen for the user."""
+    if requested == "float16":
+        log.warning(FLOAT16_WARNING)
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        log.info("QWEN_TTS_DTYPE=auto: bfloat16 on %s", device)
+        return "bfloat16"
+    native = sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+    if not native:
+        missing = " or ".join(NATIVE_BF16_FLAGS)
+        log.info("QWEN_TTS_DTYPE=auto: float32 (this CPU has no native bfloat16: no %s)", missing)
+        return "float32"
+    import torch
+
+    bf16, fp32 = _seconds_per_product(torch.bfloat16), _seconds_per_product(torch.float32)
+    chosen = "bfloat16" if bf16 < fp32 else "float32"
+    log.info(
+        "QWEN_TTS_DTYPE=auto: %s (CPU has %s; a talker-sized product takes %.0f us in bfloat16, %.0f us in float32)",
+        chosen,
+        ", ".join(native),
+        bf16 * 1e6,
+        fp32 * 1e6,
+    )
+    return chosen
