@@ -40,7 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.batching import FrameBatch, fill_codebooks
+    from qwen_tts_api.engine.batching import FrameBatch
     from qwen_tts_api.engine.decoding import StreamingDecoder
     from qwen_tts_api.engine.prompt import build_prompt
     from qwen_tts_api.engine.sampling import SamplingParams
@@ -65,7 +65,7 @@ def main() -> int:
             hidden = torch.cat([r.hidden for r in batch.rows])
             tokens = torch.stack([r.token for r in batch.rows])
             figures[f"code predictor x{rows}"] = timed(
-                lambda hidden=hidden, tokens=tokens: fill_codebooks(talker, params, hidden, tokens), args.repeat
+                lambda batch=batch, hidden=hidden, tokens=tokens: batch.codebooks.fill(hidden, tokens), args.repeat
             )
         codes = torch.randint(0, 1000, (c, 16, 48))
         for n in (3, 48):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from latency import (  # noqa: E402 (sibling script)
     SAMPLE_RATE,
     TEXT,
     add_model_arguments,
+    cpu_model,
     load_official,
     run_server,
     server_process,
@@ -69,8 +69,9 @@ def main() -> int:
     args = parser.parse_args()
     path, official = load_official(args)
     rows = []
+    variant = (args.servers or ["auto"])[0]
     with server_process(
-        path, args.device, args.dtype, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
+        path, args.device, variant, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
     ) as url:
         serial(official, args.frames, 1)  # warm-up
         run_server(url, True)
@@ -81,8 +82,8 @@ def main() -> int:
 
     single_ttfa = statistics.median(rows[1][1]["ttfa"]) if args.concurrency[0] == 1 else None
     print(
-        f"\nmodel={args.model} frames={args.frames} device={args.device} dtype={args.dtype} "
-        f"torch_threads={torch.get_num_threads()} cpu={platform.processor() or platform.machine()}"
+        f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} server={variant} "
+        f"torch_threads={torch.get_num_threads()} cpu={cpu_model()}"
     )
     print(f"{'path':<12}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
     out = []

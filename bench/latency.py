@@ -1,20 +1,24 @@
 """Time to first audio, total latency and real-time factor, side by side in one run.
 
-Four ways to get the same utterance (a fixed number of frames) from the same model:
-  official   qwen_tts generate_custom_voice called directly (what other wrappers do)
+Ways to get the same utterance (a fixed number of frames) from the same model:
+  official   qwen_tts generate_custom_voice called directly (what other wrappers do), in --dtype
   engine     our engine (generation loop + streaming decoder) called directly, in the same
              process and on the same model object as `official`: the pure implementation
              comparison, free of per-process memory placement (matters when weights stream
              from RAM, as on a CPU)
-  stream     our server (its own process), chunked streaming response (pcm)
-  whole      our server (its own process), one complete response (pcm, "stream": false)
+  stream     our server (its own process) with the first --server variant, chunked streaming (pcm)
+  whole      our server with each --server variant, one complete response (pcm, "stream": false)
 
-Models are random-weight checkpoints built on the spot: "demo" (tiny) or "0.6b" (the
-published 0.6B talker dimensions). Both generate exactly --frames frames (end-of-speech
-never wins with random weights), sampling with the package's default parameters.
+A --server variant is a QWEN_TTS_DTYPE value (default "auto", what a user gets without
+setting anything), optionally with "+int8" for QWEN_TTS_QUANTIZE=int8.
+
+Models are random-weight checkpoints built on the spot by `qwen-tts-api demo-models`' code:
+"demo" (tiny) or "0.6b" / "1.7b" (the published configurations). All generate exactly
+--frames frames (end-of-speech never wins with random weights), sampling with the
+package's default parameters.
 
     uv run python bench/latency.py --model demo
-    uv run python bench/latency.py --model 0.6b --frames 50 --runs 3
+    uv run python bench/latency.py --model 0.6b --frames 50 --runs 3 --server auto --server auto+int8
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,7 +40,7 @@ import torch
 
 from qwen_tts_api.cli import quiet_third_party_logs
 from qwen_tts_api.devtools import free_port
-from qwen_tts_api.engine.demo_models import ModelShape, build_model
+from qwen_tts_api.engine.demo_models import build_model
 
 TEXT = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
 SAMPLE_RATE = 24000
@@ -45,23 +49,32 @@ PACKAGE_SAMPLING = dict(do_sample=True, subtalker_dosample=True)
 
 
 def build(kind: str, frames: int, directory: Path) -> Path:
-    shape = ModelShape.published_0_6b() if kind == "0.6b" else ModelShape.tiny()
     path = directory / f"{kind}-customvoice"
     if not (path / "config.json").exists():
         started = time.perf_counter()
-        build_model(
-            path, "custom_voice", seed=0, shape=shape, generation={**PACKAGE_SAMPLING, "max_new_tokens": frames}
-        )
+        size = "tiny" if kind == "demo" else kind
+        generation = {**PACKAGE_SAMPLING, "max_new_tokens": frames}
+        build_model(path, "custom_voice", seed=0, size=size, generation=generation)
         print(f"built {kind} model in {time.perf_counter() - started:.0f}s at {path}", file=sys.stderr)
+    else:  # the frame budget is the only thing that changes between runs
+        config = json.loads((path / "generation_config.json").read_text())
+        (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": frames}, indent=2))
     return path
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "demo") -> None:
     """The options every benchmark shares: which model, its frame budget, device and dtype."""
-    parser.add_argument("--model", choices=["demo", "0.6b"], default=default_model)
+    parser.add_argument("--model", choices=["demo", "0.6b", "1.7b"], default=default_model)
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the package's")
+    parser.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="VARIANT",
+        help='our server\'s QWEN_TTS_DTYPE, optionally "+int8" (repeatable; default: auto)',
+    )
     parser.add_argument("--model-dir", type=Path, help="where to build/keep models (default: a temp dir)")
 
 
@@ -83,8 +96,14 @@ def load_official(args: argparse.Namespace):
     return path, tts
 
 
+def server_env(variant: str) -> dict[str, str]:
+    """A --server variant ("auto", "float32", "bfloat16+int8", ...) as environment variables."""
+    dtype, _, quantize = variant.partition("+")
+    return {"QWEN_TTS_DTYPE": dtype, "QWEN_TTS_QUANTIZE": quantize or "none"}
+
+
 @contextmanager
-def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: dict[str, str] | None = None):
+def server_process(model: Path, device: str, variant: str, attn: str, extra_env: dict[str, str] | None = None):
     """Our server as its own process, as it runs in production (one process shared with the
     benchmark client and the official model would measure their GIL contention instead)."""
     port = free_port()
@@ -92,7 +111,7 @@ def server_process(model: Path, device: str, dtype: str, attn: str, extra_env: d
         **os.environ,
         "CUSTOMVOICE_MODEL_PATH": str(model),
         "QWEN_TTS_DEVICE": device,
-        "QWEN_TTS_DTYPE": dtype,
+        **server_env(variant),
         "QWEN_TTS_ATTN": attn,
         "HOST": "127.0.0.1",
         "PORT": str(port),
@@ -169,6 +188,17 @@ def run_server(url: str, stream: bool, text: str = TEXT) -> dict:
     return {"ttfa": first or total, "total": total, "audio": received / 2 / SAMPLE_RATE}
 
 
+def cpu_model() -> str:
+    """The processor's model name (what a figure must be recorded with)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def summarise(name: str, runs: list[dict]) -> dict:
     ttfa = statistics.median(r["ttfa"] for r in runs)
     total = statistics.median(r["total"] for r in runs)
@@ -200,30 +230,36 @@ def main() -> int:
             )
         }
     )
-    results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": [], "whole": []}
-    with server_process(path, args.device, args.dtype, ATTN) as url:
+    servers = args.servers or ["auto"]
+    results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": []}
+    results.update({f"whole {variant}": [] for variant in servers})
+    with ExitStack() as stack:
+        urls = {variant: stack.enter_context(server_process(path, args.device, variant, ATTN)) for variant in servers}
+        first = urls[servers[0]]
         # Warm-up: one of each, not counted.
         run_official(official, args.frames)
         run_engine(engine, args.frames)
-        run_server(url, True)
-        run_server(url, False)
+        run_server(first, True)
+        for url in urls.values():
+            run_server(url, False)
         for _ in range(args.runs):  # interleaved, so machine noise hits all of them alike
             results["official"].append(run_official(official, args.frames))
             results["engine"].append(run_engine(engine, args.frames))
-            results["stream"].append(run_server(url, True))
-            results["whole"].append(run_server(url, False))
+            results["stream"].append(run_server(first, True))
+            for variant, url in urls.items():
+                results[f"whole {variant}"].append(run_server(url, False))
 
     rows = [summarise(name, runs) for name, runs in results.items()]
     base = rows[0]
     print(
         f"\nmodel={args.model} frames={args.frames} ({args.frames * FRAME_SECONDS:.1f}s audio) device={args.device} "
-        f"dtype={args.dtype} runs={args.runs} torch_threads={torch.get_num_threads()} "
-        f"cpu={platform.processor() or platform.machine()}"
+        f"package dtype={args.dtype} stream server={servers[0]} runs={args.runs} "
+        f"torch_threads={torch.get_num_threads()} cpu={cpu_model()}"
     )
-    print(f"{'path':<10}{'TTFA s':>10}{'total s':>10}{'RTF':>8}{'TTFA/official':>15}{'total/official':>16}")
+    print(f"{'path':<20}{'TTFA s':>10}{'total s':>10}{'RTF':>8}{'TTFA/official':>15}{'total/official':>16}")
     for row in rows:
         print(
-            f"{row['name']:<10}{row['ttfa_s']:>10.3f}{row['total_s']:>10.3f}{row['rtf']:>8.3f}"
+            f"{row['name']:<20}{row['ttfa_s']:>10.3f}{row['total_s']:>10.3f}{row['rtf']:>8.3f}"
             f"{row['ttfa_s'] / base['total_s']:>15.3f}{row['total_s'] / base['total_s']:>16.3f}"
         )
     if args.json:

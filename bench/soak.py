@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
-from latency import ATTN, add_model_arguments, build, run_server, server_process  # noqa: E402 (sibling script)
+from latency import ATTN, add_model_arguments, build, cpu_model, run_server, server_process  # noqa: E402 (sibling script)
 from prometheus_client.parser import text_string_to_metric_families
 
 # Different lengths: frame budgets of about 30 to 80 frames (capped by --frames).
@@ -97,16 +96,6 @@ def slope_per_minute(times: list[float], values: list[float]) -> float:
     return sum((t - mt) * (v - mv) for t, v in zip(times, values)) / sum((t - mt) ** 2 for t in times)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
@@ -122,7 +111,8 @@ def main() -> int:
 
     samples: list[dict] = []
     tally, stop = Tally(), threading.Event()
-    with server_process(path, args.device, args.dtype, ATTN) as url, httpx.Client(base_url=url, timeout=30) as http:
+    variant = (args.servers or ["auto"])[0]
+    with server_process(path, args.device, variant, ATTN) as url, httpx.Client(base_url=url, timeout=30) as http:
         # Staggered starts, a fraction of one request's time apart: the batch never empties.
         workers = [
             threading.Thread(target=client, args=(url, i, tally, stop, i * 1.5), daemon=True)
@@ -176,7 +166,7 @@ def main() -> int:
     first, last = steady[:third], steady[-third:]
     print(
         f"\nmodel={args.model} clients={args.clients} minutes={args.minutes:g} device={args.device} "
-        f"dtype={args.dtype} cpu={cpu_name()}"
+        f"server={variant} cpu={cpu_model()}"
     )
     print(f"{'figure':<12}{'first third':>13}{'last third':>12}{'change':>9}")
     for key in ("rss_mb", "cache_positions", "step_ms", "p50_ttfa", "p95_ttfa", "throughput"):

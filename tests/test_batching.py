@@ -6,6 +6,7 @@ from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.engine.batching import FrameBatch
 from qwen_tts_api.engine.generation import FrameGenerator
+from qwen_tts_api.engine.lean import SlotCache
 from qwen_tts_api.engine.prompt import build_prompt
 from qwen_tts_api.engine.sampling import SamplingParams
 
@@ -95,6 +96,9 @@ def test_cache_stays_bounded_under_continuous_joins_and_leaves(customvoice):
             owner.pop(id(row))
         if len(batch):
             assert batch.cache_length <= max(r.position for r in batch.rows), f"step {step}"
+            # Memory too: the preallocated slots and length never run far past what is needed.
+            needed = max(r.position for r in batch.rows) + 1
+            assert batch.cache.slots <= 4 and batch.cache.capacity <= 2 * SlotCache.LENGTH_STEP * -(-needed // 256)
         longest_seen = max(longest_seen, batch.cache_length)
     assert number > 40  # many rows came and went
     assert longest_seen <= max(p.prefill.shape[1] for p in prompts) + 21

@@ -163,7 +163,8 @@ class FrameBatch:
     def _choose(self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int]):
         """hidden (B, D) -> (next first-codebook token per row, whether each row's logits were
         finite); the rules depend on each row's history."""
-        logits, finite = _finite_rows(self.talker.codec_head(hidden))
+        logits = self.talker.codec_head(hidden)
+        finite = _finite_rows(logits)
         scores = [
             self.rules.apply(
                 logits[i : i + 1],
@@ -209,11 +210,11 @@ def _lean_parts(talker, params: SamplingParams) -> tuple[DecoderStack, CodebookF
     return parts
 
 
-def _finite_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, V) logits -> (logits with each non-finite row zeroed, which rows were finite).
-    Sampling from a NaN row would fail the whole batch (and on CUDA poison the device)."""
-    finite = torch.isfinite(logits).all(dim=-1)
-    return torch.where(finite[:, None], logits, torch.zeros_like(logits)), finite
+def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits -> whether each row is finite. A non-finite row still yields some
+    in-range token (argmax and the inverse-CDF draw never fail on NaN); it is thrown away
+    with its row."""
+    return torch.isfinite(logits).all(dim=-1)
 
 
 def _mark_failed(rows: list[BatchRow], finite: torch.Tensor) -> None:
@@ -263,12 +264,12 @@ class CodebookFiller:
         step_input = torch.cat([hidden, first_embed], dim=1)
         all_finite = torch.ones(rows, dtype=torch.bool, device=first.device)
         for group in range(self.groups):
-            start, count = self.cache.start, step_input.shape[1]
-            positions = torch.arange(start, start + count, device=first.device).view(1, count)
-            out = self.stack.forward(self.project(step_input), self.stack.rotary(positions), self.cache, mask=None)
-            self.cache.start += count
-            logits, finite = _finite_rows(self.heads[group](out[:, -1]).float())
-            all_finite &= finite
+            start, end = self.cache.start, self.cache.start + step_input.shape[1]
+            rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
+            out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
+            self.cache.start = end
+            logits = self.heads[group](out[:, -1]).float()
+            all_finite &= _finite_rows(logits)
             code = self.sampler.choose(logits)
             codes.append(code)
             step_input = self.embeddings[group](code.view(-1, 1))

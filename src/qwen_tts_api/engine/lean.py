@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .quantize import Int8Linear
+
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -35,10 +37,11 @@ def plain(layer: torch.nn.Module) -> Linear:
 def joined(*layers: torch.nn.Module) -> Linear:
     """One call for several projections of the same input, their outputs side by side.
 
-    Plain bias-free linears become one matrix product: their weights are concatenated once
-    and each module's weight is re-pointed at its slice of the result, so the package's
-    modules (still used for prefill) and this path share one copy. Other layers (int8
-    ones) are called one after another."""
+    Bias-free layers become one matrix product: their weights are concatenated once and
+    each module is re-pointed at its slice of the result, so the package's modules (still
+    used for prefill) and this path share one copy. Others are called one after another."""
+    if all(type(layer) is Int8Linear and layer.bias is None for layer in layers):
+        return Int8Linear.joined(list(layers))
     if not all(type(layer) is torch.nn.Linear and layer.bias is None for layer in layers):
         return lambda x: torch.cat([layer(x) for layer in layers], dim=-1)
     weights = [layer.weight for layer in layers]

@@ -14,6 +14,7 @@ from ..constants import ModelKind, display_speaker_name
 from ..settings import Settings
 from ..text.control_tokens import control_tokens_of
 from .precision import resolve_dtype
+from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | Non
     except Exception as exc:  # transformers raises many types; report one clear error
         raise ModelLoadError(f"could not load {kind} model from {path}: {exc}") from exc
     model = tts.model
+    if settings.quantize == "int8":
+        replaced = quantize_int8(model.talker)
+        log.info("%s: %d talker and code-predictor linears quantised to int8 (weight-only)", kind, replaced)
     speakers = [display_speaker_name(s) for s in (model.get_supported_speakers() or [])]
     languages = [str(lang).lower() for lang in (model.get_supported_languages() or ["auto"])]
     max_new = int((model.generate_config or {}).get("max_new_tokens", 2048))
