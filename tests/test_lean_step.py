@@ -64,3 +64,25 @@ def test_a_server_quantised_to_int8_speaks(demo_models):
         audio = decode_audio(r.content, "wav")
         assert audio.rate == SR and audio.duration > 0.2
         assert np.isfinite(audio.samples).all() and np.abs(audio.samples).max() > 0
+
+
+def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
+    """The talker and code predictor run in bfloat16 when asked; the codec stays in float32
+    on a CPU (bfloat16 convolutions are many times slower there), and speech still works."""
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], dtype="bfloat16")
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        model = server.app.state.engine.models["customvoice"].tts.model
+        assert model.talker.codec_head.weight.dtype == torch.bfloat16
+        assert {p.dtype for p in model.speech_tokenizer.model.parameters()} == {torch.float32}
+        r = http.post(
+            "/v1/audio/speech",
+            json={
+                "model": "qwen3-tts",
+                "input": "Half precision, whole codec.",
+                "voice": "alloy",
+                "response_format": "flac",
+            },
+        )
+        assert r.status_code == 200
+        audio = decode_audio(r.content, "flac")
+        assert audio.rate == SR and audio.duration > 0.2 and np.abs(audio.samples).max() > 0

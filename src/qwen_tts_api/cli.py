@@ -74,7 +74,7 @@ def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -
     print(
         "\nRandom weights: they make noise, not speech. Try them with\n"
         f"  CUSTOMVOICE_MODEL_PATH={paths['customvoice']} BASE_MODEL_PATH={paths['base']} \\\n"
-        "  QWEN_TTS_DEVICE=cpu QWEN_TTS_DTYPE=float32 QWEN_TTS_ATTN= qwen-tts-api serve"
+        "  QWEN_TTS_DEVICE=cpu QWEN_TTS_ATTN= qwen-tts-api serve"
     )
     return 0
 

@@ -129,6 +129,10 @@ def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = N
             vocab.setdefault(prefix, len(vocab))
     for token in SPECIAL_TOKENS:
         vocab[token] = (special_ids or {}).get(token, len(vocab))
+    taken = set(vocab.values())
+    # Placeholders fill the ids a published vocabulary uses for words we never need
+    # (a vocabulary with holes cannot be saved cleanly); nothing ever merges into them.
+    vocab.update({f"<|unused_{i}|>": i for i in range(max(taken)) if i not in taken})
     bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
     tok = Tokenizer(bpe)
     qwen2_pattern = (

@@ -13,7 +13,7 @@ from typing import Any
 from ..constants import ModelKind, display_speaker_name
 from ..settings import Settings
 from ..text.control_tokens import control_tokens_of
-from .precision import resolve_dtype
+from .precision import codec_dtype_for, resolve_dtype
 from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,10 @@ def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | Non
     except Exception as exc:  # transformers raises many types; report one clear error
         raise ModelLoadError(f"could not load {kind} model from {path}: {exc}") from exc
     model = tts.model
+    codec_dtype = codec_dtype_for(settings.device, dtype)
+    if codec_dtype != dtype:
+        model.speech_tokenizer.model.to(getattr(torch, codec_dtype))
+        log.info("%s: the codec runs in %s, the talker and code predictor in %s", kind, codec_dtype, dtype)
     if settings.quantize == "int8":
         replaced = quantize_int8(model.talker)
         log.info("%s: %d talker and code-predictor linears quantised to int8 (weight-only)", kind, replaced)
