@@ -1,13 +1,22 @@
 """Demo models load through the real qwen_tts path, know the speakers and languages, and sound."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
 import torch
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.demo_models import build_model
+from qwen_tts_api.cli import main
+from qwen_tts_api.engine.demo_models import (
+    PUBLISHED,
+    PUBLISHED_TOKEN_IDS,
+    build_model,
+    build_text_tokenizer,
+    published_config,
+    speech_tokenizer_config,
+)
 from qwen_tts_api.engine.model_dir import check_model_dir
 
 SPEAKERS = {"vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"}
@@ -93,3 +102,38 @@ def test_files_are_world_readable(demo_models):
             assert mode & stat.S_IROTH, f"{path} is not readable by others"
             if path.is_dir():
                 assert mode & stat.S_IXOTH, f"{path} cannot be entered by others"
+
+
+def test_published_sizes_use_the_released_configurations():
+    """--size 0.6b/1.7b write the released config.json verbatim (CustomVoice), and Base is
+    the same model without speakers and with a speaker encoder as wide as the talker."""
+    for size in ("0.6b", "1.7b"):
+        released = json.loads((PUBLISHED / f"{size}-customvoice.config.json").read_text())
+        assert published_config(size, "custom_voice") == released
+        base = published_config(size, "base")
+        assert base["tts_model_type"] == "base" and base["talker_config"]["spk_id"] == {}
+        assert base["speaker_encoder_config"]["enc_dim"] == released["talker_config"]["hidden_size"]
+    small, large = (published_config(size, "custom_voice")["talker_config"] for size in ("0.6b", "1.7b"))
+    assert (small["hidden_size"], large["hidden_size"], large["intermediate_size"]) == (1024, 2048, 6144)
+    assert small["code_predictor_config"] == large["code_predictor_config"]
+    decoder = speech_tokenizer_config("0.6b")["decoder_config"]
+    assert (decoder["latent_dim"], decoder["decoder_dim"], decoder["num_hidden_layers"]) == (1024, 1536, 8)
+
+
+def test_published_token_ids_are_where_the_config_expects_them(tmp_path):
+    from transformers import AutoTokenizer
+
+    ids = build_text_tokenizer(tmp_path, PUBLISHED_TOKEN_IDS)
+    config = published_config("0.6b", "custom_voice")
+    assert ids["<|im_start|>"] == config["im_start_token_id"] and ids["<tts_pad>"] == config["tts_pad_token_id"]
+    assert (ids["<tts_text_bos>"], ids["<tts_text_eod>"]) == (config["tts_bos_token_id"], config["tts_eos_token_id"])
+    tokens = AutoTokenizer.from_pretrained(str(tmp_path))("<|im_start|>assistant\nHi<|im_end|>\n")["input_ids"]
+    assert tokens[0] == 151644 and 151645 in tokens and max(tokens) < config["talker_config"]["text_vocab_size"]
+
+
+def test_demo_models_command_writes_the_frame_budget(tmp_path):
+    assert main(["demo-models", str(tmp_path), "--max-frames", "7"]) == 0
+    for kind in ("customvoice", "base"):
+        assert json.loads((tmp_path / kind / "generation_config.json").read_text())["max_new_tokens"] == 7
+    with pytest.raises(SystemExit):
+        main(["demo-models", str(tmp_path / "x"), "--size", "3b"])

@@ -203,7 +203,7 @@ def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool)
     }
 
 
-def _speech_tokenizer_config(size: str) -> dict:
+def speech_tokenizer_config(size: str) -> dict:
     """A 12 Hz codec (24 kHz, 1920 samples a frame): tiny widths, or the published decoder
     with a Mimi encoder of the published widths (the package's Mimi defaults)."""
     config = _tiny_speech_tokenizer_config()
@@ -391,7 +391,7 @@ def build_model(
     codec_dir = directory / "speech_tokenizer"
     codec_dir.mkdir(exist_ok=True)
     codec_cfg = Qwen3TTSTokenizerV2Config(
-        **{k: v for k, v in _speech_tokenizer_config(size).items() if k != "model_type"}
+        **{k: v for k, v in speech_tokenizer_config(size).items() if k != "model_type"}
     )
     codec = Qwen3TTSTokenizerV2Model(codec_cfg)
     _reinitialise(codec, seed + 1)
