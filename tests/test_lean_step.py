@@ -31,6 +31,7 @@ def test_sampling_follows_hugging_face_warpers(top_k, top_p):
     assert float((seen - expected).abs().max()) < 0.01
 
 
+@torch.inference_mode()
 def test_int8_linear_is_close_to_its_float_layer():
     torch.manual_seed(0)
     layers = [torch.nn.Linear(256, n, bias=False) for n in (128, 64, 64)]
