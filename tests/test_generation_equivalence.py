@@ -118,6 +118,81 @@ def test_clone_codes_equal(base, transcript):
     assert torch.equal(ours, expected)
 
 
+def test_custom_voice_text_read_per_frame_codes_equal(customvoice):
+    """CustomVoice reading its text one token per frame (the package's non_streaming_mode=False,
+    how a voice agent's live text is read) gives the package's codes, and differs from reading
+    it all first (what HTTP requests with complete text do)."""
+    text = "Hello there, how are you today?"
+    expected, _ = package_codes(
+        customvoice,
+        lambda: customvoice.generate_custom_voice(
+            text, speaker="Vivian", language="English", non_streaming_mode=False, max_new_tokens=FRAMES + 1
+        ),
+    )
+    ours = our_codes(customvoice, text=text, language="English", speaker="Vivian", streaming_text=True)
+    whole = our_codes(customvoice, text=text, language="English", speaker="Vivian")
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, whole)
+
+
+from qwen_tts_api.engine.batching import FrameBatch  # noqa: E402
+from qwen_tts_api.engine.live import PartTokens  # noqa: E402
+from qwen_tts_api.engine.prompt import build_live_prompt, live_start_tokens, text_embeddings  # noqa: E402
+
+LIVE_TEXT = (
+    "Well, here is a longer answer that arrives one word at a time, the way a language model "
+    "writes it, and the voice keeps reading while the words come in."
+)
+
+
+def codes_of_text_arriving(tts, words: list[str], frames: int, **voice) -> tuple[torch.Tensor, int]:
+    """Generate while the text arrives a word at a time: the row waits whenever it has read
+    every final token. Returns the codes and how many steps the row spent waiting."""
+    params = SamplingParams.from_generate_config(tts.generate_defaults)
+    batch, tokens = FrameBatch(tts, params), PartTokens(tts, control_tokens=[])
+    need = live_start_tokens(tts, voice.get("clone_prompt"))
+    text, row, codes, waits = "", None, [], 0
+    pending = list(words)
+    while row is None or len(batch):
+        if pending:
+            text += pending.pop(0)
+            fresh = tokens.update(text, closed=not pending)
+        else:
+            fresh = []
+        if row is None:
+            if len(tokens.ids) >= need or not pending:
+                row = batch.add(build_live_prompt(tts, tokens.ids, "English", final=not pending, **voice), frames)
+            continue
+        if fresh:
+            row.prompt.extend(text_embeddings(tts, fresh))
+        if not pending:
+            row.prompt.finish()
+        while len(batch) and row.prompt.text_available(row.frames_made):
+            made, _ = batch.step()
+            codes += [c for _, c in made]
+        if len(batch):
+            waits += 1
+    return torch.stack(codes), waits
+
+
+@pytest.mark.parametrize("voice", ["speaker", "x-vector", "in-context"])
+def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice, base, voice):
+    """A generation that waits for its text resumes exactly where it was: its codes are
+    those of the same text read per frame with all of it there from the start."""
+    words = [w + " " for w in LIVE_TEXT.split()]
+    frames = 60
+    if voice == "speaker":
+        tts, args = customvoice, {"speaker": "Vivian"}
+    else:
+        tts = base
+        transcript = None if voice == "x-vector" else "This is the reference."
+        args = {"clone_prompt": compute_clone_prompt(base, reference_audio(), transcript)}
+    arriving, waits = codes_of_text_arriving(tts, words, frames, **args)
+    known = our_codes(tts, frames=frames, text=LIVE_TEXT, language="English", streaming_text=True, **args)
+    assert waits > 0
+    assert torch.equal(arriving, known)
+
+
 # ---------- waveform: incremental decode against the package's full decode ----------
 
 from qwen_tts_api.engine.decoding import DecoderContext, StreamingDecoder  # noqa: E402

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from . import __version__
-from .api import health, metrics, models, playground, speech, voices
+from .api import health, live, metrics, models, playground, speech, voices
 from .api.auth import ApiKeyMiddleware
 from .api.errors import install_error_handlers
 from .api.protocol import stream_event_schemas
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Outermost, so every response (401s and 500s included) carries its request id and is logged.
     app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     app.include_router(speech.router)
+    app.include_router(live.router)
     app.include_router(voices.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -70,6 +70,14 @@ class Settings(BaseSettings):
         default=300.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_REQUEST_TIMEOUT")
     )
 
+    # --- text streamed in over a WebSocket (ours; the defaults are vLLM-Omni's) ---
+    ws_config_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_WS_CONFIG_TIMEOUT")
+    )
+    ws_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_WS_IDLE_TIMEOUT")
+    )
+
     # --- saved voices and clone prompts (ours) ---
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias=AliasChoices("QWEN_TTS_DATA_DIR"))
     prompt_cache_size: int = Field(

@@ -34,6 +34,13 @@ ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 assert set(RESPONSE_FORMATS) == set(ResponseFormat.__args__)  # one list of formats
 
 
+def canonical_language(value: str) -> str:
+    canonical = _LANGUAGE_BY_LOWER.get(value.strip().lower())
+    if canonical is None:
+        raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
+    return canonical
+
+
 class VoiceRef(BaseModel):
     """OpenAI's saved custom voice reference: ``{"id": "voice_..."}``."""
 
@@ -69,10 +76,7 @@ class SpeechRequest(BaseModel):
     @field_validator("language")
     @classmethod
     def _known_language(cls, value: str) -> str:
-        canonical = _LANGUAGE_BY_LOWER.get(value.strip().lower())
-        if canonical is None:
-            raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
-        return canonical
+        return canonical_language(value)
 
 
 class ModelCard(BaseModel):
@@ -182,6 +186,103 @@ def stream_event_schemas() -> dict[str, dict]:
         [(event, "serialization") for event in STREAM_EVENTS], ref_template="#/components/schemas/{model}"
     )
     return top["$defs"]
+
+
+# ---------- text streamed in over a WebSocket (/v1/audio/speech/stream) ----------
+# The wire protocol of vLLM-Omni's Qwen3-TTS streaming endpoint, which LiveKit's Baseten
+# plugin speaks; docs/CLIENTS.md ("Voice agents") describes it.
+
+LIVE_SAMPLE_RATE = 24000
+MAX_LIVE_FIRST_CHUNK = 96
+
+
+class LiveSessionConfig(BaseModel):
+    """``session.config``: sticky for the socket until the next one. Unknown fields are an
+    error (the event names them), unlike HTTP: a misspelt field here would go unnoticed
+    for the whole session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["session.config"] = "session.config"
+    model: str | None = None  # accepted, not used to route (as on HTTP)
+    voice: str | VoiceRef = DEFAULT_VOICE
+    task_type: Literal["CustomVoice", "Base"] | None = None
+    language: str = "Auto"
+    instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    response_format: ResponseFormat = "wav"
+    stream_audio: bool = False
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_LIVE_FIRST_CHUNK)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    ref_audio: str | None = None
+    ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    x_vector_only_mode: bool | None = None
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        return canonical_language(value)
+
+    @field_validator("stream_audio")
+    @classmethod
+    def _stream_audio_is_pcm(cls, value: bool, info) -> bool:
+        if value and info.data.get("response_format") != "pcm":
+            raise ValueError("stream_audio true sends raw PCM: response_format must be 'pcm'")
+        return value
+
+    @field_validator("speed")
+    @classmethod
+    def _native_speed_when_streaming(cls, value: float, info) -> float:
+        if info.data.get("stream_audio") and value != 1.0:
+            raise ValueError("stream_audio true plays at the native speed: speed must be 1.0")
+        return value
+
+
+class LiveInputText(BaseModel):
+    """``input.text``: any fragment of the turn's text, down to single tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["input.text"] = "input.text"
+    text: str = Field(max_length=MAX_INPUT_CHARS)
+
+
+class LiveAudioStart(BaseModel):
+    """A part of the turn begins; its audio follows as binary frames."""
+
+    type: Literal["audio.start"] = "audio.start"
+    utterance_index: int  # which turn (input.done) of the socket, from 0
+    sentence_index: int  # which part of the turn, from 0
+    sentence_text: str  # the part's text received so far (it may grow while it is spoken)
+    format: ResponseFormat
+    sample_rate: int = LIVE_SAMPLE_RATE
+    channels: int = 1
+
+
+class LiveAudioDone(BaseModel):
+    type: Literal["audio.done"] = "audio.done"
+    utterance_index: int
+    sentence_index: int
+    sentence_text: str  # the part's whole text
+    total_bytes: int
+    error: bool = False  # the part failed (an ``error`` event says why)
+
+
+class LiveSessionDone(BaseModel):
+    """The answer to ``input.done``: everything received has been spoken."""
+
+    type: Literal["session.done"] = "session.done"
+    utterance_index: int
+    total_sentences: int
+    usage: SpeechUsage | None = None
+
+
+class LiveError(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+    code: str | None = None
+    param: str | None = None
+    retry_after: int | None = None  # server_busy: seconds, as Retry-After on HTTP
 
 
 # ---------- liveness and readiness ----------

@@ -20,6 +20,7 @@ from ..engine.synthesis import Engine
 from ..settings import Settings
 from ..telemetry.record import record_of
 from ..text.prepare import PreparedText, clean, prepare
+from ..voices.prompt import ClonePrompt
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
 from ..voices.store import SavedVoice, VoiceStore
 from .errors import APIError, invalid_request
@@ -33,6 +34,32 @@ INSTRUCTIONS_IGNORED_HEADER = "X-Instructions-Ignored"
 
 
 @dataclass
+class VoicePlan:
+    """Which model speaks, and with what voice (everything of a speech job but its text)."""
+
+    kind: ModelKind
+    model: LoadedModel
+    language: str
+    voice_kind: str  # builtin | saved | clone (for logs)
+    speaker: str | None = None
+    instructions: str | None = None
+    reference: ReferenceAudio | None = None
+    voice_prompt: ClonePrompt | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def job(self, text: PreparedText, **extra) -> SpeechJob:
+        return SpeechJob(
+            text=text,
+            language=self.language,
+            speaker=self.speaker,
+            instructions=self.instructions,
+            reference=self.reference,
+            voice_prompt=self.voice_prompt,
+            **extra,
+        )
+
+
+@dataclass
 class SpeechPlan:
     kind: ModelKind
     job: SpeechJob
@@ -40,20 +67,39 @@ class SpeechPlan:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _check_language(model: LoadedModel, language: str) -> None:
-    if language.lower() not in model.languages:
-        raise invalid_request(f"language {language!r} is not supported by model {model.name}", param="language")
+@dataclass(frozen=True)
+class VoiceAsk:
+    """What a request says about its voice, from ``/v1/audio/speech`` or a WebSocket
+    ``session.config`` (whose fields have other names: ``param`` maps ours to theirs)."""
+
+    voice: str | VoiceRef
+    language: str
+    instructions: str | None = None
+    audio_sample: str | None = None
+    audio_sample_text: str | None = None
+    task_type: str | None = None  # CustomVoice | Base, or None: routed by the voice
+    param: dict[str, str] = field(default_factory=dict)
+
+    def name(self, field_name: str) -> str:
+        return self.param.get(field_name, field_name)
 
 
-async def _reference(body: SpeechRequest, settings: Settings, model: LoadedModel) -> ReferenceAudio:
-    assert body.audio_sample is not None
+def _check_language(model: LoadedModel, ask: VoiceAsk) -> None:
+    if ask.language.lower() not in model.languages:
+        raise invalid_request(
+            f"language {ask.language!r} is not supported by model {model.name}", param=ask.name("language")
+        )
+
+
+async def _reference(ask: VoiceAsk, settings: Settings, model: LoadedModel) -> ReferenceAudio:
+    assert ask.audio_sample is not None
     try:
-        data = await read_audio_sample(body.audio_sample, settings)
+        data = await read_audio_sample(ask.audio_sample, settings)
         waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
     except AudioSampleError as exc:
-        raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
+        raise invalid_request(str(exc), param=ask.name("audio_sample"), code="invalid_audio_sample") from exc
     return ReferenceAudio(
-        waveform=waveform, transcript=clean(body.audio_sample_text or "", model.control_tokens) or None
+        waveform=waveform, transcript=clean(ask.audio_sample_text or "", model.control_tokens) or None
     )
 
 
@@ -69,66 +115,89 @@ def _speakable(model: LoadedModel, body: SpeechRequest) -> PreparedText:
     return prepared
 
 
-async def _saved_voice(voice: str | VoiceRef, store: VoiceStore) -> SavedVoice | None:
+async def _saved_voice(ask: VoiceAsk, store: VoiceStore) -> SavedVoice | None:
     """The saved voice a request names: ``{"id": ...}``, or a string that is not a built-in
     voice and matches a saved voice's id or name."""
+    voice = ask.voice
     if isinstance(voice, VoiceRef):
         saved = await asyncio.to_thread(store.get, voice.id.strip())
         if saved is None:
-            raise invalid_request(f"no saved voice with id {voice.id!r}", param="voice", code="voice_not_found")
+            message = f"no saved voice with id {voice.id!r}"
+            raise invalid_request(message, param=ask.name("voice"), code="voice_not_found")
         return saved
     if is_builtin_voice(voice):
         return None
     return await asyncio.to_thread(store.find, voice)
 
 
-async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, store: VoiceStore) -> SpeechPlan:
-    instructions = (body.instructions or "").strip() or None
+async def plan_voice(ask: VoiceAsk, engine: Engine, settings: Settings, store: VoiceStore) -> VoicePlan:
+    instructions = (ask.instructions or "").strip() or None
 
-    if body.audio_sample is not None:
+    if ask.audio_sample is not None:
         # Specification: audio_sample routes to Base; voice and instructions are ignored.
-        model = require_model(engine, ModelKind.BASE, "audio_sample")
-        _check_language(model, body.language)
-        job = SpeechJob(
-            text=_speakable(model, body), language=body.language, reference=await _reference(body, settings, model)
-        )
+        if ask.task_type == "CustomVoice":
+            raise invalid_request(
+                f"task_type CustomVoice speaks built-in voices; {ask.name('audio_sample')} clones (task_type Base)",
+                param=ask.name("task_type"),
+            )
+        model = require_model(engine, ModelKind.BASE, ask.name("audio_sample"))
+        _check_language(model, ask)
         headers = (
             {INSTRUCTIONS_IGNORED_HEADER: "voice cloning (audio_sample) does not use instructions"}
             if instructions
             else {}
         )
-        return SpeechPlan(ModelKind.BASE, job, "clone", headers)
+        reference = await _reference(ask, settings, model)
+        return VoicePlan(ModelKind.BASE, model, ask.language, "clone", reference=reference, headers=headers)
 
-    saved = await _saved_voice(body.voice, store)
+    saved = None if ask.task_type == "CustomVoice" else await _saved_voice(ask, store)
     if saved is not None:
-        model = require_model(engine, ModelKind.BASE, "voice")
-        _check_language(model, body.language)
-        job = SpeechJob(text=_speakable(model, body), language=body.language, voice_prompt=saved.prompt)
+        model = require_model(engine, ModelKind.BASE, ask.name("voice"))
+        _check_language(model, ask)
         headers = {INSTRUCTIONS_IGNORED_HEADER: "saved (cloned) voices do not use instructions"} if instructions else {}
-        return SpeechPlan(ModelKind.BASE, job, "saved", headers)
+        return VoicePlan(ModelKind.BASE, model, ask.language, "saved", voice_prompt=saved.prompt, headers=headers)
 
-    assert isinstance(body.voice, str)
+    if ask.task_type == "Base":
+        raise invalid_request(
+            f"task_type Base speaks saved voices or {ask.name('audio_sample')}; {ask.voice!r} is neither",
+            param=ask.name("voice"),
+            code="invalid_voice",
+        )
+    if isinstance(ask.voice, VoiceRef):  # task_type CustomVoice with a saved voice's id
+        raise invalid_request("task_type CustomVoice speaks built-in voices", param=ask.name("voice"))
     model = engine.model(ModelKind.CUSTOMVOICE)
-    speaker = resolve_speaker(body.voice, model.speakers) if model is not None else None
+    speaker = resolve_speaker(ask.voice, model.speakers) if model is not None else None
     if speaker is None:
-        if model is None and is_builtin_voice(body.voice):
-            require_model(engine, ModelKind.CUSTOMVOICE, "voice")
+        if model is None and is_builtin_voice(ask.voice):
+            require_model(engine, ModelKind.CUSTOMVOICE, ask.name("voice"))
         names = (voice_names(model.speakers) if model is not None else []) + [
             v.name for v in await asyncio.to_thread(store.list)
         ]
         raise invalid_request(
-            f"unknown voice {body.voice!r}; available: {', '.join(names) or 'none'}",
-            param="voice",
+            f"unknown voice {ask.voice!r}; available: {', '.join(names) or 'none'}",
+            param=ask.name("voice"),
             code="invalid_voice",
         )
-    _check_language(model, body.language)
+    _check_language(model, ask)
     headers: dict[str, str] = {}
     if instructions and not model.supports_instructions:
         headers[INSTRUCTIONS_IGNORED_HEADER] = f"model {model.name} (0.6B) does not support instructions"
         instructions = None
     instructions = clean(instructions or "", model.control_tokens) or None
-    job = SpeechJob(text=_speakable(model, body), language=body.language, speaker=speaker, instructions=instructions)
-    return SpeechPlan(ModelKind.CUSTOMVOICE, job, "builtin", headers)
+    kind = ModelKind.CUSTOMVOICE
+    return VoicePlan(kind, model, ask.language, "builtin", speaker, instructions=instructions, headers=headers)
+
+
+async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, store: VoiceStore) -> SpeechPlan:
+    ask = VoiceAsk(
+        voice=body.voice,
+        language=body.language,
+        instructions=body.instructions,
+        audio_sample=body.audio_sample,
+        audio_sample_text=body.audio_sample_text,
+    )
+    voice = await plan_voice(ask, engine, settings, store)
+    return SpeechPlan(voice.kind, voice.job(_speakable(voice.model, body)), voice.voice_kind, voice.headers)
 
 
 @router.post(

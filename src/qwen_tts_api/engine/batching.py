@@ -108,40 +108,52 @@ class FrameBatch:
 
     @torch.inference_mode()
     def step(self) -> tuple[list[tuple[BatchRow, torch.Tensor]], list[BatchRow]]:
-        """One frame for every row. Returns (row, codes (16,)) for each frame made, and the
-        rows that finished (they have left the batch); a finished row with ``error`` set failed."""
+        """One frame for every row that has its text (a row whose text is still arriving
+        waits, keeping its place and cache, once it has read all it has). Returns (row,
+        codes (16,)) for each frame made, and the rows that finished (they have left the
+        batch); a finished row with ``error`` set failed."""
         finished = [r for r in self.rows if r.error is not None or int(r.token) == self.eos_id or r.should_stop()]
         self._drop(finished)
-        if not self.rows:
+        ready = [r.prompt.text_available(r.frames_made) for r in self.rows]
+        if not any(ready):
             return [], finished
-        for row in self.rows:
+        stepping = [r for r, on in zip(self.rows, ready) if on]
+        for row in stepping:
             row.history.append(int(row.token))
-        hidden = torch.cat([r.hidden for r in self.rows], dim=0)
-        tokens = torch.stack([r.token for r in self.rows])
+        hidden = torch.cat([r.hidden for r in stepping], dim=0)
+        tokens = torch.stack([r.token for r in stepping])
         codes, embeds, finite = self.codebooks.fill(hidden, tokens)
-        _mark_failed(self.rows, finite)
+        _mark_failed(stepping, finite)
         made = []
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(stepping):
             if row.error is None:
                 row.frames_made += 1
                 made.append((row, codes[i]))
-        going_on = [r.error is None and r.frames_made < r.max_frames for r in self.rows]
-        keep = [i for i, on in enumerate(going_on) if on]
-        done = [r for r, on in zip(self.rows, going_on) if not on]
+        done = [r for r in stepping if r.error is not None or r.frames_made >= r.max_frames]
         finished += done
-        self._drop(done)
-        if self.rows:
-            self._talker_step(embeds[keep])
+        if done:
+            kept = [i for i, r in enumerate(stepping) if r not in done]
+            embeds, stepping = embeds[kept], [stepping[i] for i in kept]
+            self._drop(done)
+        if stepping:
+            self._talker_step(stepping, embeds)
         return made, finished
 
-    def _talker_step(self, embeds: torch.Tensor) -> None:
-        """Advance the talker one position for every row (``embeds``: their last frames)."""
+    def _talker_step(self, stepping: list[BatchRow], embeds: torch.Tensor) -> None:
+        """Advance the talker one position for the ``stepping`` rows (``embeds``: their last
+        frames). Rows waiting for text go through the same forward (the batch is one call)
+        but keep their state: what they write lands on their next position, which they
+        overwrite when they step."""
         rows = self.rows
+        if len(stepping) < len(rows):  # waiting rows: any input, the output is dropped
+            full = embeds.new_zeros((len(rows), *embeds.shape[1:]))
+            full[[rows.index(r) for r in stepping]] = embeds
+            embeds = full
         step_input = embeds.sum(1, keepdim=True)
         text = []
         for row in rows:
             trailing, frame = row.prompt.trailing_text, row.frames_made - 1
-            text.append(trailing[:, frame : frame + 1] if frame < trailing.shape[1] else row.prompt.tts_pad)
+            text.append(trailing[:, frame : frame + 1] if 0 <= frame < trailing.shape[1] else row.prompt.tts_pad)
         step_input = step_input + torch.cat(text, dim=0)
         written = [r.position for r in rows]
         length = max(written) + 1
@@ -153,12 +165,14 @@ class FrameBatch:
             span = torch.arange(length, device=positions.device)
             mask = (span[None, :] <= positions[:, None]).view(len(rows), 1, 1, length)
         hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
-        tokens, finite = self._choose(hidden[:, -1], [r.history for r in rows], [r.frames_made for r in rows])
-        for i, row in enumerate(rows):
+        if len(stepping) < len(rows):
+            hidden = hidden[[rows.index(r) for r in stepping]]
+        tokens, finite = self._choose(hidden[:, -1], [r.history for r in stepping], [r.frames_made for r in stepping])
+        for i, row in enumerate(stepping):
             row.position += 1
             row.hidden = hidden[i : i + 1]
             row.token = tokens[i]
-        _mark_failed(rows, finite)
+        _mark_failed(stepping, finite)
 
     def _choose(self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int]):
         """hidden (B, D) -> (next first-codebook token per row, whether each row's logits were

@@ -10,6 +10,7 @@ import numpy as np
 from ..settings import Settings
 from ..text.prepare import PreparedText
 from ..voices.prompt import ClonePrompt
+from .live import LiveText
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class SpeechJob:
     instructions: str | None = None  # CustomVoice; callers drop it for 0.6B models
     reference: ReferenceAudio | None = None  # Base, cloning from audio sent with the request
     voice_prompt: ClonePrompt | None = None  # Base, a saved voice's stored prompt
+    live: LiveText | None = None  # text still arriving (a voice agent's turn); ``text`` is then empty
+    max_frames: int | None = None  # a cap on each segment's frames below the model's own
+    first_chunk_frames: int | None = None  # frames of the first audio chunk (else the engine's setting)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Each segment is generated and decoded on its own, so the waveform jumps where two meet.
 A short fade-out ends every segment but the last and a fade-in starts every segment but
 the first. The last few milliseconds of the stream are held back until it is known whether
-they end a segment. A single-segment request passes through untouched.
+they end a segment. A single-segment request passes through untouched. When the number of
+segments is not known (text still arriving), every segment ends with the fade-out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ FADE_SAMPLES = 240  # 10 ms at 24 kHz
 
 
 class SegmentJoiner:
-    def __init__(self, segments: int, fade: int = FADE_SAMPLES):
+    def __init__(self, segments: int | None, fade: int = FADE_SAMPLES):
         self.segments = segments
         self.fade = fade
         self._held = np.zeros(0, np.float32)
@@ -41,6 +42,6 @@ class SegmentJoiner:
         if self.segments == 1:
             return audio
         held, self._held = self._held, np.zeros(0, np.float32)
-        if index < self.segments - 1 and held.size:
+        if (self.segments is None or index < self.segments - 1) and held.size:
             held = held * np.linspace(1.0, 0.0, held.size, dtype=np.float32)
         return np.concatenate([audio, held])

@@ -25,6 +25,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..constants import ModelKind
+from ..text.budget import frame_budget
+from ..text.live import PartSplitter
 from ..voices.prompt import ClonePrompt
 from .admission import Admission, SynthesisTimeout
 from .batching import BatchRow, FrameBatch
@@ -33,13 +35,15 @@ from .decoding import DecoderContext, StreamingDecoder
 from .errors import EngineUnavailable, GenerationError
 from .jobs import EngineConfig, SpeechJob
 from .joining import SegmentJoiner
+from .live import PartTokens
 from .loading import LoadedModel
-from .prompt import build_prompt
+from .prompt import build_live_prompt, build_prompt, live_start_tokens, text_embeddings
 from .sampling import SamplingParams
-from .stream import END, SynthesisStream
+from .stream import END, PartEnded, PartStarted, SynthesisStream
 
 log = logging.getLogger(__name__)
 MAX_FAILED_ITERATIONS = 3  # unexplained loop failures in a row before the scheduler gives up
+_WAKE = object()  # an inbox item that only wakes the loop (text arrived, a live turn was cancelled)
 
 
 class _Request:
@@ -58,6 +62,81 @@ class _Request:
     def emit_audio(self, audio) -> None:
         if audio is not None and audio.size:
             self.stream.emit(audio)
+
+
+class _LiveRequest(_Request):
+    """A voice agent's turn: text arrives while it is spoken (``job.live``). Its parts
+    (``text/live.py``) are generated one after another like segments, each starting once it
+    holds a first clause and reading what arrives while it speaks."""
+
+    def __init__(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream, first_chunk: int):
+        super().__init__(kind, job, stream)
+        assert job.live is not None
+        self._first_chunk_default = first_chunk
+        self.live = job.live
+        self.splitter = PartSplitter()
+        self.joiner = SegmentJoiner(None)
+        self.tokens: PartTokens | None = None  # the current part's final token ids
+        self.start_tokens: int | None = None  # ids a part needs before it can start (cloning)
+        self.frame_limit = 0
+
+    @property
+    def first_chunk(self) -> int:
+        return self.job.first_chunk_frames or self._first_chunk_default
+
+    def take_text(self) -> None:
+        text, done = self.live.take()
+        self.splitter.feed(text)
+        if done:
+            self.splitter.finish()
+
+    @property
+    def part(self):
+        parts = self.splitter.parts
+        return parts[self.index] if self.index < len(parts) else None
+
+    @property
+    def done(self) -> bool:
+        return self.splitter.finished and self.index >= len(self.splitter.parts)
+
+    def sync_tokens(self, model: LoadedModel) -> list[int]:
+        """The current part's ids that became final since the last call."""
+        part = self.part
+        if part is None:
+            return []
+        if self.tokens is None:
+            self.tokens = PartTokens(model.tts, model.control_tokens)
+        return self.tokens.update(part.text, part.closed)
+
+    @property
+    def may_start(self) -> bool:
+        """Whether ``can_start`` may hold now (cheap: no tokenizing; new text wakes the loop)."""
+        part = self.part
+        if part is None or not part.ready:
+            return self.done
+        if self.tokens is None or self.start_tokens is None:
+            return True
+        return len(self.tokens.ids) >= self.start_tokens or part.closed
+
+    def can_start(self, model: LoadedModel) -> bool:
+        """Whether the current part has what it needs to start speaking."""
+        part = self.part
+        if part is None or not part.ready:
+            return False
+        self.sync_tokens(model)
+        if self.start_tokens is None:
+            self.start_tokens = live_start_tokens(model.tts, self.clone_prompt)
+        ids = len(self.tokens.ids)
+        return ids >= self.start_tokens or (part.closed and ids > 0)
+
+    def skip_empty_part(self) -> bool:
+        """A closed part with nothing to speak (only control tokens, say) is passed over."""
+        part = self.part
+        if part is not None and part.closed and self.tokens is not None and not self.tokens.ids:
+            self.index += 1
+            self.tokens = None
+            return True
+        return False
 
 
 class _Task:
@@ -89,6 +168,7 @@ class Scheduler:
         self._waiting: deque[_Request] = deque()
         self._tasks: deque[_Task] = deque()  # encoder work (clone prompts), one between two steps
         self._owners: dict[int, _Request] = {}
+        self._live: list[_LiveRequest] = []  # live turns that have started (they keep their batch place)
         self._thread = threading.Thread(target=self._loop, name="qwen-tts-scheduler", daemon=True)
         self._thread.start()
 
@@ -105,6 +185,14 @@ class Scheduler:
 
     def submit(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream) -> None:
         self._inbox.put([_Request(kind, job, stream)])
+
+    def submit_live(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream) -> None:
+        """A turn whose text arrives while it is spoken (``job.live``)."""
+        self._inbox.put([_LiveRequest(kind, job, stream, self.config.first_chunk_frames)])
+
+    def wake(self) -> None:
+        """Look again at live turns (text arrived, or one was cancelled)."""
+        self._inbox.put(_WAKE)
 
     def submit_together(self, kind: ModelKind, work: list[tuple[SpeechJob, SynthesisStream]]) -> None:
         """Requests outside admission control (the warm-up) that join the batch at one step,
@@ -145,6 +233,7 @@ class Scheduler:
                 if self._tasks:
                     self._tasks.popleft().run()
                     encoder_free = False
+                self._advance_live()
                 self._admit_waiting(encoder_free)
                 for kind in list(self.batches):
                     if len(self.batches[kind]):
@@ -161,12 +250,15 @@ class Scheduler:
 
     def _receive(self) -> bool:
         """Take what has arrived (waiting for it when there is nothing to do); False on close."""
-        idle = not self._waiting and not self._tasks and not any(len(b) for b in self.batches.values())
+        idle = not self._has_work()
         try:
             while True:
                 item = self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait()
                 if item is None:
                     return False
+                if item is _WAKE:
+                    idle = False
+                    continue
                 if isinstance(item, _Task):
                     self._tasks.append(item)
                 else:
@@ -174,6 +266,70 @@ class Scheduler:
                 idle = False
         except queue.Empty:
             return True
+
+    def _places(self, kind: ModelKind) -> int:
+        """Free places in ``kind``'s batch (a live turn between two parts keeps its place)."""
+        between_parts = sum(1 for r in self._live if r.kind == kind and r.row is None)
+        return self.config.max_batch - len(self.batches[kind]) - between_parts
+
+    def _has_work(self) -> bool:
+        """Whether a step or an admission can make progress without anything new arriving
+        (rows and turns waiting for text cannot: its arrival wakes the loop)."""
+        if self._tasks:
+            return True
+        if any(self._places(r.kind) > 0 and (not isinstance(r, _LiveRequest) or r.may_start) for r in self._waiting):
+            return True
+        return any(
+            r.error is not None or r.prompt.text_available(r.frames_made) or r.should_stop()
+            for batch in self.batches.values()
+            for r in batch.rows
+        )
+
+    def _advance_live(self) -> None:
+        """Live turns in flight: hand new text to their generating part, start their next
+        part when it is ready, and end them when their text is spoken."""
+        for request in list(self._waiting):
+            if isinstance(request, _LiveRequest):
+                request.take_text()
+        for request in list(self._live):
+            try:
+                request.take_text()
+                if request.row is not None:
+                    self._feed_row(request, self.models[request.kind])
+                elif request.stream.should_stop():
+                    self._finish(request)
+                else:
+                    self._next_part(request)
+            except Exception as exc:
+                log.exception("advancing a live turn failed")
+                self._fail(request, _generation_error("live text", exc))
+
+    def _next_part(self, request: _LiveRequest) -> None:
+        """Between two parts: start the next one if it is ready, or end the turn if it is over."""
+        model = self.models[request.kind]
+        while True:
+            if request.done:
+                self._finish(request)
+                return
+            if request.can_start(model):
+                self._join(request.kind, [request])
+                return
+            if not request.skip_empty_part():
+                return
+
+    def _feed_row(self, request: _LiveRequest, model: LoadedModel) -> None:
+        """Give the generating part's row the tokens that became final, and its end."""
+        row, part = request.row, request.part
+        fresh = request.sync_tokens(model)
+        if fresh:
+            row.prompt.extend(text_embeddings(model.tts, fresh))
+        if part.closed and not row.prompt.text_final:
+            row.prompt.finish()
+        row.max_frames = frame_budget(part.text, request.frame_limit)
+        if not row.prompt.text_available(row.frames_made) and request.decoder.pending:
+            # Waiting for text: let the listener hear what is made, in small chunks after.
+            request.emit_audio(request.joiner.feed(request.index, request.decoder.flush()))
+            request.decoder.next_chunk = request.first_chunk
 
     def _admit_waiting(self, encoder_free: bool) -> None:
         """Move waiting requests into their batch while it has places. An inline reference
@@ -186,8 +342,7 @@ class Scheduler:
                     self._waiting.remove(request)
                     self._finish(request)
                     continue
-                places = self.config.max_batch - len(self.batches[request.kind]) - len(joining.get(request.kind, []))
-                if places <= 0:
+                if self._places(request.kind) - len(joining.get(request.kind, [])) <= 0:
                     continue
                 reference = request.job.reference
                 if request.clone_prompt is None and reference is not None:
@@ -198,6 +353,17 @@ class Scheduler:
                         encoder_free = False
                         tts = self.models[request.kind].tts
                         request.clone_prompt = self.prompts.compute(tts, reference.waveform, reference.transcript)
+                if isinstance(request, _LiveRequest):
+                    model = self.models[request.kind]
+                    while not request.can_start(model) and request.skip_empty_part():
+                        pass
+                    if request.done:  # the turn's text held nothing to speak
+                        self._waiting.remove(request)
+                        self._finish(request)
+                        continue
+                    if not request.can_start(model):
+                        continue
+                    self._live.append(request)
                 self._waiting.remove(request)
                 request.began = time.monotonic()
                 request.stream.started = True
@@ -238,6 +404,8 @@ class Scheduler:
 
     def _segment_entry(self, request: _Request):
         """The prompt of the request's current segment, and a fresh decoder for it."""
+        if isinstance(request, _LiveRequest):
+            return self._part_entry(request)
         model = self.models[request.kind]
         job, segment = request.job, request.segments[request.index]
         prompt = build_prompt(
@@ -260,6 +428,44 @@ class Scheduler:
             context=request.decoder_context,
         )
         return prompt, segment.max_frames, request.stream.should_stop
+
+    def _part_entry(self, request: _LiveRequest):
+        """The prompt of a live turn's current part from the ids final so far (more follow)."""
+        model = self.models[request.kind]
+        job, part, tokens = request.job, request.part, request.tokens
+        assert part is not None and tokens is not None
+        request.frame_limit = min(model.max_new_tokens, job.max_frames or model.max_new_tokens)
+        prompt = build_live_prompt(
+            model.tts,
+            list(tokens.ids),
+            job.language,
+            speaker=job.speaker,
+            instructions=job.instructions,
+            clone_prompt=request.clone_prompt,
+            final=part.closed,
+        )
+        if prompt.ref_codes is not None and request.decoder_context is None:
+            request.decoder_context = DecoderContext.prime(model.tts, prompt.ref_codes)
+        request.decoder = StreamingDecoder(
+            model.tts,
+            first_chunk=request.first_chunk,
+            max_chunk=self.config.max_chunk_frames,
+            context=request.decoder_context,
+        )
+        request.stream.emit(PartStarted(request.index, part.text))
+        return prompt, frame_budget(part.text, request.frame_limit), request.stream.should_stop
+
+    def _end_part(self, request: _LiveRequest, row: BatchRow) -> None:
+        """A live part's generation ended: its last audio, then the next part or the end."""
+        part = request.part
+        request.stream.usage.input_tokens += row.prompt.text_tokens
+        request.emit_audio(request.joiner.end_segment(request.index, request.decoder.flush()))
+        if not part.closed:  # the model ended before its text did: what follows is a new part
+            request.splitter.close_current()
+        request.stream.emit(PartEnded(request.index, part.text))
+        request.index += 1
+        request.tokens = None
+        self._next_part(request)
 
     def _step(self, kind: ModelKind, batch: FrameBatch) -> None:
         started = time.perf_counter()
@@ -299,6 +505,9 @@ class Scheduler:
                 if request.stream.should_stop():  # cancelled or out of time: nobody hears the rest
                     self._finish(request)
                     continue
+                if isinstance(request, _LiveRequest):
+                    self._end_part(request, row)
+                    continue
                 request.emit_audio(request.joiner.end_segment(request.index, request.decoder.flush()))
                 if request.index + 1 < len(request.segments):
                     request.index += 1
@@ -329,6 +538,10 @@ class Scheduler:
         request.stream.emit(SynthesisTimeout() if request.stream.expired else END)
         self._release(request)
 
+    def _forget_live(self, request: _Request) -> None:
+        if request in self._live:
+            self._live.remove(request)
+
     def _fail(self, request: _Request, exc: Exception) -> None:
         if request.row is not None:
             row, request.row = request.row, None
@@ -342,6 +555,7 @@ class Scheduler:
         self._release(request)
 
     def _release(self, request: _Request) -> None:
+        self._forget_live(request)
         if request.admitted:
             self.admission.release(None if request.began is None else time.monotonic() - request.began)
 
@@ -357,8 +571,10 @@ class Scheduler:
         log.critical("%s; this process can no longer generate speech and should be restarted", reason, exc_info=exc)
         unavailable = EngineUnavailable(reason)
         pending = list(self._waiting) + list(self._owners.values())
+        pending += [r for r in self._live if r not in pending]
         self._waiting.clear()
         self._owners.clear()
+        self._live.clear()
         for task in self._tasks:
             if task.future.set_running_or_notify_cancel():
                 task.future.set_exception(unavailable)
@@ -373,6 +589,9 @@ class Scheduler:
             item = self._inbox.get()
             if item is None:
                 return
+            if item is _WAKE:
+                pending = []
+                continue
             if isinstance(item, _Task):
                 if item.future.set_running_or_notify_cancel():
                     item.future.set_exception(unavailable)

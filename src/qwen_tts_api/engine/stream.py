@@ -13,6 +13,23 @@ import numpy as np
 END = object()  # the last item of a stream that finished normally
 
 
+@dataclass(frozen=True)
+class PartStarted:
+    """A live turn's part begins (its audio follows); ``text``: the part's text so far."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class PartEnded:
+    """A live turn's part has ended; ``error`` says why it failed, if it did."""
+
+    index: int
+    text: str
+    error: str | None = None
+
+
 @dataclass
 class Usage:
     input_tokens: int = 0
@@ -50,7 +67,7 @@ class SynthesisStream:
         """Stop generating after the current frame (or never start, if still queued)."""
         self._cancelled.set()
 
-    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+    async def __aiter__(self) -> AsyncIterator[np.ndarray | PartStarted | PartEnded]:
         while True:
             item = await self._queue.get()
             if item is END:
@@ -60,5 +77,5 @@ class SynthesisStream:
             yield item
 
     async def collect(self) -> np.ndarray:
-        parts = [chunk async for chunk in self]
+        parts = [chunk async for chunk in self if isinstance(chunk, np.ndarray)]
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -16,6 +16,7 @@ from ..voices.prompt import ClonePrompt
 from .admission import Admission
 from .errors import EngineUnavailable
 from .jobs import EngineConfig, SpeechJob
+from .live import LiveText
 from .loading import LoadedModel
 from .scheduler import Scheduler
 from .stream import SynthesisStream
@@ -46,6 +47,22 @@ class Engine:
         self.admission.admit()
         stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
         self.scheduler.submit(kind, job, stream)
+        return stream
+
+    def live_text(self) -> LiveText:
+        """A turn's text channel, for ``start_live``: what is appended wakes the scheduler."""
+        return LiveText(self.scheduler.wake)
+
+    def start_live(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:
+        """Queue a turn whose text arrives while it is spoken (``job.live``, from
+        ``live_text``). Its stream carries PartStarted / audio / PartEnded per part. Raises as
+        ``start``; cancel with ``stream.cancel()`` then ``job.live.wake()``."""
+        if (failure := self.failure) is not None:
+            raise EngineUnavailable(failure)
+        assert job.live is not None
+        self.admission.admit()
+        stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
+        self.scheduler.submit_live(kind, job, stream)
         return stream
 
     def start_together(self, kind: ModelKind, jobs: list[SpeechJob]) -> list[SynthesisStream]:

@@ -124,7 +124,8 @@ class ServerMetrics:
         audio = record.audio_seconds
         if audio > 0:
             self.audio.labels(model).inc(audio)
-            if record.first_byte is not None:
+            # A WebSocket turn's duration is paced by its client's text, not by synthesis.
+            if record.first_byte is not None and record.method != "WEBSOCKET":
                 self.rtf.labels(model).observe((record.ended - record.started) / audio)
 
     def render(self) -> bytes:

@@ -62,8 +62,13 @@ class RequestTelemetry:
             record.route = getattr(route, "path", None) or record.route
             if record.status == 0:  # the client left before any response
                 record.status = 499
-            # Probes and scrapes come every few seconds: keep them out of the INFO log.
-            level = logging.DEBUG if record.path in QUIET_PATHS and record.status < 400 else logging.INFO
-            log.log(level, json.dumps(record.fields(), separators=(",", ":")))
-            if self.metrics is not None:
-                self.metrics.observe(record)
+            report(record, self.metrics)
+
+
+def report(record: RequestRecord, metrics: ServerMetrics | None) -> None:
+    """One log line and the metrics for a request that has ended (or a WebSocket turn)."""
+    # Probes and scrapes come every few seconds: keep them out of the INFO log.
+    level = logging.DEBUG if record.path in QUIET_PATHS and record.status < 400 else logging.INFO
+    log.log(level, json.dumps(record.fields(), separators=(",", ":")))
+    if metrics is not None:
+        metrics.observe(record)

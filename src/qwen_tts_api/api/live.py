@@ -1,0 +1,366 @@
+"""``WS /v1/audio/speech/stream``: text streamed in (a voice agent's language model, token
+by token), speech streamed out while the text is still arriving.
+
+The wire protocol is vLLM-Omni's for Qwen3-TTS (what LiveKit's Baseten plugin speaks):
+``session.config`` (sticky), ``input.text`` fragments, ``input.done`` (a flush that keeps
+the socket open), ``session.close``; the server answers ``audio.start``, binary audio,
+``audio.done`` per part, ``session.done`` per flush, and ``error``. Unlike vLLM-Omni, a
+turn does not wait for sentence ends: its first part starts at the first clause and reads
+the rest as it arrives (``engine/live.py``). One turn is one engine request: it takes a
+place in the queue (or a ``server_busy`` error), is logged and measured when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ValidationError
+
+from ..audio.render import Renderer
+from ..engine.admission import EngineBusy, SynthesisTimeout
+from ..engine.errors import EngineUnavailable, GenerationError
+from ..engine.live import LiveText
+from ..engine.stream import PartEnded, PartStarted, SynthesisStream
+from ..telemetry.middleware import report
+from ..telemetry.record import RequestRecord
+from ..text.prepare import PreparedText
+from .errors import APIError
+from .protocol import (
+    LiveAudioDone,
+    LiveAudioStart,
+    LiveError,
+    LiveInputText,
+    LiveSessionConfig,
+    LiveSessionDone,
+    SpeechUsage,
+)
+from .speech import VoiceAsk, VoicePlan, plan_voice
+
+ROUTE = "/v1/audio/speech/stream"
+MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
+
+router = APIRouter()
+
+
+@router.websocket(ROUTE)
+async def speech_stream(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await LiveSession(websocket).run()
+
+
+class _Closed(Exception):
+    """The session is over (closed by us, or the client left)."""
+
+
+class _Turn:
+    """The text between two ``input.done`` and the speech made of it."""
+
+    def __init__(self, index: int, record: RequestRecord):
+        self.index = index
+        self.record = record
+        self.live: LiveText | None = None  # None: refused (busy) or failed; its text is dropped
+        self.stream: SynthesisStream | None = None
+        self.pump: asyncio.Task | None = None
+        self.flushed = False  # input.done received
+        self.ended = False  # no more audio will come
+        self.parts = 0
+        self.chars = 0
+        self.abandoned = False  # the client left mid-turn
+
+    def cancel(self) -> None:
+        self.abandoned = True
+        if self.stream is not None and not self.ended:
+            self.stream.cancel()
+            if self.live is not None:
+                self.live.wake()
+
+
+class LiveSession:
+    def __init__(self, websocket: WebSocket):
+        state = websocket.app.state
+        self.ws = websocket
+        self.engine, self.settings, self.store, self.metrics = state.engine, state.settings, state.voices, state.metrics
+        self.config: LiveSessionConfig | None = None
+        self.voice: VoicePlan | None = None
+        self.turn: _Turn | None = None
+        self.utterances = 0
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._handle(await self._receive())
+        except (_Closed, WebSocketDisconnect):
+            pass
+        finally:
+            if self.turn is not None:  # barge-in: the client left (or timed out) mid-turn
+                self.turn.cancel()
+
+    # --- receiving ---
+    async def _receive(self) -> dict:
+        while True:
+            configured = self.config is not None
+            timeout = self.settings.ws_idle_timeout_seconds if configured else self.settings.ws_config_timeout_seconds
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), timeout)
+            except TimeoutError:
+                turn = self.turn
+                if turn is not None and turn.flushed and not turn.ended:
+                    continue  # still speaking what it was sent: not idle
+                reason = (
+                    f"idle for {timeout:g} s"
+                    if configured
+                    else f"no session.config within {timeout:g} s (send it first)"
+                )
+                await self._close_with("timeout", reason)
+            if message["type"] == "websocket.disconnect":
+                raise _Closed
+            if message.get("text") is None:
+                await self._error("send JSON text frames; binary frames are not read", "invalid_message")
+                continue
+            try:
+                data = json.loads(message["text"])
+            except ValueError:
+                await self._error("a message must be a JSON object", "invalid_json")
+                continue
+            if not isinstance(data, dict):
+                await self._error("a message must be a JSON object", "invalid_json")
+                continue
+            return data
+
+    async def _handle(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "session.config":
+            await self._configure(message)
+        elif kind not in ("input.text", "input.done", "session.close"):
+            await self._error(f"unknown message type {kind!r}", "unknown_type", "type")
+        elif self.config is None:
+            await self._error(f"send session.config before {kind}", "session_not_configured", "type")
+        elif kind == "input.text":
+            await self._text(message)
+        elif kind == "input.done":
+            await self._flush()
+        else:  # session.close: speak what was sent, then close
+            turn = self.turn
+            if turn is not None:
+                await self._flush()
+                if turn.pump is not None:
+                    await asyncio.shield(turn.pump)
+            await self.ws.close(1000, "session.close")
+            raise _Closed
+
+    async def _configure(self, message: dict) -> None:
+        if self.turn is not None:
+            await self._error(
+                "session.config cannot change a turn in progress: send input.done first", "turn_in_progress", "type"
+            )
+            return
+        try:
+            config = LiveSessionConfig.model_validate(message)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(part) for part in first["loc"]) or None
+            code = "unknown_parameter" if first["type"] == "extra_forbidden" else "invalid_value"
+            await self._error(f"Invalid {param!r}: {first['msg']}", code, param)
+            return
+        ask = VoiceAsk(
+            voice=config.voice,
+            language=config.language,
+            instructions=config.instructions,
+            audio_sample=config.ref_audio,
+            audio_sample_text=None if config.x_vector_only_mode else config.ref_text,
+            task_type=config.task_type,
+            param={"audio_sample": "ref_audio", "audio_sample_text": "ref_text"},
+        )
+        try:
+            voice = await plan_voice(ask, self.engine, self.settings, self.store)
+        except APIError as exc:
+            await self._error(exc.message, exc.code or "invalid_value", exc.param)
+            return
+        self.config, self.voice = config, voice
+
+    async def _text(self, message: dict) -> None:
+        try:
+            text = LiveInputText.model_validate(message).text
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(part) for part in first["loc"]) or None
+            await self._error(f"Invalid {param!r}: {first['msg']}", "invalid_value", param)
+            return
+        if not text:
+            return
+        turn = self.turn or self._start_turn()
+        if turn.live is None:
+            return  # the turn was refused or failed: its text is dropped until input.done
+        if turn.chars + len(text) > MAX_TURN_CHARS:
+            await self._error(f"a turn holds at most {MAX_TURN_CHARS} characters", "input_too_long", "text")
+            return
+        turn.chars += len(text)
+        turn.record.input_chars = turn.chars
+        turn.live.append(text)
+
+    def _start_turn(self) -> _Turn:
+        config, voice = self.config, self.voice
+        assert config is not None and voice is not None
+        record = RequestRecord(request_id=uuid.uuid4().hex, method="WEBSOCKET", path=ROUTE, route=ROUTE)
+        record.model, record.voice_kind = voice.model.name, voice.voice_kind
+        record.response_format, record.speed, record.input_chars = config.response_format, config.speed, 0
+        turn = self.turn = _Turn(self.utterances, record)
+        live = self.engine.live_text()
+        job = voice.job(
+            PreparedText("", ()),
+            live=live,
+            max_frames=config.max_new_tokens,
+            first_chunk_frames=config.initial_codec_chunk_frames or None,
+        )
+        try:
+            turn.stream = self.engine.start_live(voice.kind, job)
+        except (EngineBusy, EngineUnavailable) as exc:
+            turn.ended = True
+            turn.pump = asyncio.ensure_future(self._refused(turn, exc))
+            return turn
+        turn.live = live
+        record.stream = turn.stream
+        turn.pump = asyncio.ensure_future(self._pump(turn))
+        return turn
+
+    async def _flush(self) -> None:
+        turn = self.turn
+        if turn is None:  # nothing pending: a keep-alive
+            await self._send(LiveSessionDone(utterance_index=self.utterances, total_sentences=0))
+            self.utterances += 1
+            return
+        turn.flushed = True
+        if turn.live is not None and not turn.ended:
+            turn.live.finish()
+        await self._end_turn_if_done(turn)
+
+    # --- sending ---
+    async def _pump(self, turn: _Turn) -> None:
+        """The turn's audio, part by part, until its stream ends; then its session.done."""
+        try:
+            await self._speak(turn)
+            await self._end_turn_if_done(turn)
+        except _Closed:  # the client is gone: the turn was cancelled
+            pass
+
+    async def _speak(self, turn: _Turn) -> None:
+        config = self.config
+        assert config is not None and turn.stream is not None
+        fmt, record = config.response_format, turn.record
+        pcm = Renderer("pcm", 1.0)
+        part: PartStarted | None = None
+        held: list[np.ndarray] = []
+        sent = 0
+        try:
+            async for item in turn.stream:
+                if isinstance(item, PartStarted):
+                    part, held, sent = item, [], 0
+                    turn.parts += 1
+                    await self._send(
+                        LiveAudioStart(
+                            utterance_index=turn.index, sentence_index=item.index, sentence_text=item.text, format=fmt
+                        )
+                    )
+                elif isinstance(item, PartEnded):
+                    if not config.stream_audio and held:
+                        body = await asyncio.to_thread(Renderer(fmt, config.speed).whole, np.concatenate(held))
+                        await self.ws.send_bytes(body)
+                        sent += len(body)
+                    part = None
+                    index, text = item.index, item.text
+                    done = LiveAudioDone(
+                        utterance_index=turn.index, sentence_index=index, sentence_text=text, total_bytes=sent
+                    )
+                    await self._send(done)
+                elif config.stream_audio:
+                    data = await asyncio.to_thread(pcm.chunk, item)
+                    if record.first_byte is None:
+                        record.first_byte = time.monotonic()
+                    await self.ws.send_bytes(data)
+                    sent += len(data)
+                else:
+                    if record.first_byte is None:
+                        record.first_byte = time.monotonic()
+                    held.append(item)
+            record.status = 499 if turn.abandoned else 200
+        except (GenerationError, SynthesisTimeout, EngineUnavailable) as exc:
+            record.status, code, message = _failure(exc, self.settings.request_timeout_seconds)
+            if part is not None:
+                done = LiveAudioDone(
+                    utterance_index=turn.index,
+                    sentence_index=part.index,
+                    sentence_text=part.text,
+                    total_bytes=sent,
+                    error=True,
+                )
+                await self._send(done)
+            await self._error(message, code)
+        except Exception:  # the socket is gone (barge-in): stop generating
+            turn.cancel()
+            record.status = 499
+            raise _Closed from None
+        finally:
+            turn.ended = True
+            turn.live = None
+            record.ended = time.monotonic()
+            report(record, self.metrics)
+
+    async def _refused(self, turn: _Turn, exc: Exception) -> None:
+        try:
+            await self._refuse(turn, exc)
+        except _Closed:
+            pass
+
+    async def _refuse(self, turn: _Turn, exc: Exception) -> None:
+        if isinstance(exc, EngineBusy):
+            turn.record.status = 429
+            await self._error(
+                f"The server is busy: retry after {exc.retry_after} s", "server_busy", retry_after=exc.retry_after
+            )
+        else:
+            turn.record.status, code, message = _failure(exc, self.settings.request_timeout_seconds)
+            await self._error(message, code)
+        turn.record.ended = time.monotonic()
+        report(turn.record, self.metrics)
+        await self._end_turn_if_done(turn)
+
+    async def _end_turn_if_done(self, turn: _Turn) -> None:
+        """``session.done`` once the turn is both flushed and spoken (in either order)."""
+        if self.turn is not turn or not (turn.flushed and turn.ended):
+            return
+        self.turn = None
+        self.utterances += 1
+        usage = None
+        if turn.stream is not None:
+            used = turn.stream.usage
+            total = used.input_tokens + used.output_frames
+            usage = SpeechUsage(input_tokens=used.input_tokens, output_tokens=used.output_frames, total_tokens=total)
+        await self._send(LiveSessionDone(utterance_index=turn.index, total_sentences=turn.parts, usage=usage))
+
+    async def _error(self, message: str, code: str, param: str | None = None, retry_after: int | None = None) -> None:
+        await self._send(LiveError(message=message, code=code, param=param, retry_after=retry_after))
+
+    async def _send(self, event: BaseModel) -> None:
+        try:
+            await self.ws.send_text(event.model_dump_json(exclude_none=True))
+        except Exception as exc:  # the client is gone
+            raise _Closed from exc
+
+    async def _close_with(self, code: str, reason: str) -> None:
+        await self._error(f"closing the socket: {reason}", code)
+        await self.ws.close(1000, reason)
+        raise _Closed
+
+
+def _failure(exc: Exception, timeout: float) -> tuple[int, str, str]:
+    """(status for the log, error code, message) of a turn that failed."""
+    if isinstance(exc, SynthesisTimeout):
+        return 504, "timeout", f"Speech was not ready within {timeout:g} s (QWEN_TTS_REQUEST_TIMEOUT)"
+    if isinstance(exc, EngineUnavailable):
+        return 503, "engine_unavailable", f"The engine has stopped: {exc}"
+    return 500, "generation_failed", str(exc)

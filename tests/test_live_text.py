@@ -1,0 +1,359 @@
+"""``WS /v1/audio/speech/stream``: text streamed in, speech streamed out, against live demo
+servers with a real WebSocket client (``websockets``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import SR, LiveServer, cpu_settings, decode_audio, tone
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from qwen_tts_api.constants import ModelKind
+
+ROUTE = "/v1/audio/speech/stream"
+SAMPLES_PER_FRAME = 1920
+FRAMES = 24  # max_new_tokens per part: the demo models never end on their own
+PCM = {"response_format": "pcm", "stream_audio": True, "language": "English", "max_new_tokens": FRAMES}
+TEXT = "Hello there, this is a voice agent speaking. It reads what arrives."
+
+
+def open_socket(server: LiveServer, headers: dict | None = None):
+    url = server.url.replace("http://", "ws://") + ROUTE
+    return connect(url, additional_headers=headers, max_size=None, open_timeout=30)
+
+
+def send(ws, **message) -> None:
+    ws.send(json.dumps(message))
+
+
+def event(ws, timeout: float = 60) -> dict:
+    """The next JSON event (binary audio frames are not expected here)."""
+    message = ws.recv(timeout=timeout)
+    assert isinstance(message, str), "expected a JSON event, got audio"
+    return json.loads(message)
+
+
+def until_done(ws, timeout: float = 120, part: int | None = None) -> tuple[list[dict], dict[int, bytes]]:
+    """Events and each part's audio up to (and with) the next session.done (``part``: the
+    part whose audio.start was already read)."""
+    events, audio = [], {}
+    deadline = time.monotonic() + timeout
+    while True:
+        message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        if isinstance(message, bytes):
+            assert part is not None, "audio outside audio.start / audio.done"
+            audio[part] = audio.get(part, b"") + message
+            continue
+        events.append(json.loads(message))
+        kind = events[-1]["type"]
+        if kind == "audio.start":
+            part = events[-1]["sentence_index"]
+        elif kind == "audio.done":
+            part = None
+        elif kind == "session.done":
+            return events, audio
+
+
+def speak(ws, fragments: list[str], pause: float = 0.0) -> tuple[list[dict], dict[int, bytes]]:
+    for fragment in fragments:
+        send(ws, type="input.text", text=fragment)
+        if pause:
+            time.sleep(pause)
+    send(ws, type="input.done")
+    return until_done(ws)
+
+
+def words(text: str) -> list[str]:
+    return [w + " " for w in text.split()]
+
+
+def halves(text: str) -> list[str]:
+    """Fragments smaller than words: each word cut in two."""
+    out = []
+    for word in words(text):
+        cut = max(1, len(word) // 2)
+        out += [word[:cut], word[cut:]]
+    return out
+
+
+def check_turn(events: list[dict], audio: dict[int, bytes], utterance: int = 0) -> None:
+    """Parts come as audio.start, audio, audio.done; the PCM is whole frames; session.done
+    counts the parts and its usage counts the frames that were sent."""
+    kinds = [e["type"] for e in events]
+    assert "error" not in kinds, events
+    starts = [e for e in events if e["type"] == "audio.start"]
+    dones = [e for e in events if e["type"] == "audio.done"]
+    assert [e["sentence_index"] for e in starts] == [e["sentence_index"] for e in dones] == list(range(len(starts)))
+    assert all(e["sample_rate"] == SR and e["channels"] == 1 and e["format"] == "pcm" for e in starts)
+    assert all(e["utterance_index"] == utterance for e in starts + dones)
+    assert all(not e["error"] and e["total_bytes"] == len(audio[e["sentence_index"]]) for e in dones)
+    done = events[-1]
+    assert done["type"] == "session.done" and done["utterance_index"] == utterance
+    assert done["total_sentences"] == len(starts) >= 1
+    assert sum(len(a) for a in audio.values()) == done["usage"]["output_tokens"] * SAMPLES_PER_FRAME * 2
+
+
+def pcm(audio: dict[int, bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(audio[i] for i in sorted(audio)), dtype="<i2")
+
+
+# ---------- turns ----------
+
+
+def test_token_fragments_a_second_turn_and_keep_alive(server):
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="vivian", **PCM)
+        events, audio = speak(ws, halves(TEXT))
+        check_turn(events, audio, utterance=0)
+        assert " ".join(e["sentence_text"] for e in events if e["type"] == "audio.done") == TEXT
+        # The first part started with its first clause, not the whole text.
+        assert events[0]["type"] == "audio.start" and len(events[0]["sentence_text"]) < len(TEXT)
+
+        send(ws, type="input.done")  # nothing pending: a keep-alive, answered at once
+        assert event(ws, timeout=5) == {"type": "session.done", "utterance_index": 1, "total_sentences": 0}
+
+        events, audio = speak(ws, words("A second turn on the same socket."))
+        check_turn(events, audio, utterance=2)
+
+
+def test_text_that_waits_speaks_as_if_it_had_all_been_there(server):
+    """Greedy demo model: text sent word by word with pauses (the generation waits for it)
+    gives the audio of the same text sent at once."""
+    text = "Waiting for words, the voice pauses and then goes on."
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="ryan", **{**PCM, "max_new_tokens": 60})
+        _, at_once = speak(ws, [text])
+        _, waited = speak(ws, words(text), pause=0.15)
+    assert len(pcm(at_once)) == len(pcm(waited))
+    # Chunked decoding may differ in the last float bit: compare as audio, not as bytes.
+    assert np.abs(pcm(at_once).astype(int) - pcm(waited).astype(int)).max() <= 2
+
+
+def test_long_text_is_several_parts(server):
+    sentence = "This sentence is here to make the turn long enough for several parts. "
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="aiden", **{**PCM, "max_new_tokens": 4})
+        events, audio = speak(ws, words(sentence * 8))
+    check_turn(events, audio)
+    texts = [e["sentence_text"] for e in events if e["type"] == "audio.done"]
+    assert len(texts) >= 3
+    assert all(t.endswith(".") and len(t) <= 300 for t in texts)
+    assert " ".join(texts) == (sentence * 8).strip()
+
+
+def test_whole_parts_in_another_format(server):
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="vivian", response_format="wav", max_new_tokens=FRAMES)
+        events, audio = speak(ws, words(TEXT))
+    dones = [e for e in events if e["type"] == "audio.done"]
+    for done in dones:
+        decoded = decode_audio(audio[done["sentence_index"]], "wav")
+        assert decoded.rate == SR and done["total_bytes"] == len(audio[done["sentence_index"]])
+    frames = events[-1]["usage"]["output_tokens"]
+    total = sum(decode_audio(a, "wav").samples.shape[0] for a in audio.values())
+    assert total == frames * SAMPLES_PER_FRAME
+
+
+def wav_data_uri(freq: float) -> str:
+    buf = io.BytesIO()
+    sf.write(buf, tone(2.0, freq), SR, format="WAV")
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_saved_voice_and_cloned_reference(server, http):
+    buf = io.BytesIO()
+    sf.write(buf, tone(1.5, 330.0), SR, format="WAV")
+    saved = http.post(
+        "/v1/audio/voices",
+        data={"name": "live-agent"},
+        files={"audio_sample": ("ref.wav", buf.getvalue(), "audio/wav")},
+    )
+    assert saved.status_code == 200, saved.text
+    configs = [
+        {"task_type": "Base", "voice": "live-agent"},  # what LiveKit's Baseten plugin sends: a saved voice's name
+        {"voice": {"id": saved.json()["id"]}},
+        {"ref_audio": wav_data_uri(250.0)},  # x-vector clone
+        {"ref_audio": wav_data_uri(260.0), "ref_text": "A short reference."},  # in-context clone
+    ]
+    with open_socket(server) as ws:
+        for turn, config in enumerate(configs):
+            send(ws, type="session.config", **PCM, **config)
+            events, audio = speak(ws, words(TEXT))
+            check_turn(events, audio, utterance=turn)
+
+
+# ---------- errors: each an event naming its field, the socket still usable ----------
+
+CONFIG_ERRORS = [
+    ({"voices": "vivian"}, "voices", "unknown_parameter"),
+    ({"language": "Klingon"}, "language", "invalid_value"),
+    ({"response_format": "wav", "stream_audio": True}, "stream_audio", "invalid_value"),
+    ({"response_format": "pcm", "stream_audio": True, "speed": 1.5}, "speed", "invalid_value"),
+    ({"speed": 9}, "speed", "invalid_value"),
+    ({"task_type": "VoiceDesign"}, "task_type", "invalid_value"),
+    ({"voice": "nobody"}, "voice", "invalid_voice"),
+    ({"task_type": "Base", "voice": "vivian"}, "voice", "invalid_voice"),
+    ({"task_type": "CustomVoice", "ref_audio": "data:audio/wav;base64,AAAA"}, "task_type", "invalid_value"),
+    ({"ref_audio": "data:audio/wav;base64,bm90IGF1ZGlv"}, "ref_audio", "invalid_audio_sample"),
+    ({"initial_codec_chunk_frames": -1}, "initial_codec_chunk_frames", "invalid_value"),
+    ({"max_new_tokens": 0}, "max_new_tokens", "invalid_value"),
+]
+
+
+def test_every_config_error_names_its_field_and_the_socket_goes_on(server):
+    with open_socket(server) as ws:
+        send(ws, type="input.text", text="Too early.")
+        error = event(ws)
+        assert error["type"] == "error" and error["code"] == "session_not_configured"
+        for config, param, code in CONFIG_ERRORS:
+            send(ws, type="session.config", **config)
+            error = event(ws)
+            assert (error["type"], error["param"], error["code"]) == ("error", param, code), (config, error)
+            assert error["message"]
+        ws.send("not json")
+        assert event(ws)["code"] == "invalid_json"
+        ws.send(b"\x00\x01")
+        assert event(ws)["code"] == "invalid_message"
+        send(ws, type="input.speak")
+        assert event(ws)["param"] == "type"
+        send(ws, type="session.config", voice="vivian", **PCM)
+        send(ws, type="input.text", text=42)
+        assert event(ws)["param"] == "text"
+        send(ws, type="input.text", text="Mid turn, ")
+        send(ws, type="session.config", voice="ryan")
+        events, audio = speak(ws, ["then the end."])
+        errors = [e for e in events if e["type"] == "error"]
+        assert [e["code"] for e in errors] == ["turn_in_progress"]
+        check_turn([e for e in events if e["type"] != "error"], audio)
+
+
+# ---------- auth, timeouts ----------
+
+
+@pytest.fixture(scope="module")
+def strict(demo_models):
+    settings = cpu_settings(
+        customvoice_model_path=demo_models["customvoice"],
+        api_keys=["sk-live"],
+        ws_config_timeout_seconds=1.0,
+        ws_idle_timeout_seconds=1.5,
+    )
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.mark.parametrize("header", [None, "Bearer sk-wrong", "Api-Key sk-wrong", "Basic sk-live"])
+def test_no_key_no_socket(strict, header):
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(strict, {"Authorization": header} if header else None)
+    assert refused.value.response.status_code == 401
+    error = json.loads(refused.value.response.body)["error"]
+    assert error["code"] == ("missing_api_key" if header in (None, "Basic sk-live") else "invalid_api_key")
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "Api-Key"])
+def test_keys_in_either_scheme(strict, scheme):
+    with open_socket(strict, {"Authorization": f"{scheme} sk-live"}) as ws:
+        send(ws, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 4})
+        check_turn(*speak(ws, ["Authorized."]))
+
+
+def test_no_config_or_idle_closes_the_socket_with_a_reason(strict):
+    auth = {"Authorization": "Bearer sk-live"}
+    with open_socket(strict, auth) as ws:
+        error = event(ws, timeout=10)
+        assert error["code"] == "timeout" and "session.config" in error["message"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert "session.config" in closed.value.rcvd.reason
+    with open_socket(strict, auth) as ws:
+        send(ws, type="session.config", voice="vivian")
+        error = event(ws, timeout=10)
+        assert error["code"] == "timeout" and "idle" in error["message"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+
+
+# ---------- barge-in, load, busy ----------
+
+
+def test_closing_the_socket_stops_generation_and_frees_the_place(server, http):
+    engine = server.app.state.engine
+    steps: list[int] = []
+    hook = engine.scheduler.on_step
+
+    def spy(kind, rows, seconds, cache):
+        steps.append(rows)
+        hook(kind, rows, seconds, cache)
+
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 2000})
+        for fragment in words(TEXT * 4):
+            send(ws, type="input.text", text=fragment)
+        send(ws, type="input.done")
+        assert event(ws)["type"] == "audio.start"
+        assert isinstance(ws.recv(timeout=60), bytes)  # speaking
+    deadline = time.monotonic() + 10
+    while len(engine.scheduler.batches[ModelKind.CUSTOMVOICE]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not len(engine.scheduler.batches[ModelKind.CUSTOMVOICE])
+    engine.scheduler.on_step = spy
+    try:
+        r = http.post("/v1/audio/speech", json={"model": "x", "input": "Next.", "response_format": "wav"})
+    finally:
+        engine.scheduler.on_step = hook
+    assert r.status_code == 200 and steps and set(steps) == {1}  # it ran alone: the closed turn left
+    metrics = http.get("/metrics").text
+    assert 'route="/v1/audio/speech/stream",status="499"' in metrics
+
+
+def test_eight_sockets_at_once(server):
+    def one(i: int):
+        with open_socket(server) as ws:
+            send(ws, type="session.config", voice=["vivian", "ryan"][i % 2], **PCM)
+            return speak(ws, halves(f"Socket number {i} says hello, and then a bit more."), pause=0.01)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    for events, audio in results:
+        check_turn(events, audio)
+
+
+def test_busy_server_answers_server_busy(demo_models):
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], max_batch=1, max_queue=0)
+    with LiveServer(settings) as live, open_socket(live) as first, open_socket(live) as second:
+        send(first, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 400})
+        send(first, type="input.text", text="I hold the only place, ")  # a turn, not yet flushed
+        assert event(first)["type"] == "audio.start"
+        send(second, type="session.config", voice="vivian", **PCM)
+        send(second, type="input.text", text="Me too?")
+        busy = event(second)
+        assert busy["code"] == "server_busy" and busy["retry_after"] >= 1
+        send(second, type="input.text", text=" Dropped.")
+        send(second, type="input.done")
+        assert event(second) == {"type": "session.done", "utterance_index": 0, "total_sentences": 0}
+        with httpx.Client(base_url=live.url) as http:
+            assert 'route="/v1/audio/speech/stream",status="429"' in http.get("/metrics").text
+
+
+def test_health_answers_while_a_turn_waits_for_text(server, http):
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="vivian", **PCM)
+        send(ws, type="input.text", text="Waiting, ")
+        assert event(ws)["type"] == "audio.start"
+        started = time.monotonic()
+        assert http.get("/health").status_code == 200
+        assert time.monotonic() - started < 5
+        send(ws, type="input.text", text="then done.")
+        send(ws, type="input.done")
+        events, _ = until_done(ws, part=0)
+        assert events[-1]["type"] == "session.done"
