@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -27,3 +28,12 @@ def test_client_recipes_run(server, tmp_path, monkeypatch):
     assert Path("speech.pcm").stat().st_size > SR  # more than half a second of 16-bit samples
     frames = list(namespace["pcm_frames"]("Frames for a voice agent."))
     assert frames and all(len(frame) == 960 for frame in frames)
+
+    async def tokens():
+        for token in ["Tokens ", "from a ", "language model, ", "spoken as they come."]:
+            yield token
+
+    played: list[bytes] = []
+    asyncio.run(namespace["speak"](tokens(), played.append))
+    audio = b"".join(played)
+    assert len(audio) > SR and len(audio) % 2 == 0  # more than half a second of 16-bit samples

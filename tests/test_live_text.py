@@ -45,7 +45,8 @@ def event(ws, timeout: float = 60) -> dict:
 def until_done(ws, timeout: float = 120, part: int | None = None) -> tuple[list[dict], dict[int, bytes]]:
     """Events and each part's audio up to (and with) the next session.done (``part``: the
     part whose audio.start was already read)."""
-    events, audio = [], {}
+    events: list[dict] = []
+    audio: dict[int, bytes] = {} if part is None else {part: b""}
     deadline = time.monotonic() + timeout
     while True:
         message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
@@ -63,13 +64,13 @@ def until_done(ws, timeout: float = 120, part: int | None = None) -> tuple[list[
             return events, audio
 
 
-def speak(ws, fragments: list[str], pause: float = 0.0) -> tuple[list[dict], dict[int, bytes]]:
+def speak(ws, fragments: list[str], pause: float = 0.0, part: int | None = None) -> tuple[list[dict], dict[int, bytes]]:
     for fragment in fragments:
         send(ws, type="input.text", text=fragment)
         if pause:
             time.sleep(pause)
     send(ws, type="input.done")
-    return until_done(ws)
+    return until_done(ws, part=part)
 
 
 def words(text: str) -> list[str]:
@@ -110,19 +111,43 @@ def pcm(audio: dict[int, bytes]) -> np.ndarray:
 
 
 def test_token_fragments_a_second_turn_and_keep_alive(server):
+    clause, rest = halves("Hello there, "), halves(TEXT[len("Hello there, ") :])
     with open_socket(server) as ws:
         send(ws, type="session.config", voice="vivian", **PCM)
-        events, audio = speak(ws, halves(TEXT))
+        for fragment in clause:
+            send(ws, type="input.text", text=fragment)
+        # Speech starts with the first clause, before the rest of the text exists.
+        start = event(ws)
+        assert start["type"] == "audio.start" and start["sentence_text"].strip() == "Hello there,"
+        events, audio = speak(ws, rest, part=0)
+        events.insert(0, start)
         check_turn(events, audio, utterance=0)
         assert " ".join(e["sentence_text"] for e in events if e["type"] == "audio.done") == TEXT
-        # The first part started with its first clause, not the whole text.
-        assert events[0]["type"] == "audio.start" and len(events[0]["sentence_text"]) < len(TEXT)
 
         send(ws, type="input.done")  # nothing pending: a keep-alive, answered at once
         assert event(ws, timeout=5) == {"type": "session.done", "utterance_index": 1, "total_sentences": 0}
 
         events, audio = speak(ws, words("A second turn on the same socket."))
         check_turn(events, audio, utterance=2)
+
+
+def test_turns_sent_while_one_is_speaking_follow_it_in_order(server):
+    """LiveKit's plugin may send the next turn (and a keep-alive) before session.done: each
+    is spoken after the one before it, never interleaved."""
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="ryan", **PCM)
+        for text in ("The first turn, spoken first.", "The second turn follows."):
+            for fragment in words(text):
+                send(ws, type="input.text", text=fragment)
+            send(ws, type="input.done")
+        send(ws, type="input.done")  # a keep-alive behind them
+        first, first_audio = until_done(ws)
+        second, second_audio = until_done(ws)
+        keep_alive = event(ws)
+    check_turn(first, first_audio, utterance=0)
+    check_turn(second, second_audio, utterance=1)
+    assert second[-2]["sentence_text"] == "The second turn follows."
+    assert keep_alive == {"type": "session.done", "utterance_index": 2, "total_sentences": 0}
 
 
 def test_text_that_waits_speaks_as_if_it_had_all_been_there(server):
@@ -357,3 +382,18 @@ def test_health_answers_while_a_turn_waits_for_text(server, http):
         send(ws, type="input.done")
         events, _ = until_done(ws, part=0)
         assert events[-1]["type"] == "session.done"
+
+
+def test_one_log_line_and_metrics_per_turn(server, http, caplog):
+    caplog.set_level("INFO", logger="qwen_tts_api.requests")
+    with open_socket(server) as ws:
+        send(ws, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 4})
+        for text in ("First turn.", "Second turn."):
+            check_turn(*speak(ws, [text]), utterance=0 if text.startswith("First") else 1)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "qwen_tts_api.requests"]
+    turns = [line for line in lines if line["path"] == ROUTE]
+    assert len(turns) == 2
+    assert all(t["method"] == "WEBSOCKET" and t["status"] == 200 and t["voice_kind"] == "builtin" for t in turns)
+    assert [t["input_chars"] for t in turns] == [len("First turn."), len("Second turn.")]
+    assert all(t["audio_s"] > 0 and t["ttfa_s"] is not None for t in turns)
+    assert 'route="/v1/audio/speech/stream",status="200"' in http.get("/metrics").text

@@ -16,6 +16,8 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -80,6 +82,14 @@ class _Turn:
                 self.live.wake()
 
 
+@dataclass
+class _Queued:
+    """A turn sent while the one before it is still speaking."""
+
+    fragments: list[str] = field(default_factory=list)
+    flushed: bool = False
+
+
 class LiveSession:
     def __init__(self, websocket: WebSocket):
         state = websocket.app.state
@@ -88,6 +98,7 @@ class LiveSession:
         self.config: LiveSessionConfig | None = None
         self.voice: VoicePlan | None = None
         self.turn: _Turn | None = None
+        self.queued: deque[_Queued] = deque()
         self.utterances = 0
 
     async def run(self) -> None:
@@ -145,11 +156,10 @@ class LiveSession:
         elif kind == "input.done":
             await self._flush()
         else:  # session.close: speak what was sent, then close
-            turn = self.turn
-            if turn is not None:
+            if self.turn is not None:
                 await self._flush()
-                if turn.pump is not None:
-                    await asyncio.shield(turn.pump)
+            while self.turn is not None and self.turn.pump is not None:
+                await asyncio.shield(self.turn.pump)
             await self.ws.close(1000, "session.close")
             raise _Closed
 
@@ -193,6 +203,15 @@ class LiveSession:
             return
         if not text:
             return
+        if self.queued or (self.turn is not None and self.turn.flushed):
+            # The next turn, sent while this one is still speaking: it starts when this one ends.
+            if not self.queued or self.queued[-1].flushed:
+                self.queued.append(_Queued())
+            self.queued[-1].fragments.append(text)
+            return
+        await self._append(text)
+
+    async def _append(self, text: str) -> None:
         turn = self.turn or self._start_turn()
         if turn.live is None:
             return  # the turn was refused or failed: its text is dropped until input.done
@@ -229,6 +248,15 @@ class LiveSession:
         return turn
 
     async def _flush(self) -> None:
+        if self.queued or (self.turn is not None and self.turn.flushed):
+            if self.queued and not self.queued[-1].flushed:
+                self.queued[-1].flushed = True
+            else:
+                self.queued.append(_Queued(flushed=True))
+            return
+        await self._flush_current()
+
+    async def _flush_current(self) -> None:
         turn = self.turn
         if turn is None:  # nothing pending: a keep-alive
             await self._send(LiveSessionDone(utterance_index=self.utterances, total_sentences=0))
@@ -341,6 +369,12 @@ class LiveSession:
             total = used.input_tokens + used.output_frames
             usage = SpeechUsage(input_tokens=used.input_tokens, output_tokens=used.output_frames, total_tokens=total)
         await self._send(LiveSessionDone(utterance_index=turn.index, total_sentences=turn.parts, usage=usage))
+        if self.queued:
+            queued = self.queued.popleft()
+            for fragment in queued.fragments:
+                await self._append(fragment)
+            if queued.flushed:
+                await self._flush_current()
 
     async def _error(self, message: str, code: str, param: str | None = None, retry_after: int | None = None) -> None:
         await self._send(LiveError(message=message, code=code, param=param, retry_after=retry_after))
