@@ -326,8 +326,12 @@ class Scheduler:
         if part.closed and not row.prompt.text_final:
             row.prompt.finish()
         row.max_frames = frame_budget(part.text, request.frame_limit)
-        if not row.prompt.text_available(row.frames_made) and request.decoder.pending:
-            # Waiting for text: let the listener hear what is made, in small chunks after.
+        self._flush_if_waiting(request)
+
+    def _flush_if_waiting(self, request: _LiveRequest) -> None:
+        """A part waiting for text: let the listener hear what is made, in small chunks after."""
+        row = request.row
+        if row is not None and not row.prompt.text_available(row.frames_made) and request.decoder.pending:
             request.emit_audio(request.joiner.feed(request.index, request.decoder.flush()))
             request.decoder.next_chunk = request.first_chunk
 
@@ -491,6 +495,13 @@ class Scheduler:
             except Exception as exc:
                 log.exception("decoding failed")
                 self._fail(request, _generation_error("decoding", exc))
+        for request in list(self._live):
+            if request.kind == kind and request.row is not None:
+                try:
+                    self._flush_if_waiting(request)
+                except Exception as exc:
+                    log.exception("decoding failed")
+                    self._fail(request, _generation_error("decoding", exc))
         for row in finished:
             request = self._owners.pop(id(row), None)
             if request is None:  # failed above

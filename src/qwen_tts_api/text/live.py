@@ -24,7 +24,8 @@ CLAUSE_WORDS = 8
 _CLOSERS = "\"'”’)\\]」』"
 # A sentence end is known once something follows it (a decimal point is not one).
 _SENTENCE_END = re.compile(rf"(?:[.!?…]+[{_CLOSERS}]*(?=\s)|[。！？；]+[{_CLOSERS}]*)")
-_CLAUSE_END = re.compile(rf"(?:[,;:.!?…]+[{_CLOSERS}]*(?=\s)|[，、；：。！？]+)")
+# A clause may start speaking as soon as its punctuation arrives (nothing is cut there).
+_CLAUSE_END = re.compile(rf"(?:[,;:.!?…]+[{_CLOSERS}]*(?=\s|$)|[，、；：。！？]+)")
 
 
 @dataclass
