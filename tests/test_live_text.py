@@ -397,3 +397,14 @@ def test_one_log_line_and_metrics_per_turn(server, http, caplog):
     assert [t["input_chars"] for t in turns] == [len("First turn."), len("Second turn.")]
     assert all(t["audio_s"] > 0 and t["ttfa_s"] is not None for t in turns)
     assert 'route="/v1/audio/speech/stream",status="200"' in http.get("/metrics").text
+
+
+def test_openapi_describes_the_socket_messages(http):
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    assert {"voice", "task_type", "stream_audio", "ref_audio", "x_vector_only_mode"} <= set(
+        schemas["LiveSessionConfig"]["properties"]
+    )
+    assert {"sentence_index", "sample_rate", "format"} <= set(schemas["LiveAudioStart"]["properties"])
+    assert {"total_bytes", "error"} <= set(schemas["LiveAudioDone"]["properties"])
+    assert {"total_sentences", "usage"} <= set(schemas["LiveSessionDone"]["properties"])
+    assert {"message", "code", "param", "retry_after"} <= set(schemas["LiveError"]["properties"])

@@ -180,10 +180,11 @@ STREAM_EVENTS = (SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
 
 
 def stream_event_schemas() -> dict[str, dict]:
-    """JSON schemas of the SSE events (and what they contain), for ``components.schemas``:
-    an event stream is no response_model, so FastAPI does not collect them itself."""
+    """JSON schemas of the SSE events and the WebSocket messages (and what they contain), for
+    ``components.schemas``: neither is a response_model, so FastAPI does not collect them."""
     _, top = models_json_schema(
-        [(event, "serialization") for event in STREAM_EVENTS], ref_template="#/components/schemas/{model}"
+        [(event, "serialization") for event in (*STREAM_EVENTS, *LIVE_MESSAGES)],
+        ref_template="#/components/schemas/{model}",
     )
     return top["$defs"]
 
@@ -283,6 +284,10 @@ class LiveError(BaseModel):
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None  # server_busy: seconds, as Retry-After on HTTP
+
+
+# What goes over /v1/audio/speech/stream besides binary audio, both ways.
+LIVE_MESSAGES = (LiveSessionConfig, LiveInputText, LiveAudioStart, LiveAudioDone, LiveSessionDone, LiveError)
 
 
 # ---------- liveness and readiness ----------
