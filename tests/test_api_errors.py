@@ -126,7 +126,8 @@ def test_openapi_describes_what_the_server_sends(http):
         return set(schemas[ref["$ref"].rsplit("/", 1)[1]]["properties"])
 
     assert fields(schema_of("/v1/models", "get", "200")) == {"object", "data"}
-    assert fields(schema_of("/v1/audio/voices", "get", "200")) == {"object", "data"}
+    assert fields(schema_of("/v1/audio/voices", "get", "200")) == {"object", "data", "voices"}
+    assert fields(schema_of("/v1/audio/models", "get", "200")) == {"object", "data", "models"}
     assert {"object", "id", "name", "type"} <= fields(schema_of("/v1/audio/voices", "post", "200"))
     assert fields(schema_of("/v1/audio/voices/{voice_id}", "delete", "200")) == {"object", "id", "deleted"}
     for status in ("400", "401", "429", "500", "503", "504"):

@@ -327,3 +327,23 @@ def test_prompt_cache_is_a_bounded_lru(server):
     assert (cache.hits, cache.misses) == (2, 3)
     cache.get_or_compute(tts, refs[1], None)
     assert (cache.hits, cache.misses) == (2, 4)
+
+
+def test_discovery_as_open_webui_reads_it(server, http):
+    """Open WebUI's own requests (backend/open_webui/routers/audio.py): GET {base}/audio/voices
+    and GET {base}/audio/models with no headers, read as {"voices": [{"id", "name"}]} and
+    {"models": [{"id"}]}; on any failure it falls back to six OpenAI voices."""
+    saved = upload(http, "discovered", wav_bytes(415.0))
+    assert saved.status_code == 200, saved.text
+    base = f"{server.url}/v1"
+    voices = httpx.get(f"{base}/audio/voices").json()
+    available = {voice["id"]: voice["name"] for voice in voices.get("voices", [])}
+    assert available[saved.json()["id"]] == "discovered"
+    assert available["Vivian"] == "Vivian" and available["alloy"] == "alloy (Vivian)"
+    assert [v["id"] for v in voices["voices"]] == [card["id"] for card in voices["data"]]  # the same voices
+    models = httpx.get(f"{base}/audio/models").json()
+    assert "qwen3-tts" in [model["id"] for model in models.get("models", [])]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [m["id"] for m in models["models"]]
+    # Every listed id speaks.
+    for voice_id in (saved.json()["id"], "Vivian", "alloy"):
+        assert speak(http, voice=voice_id)

@@ -1,4 +1,5 @@
-"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's list shape."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's list shape, and
+``GET /v1/audio/models`` (the same list, also as Open WebUI reads it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from ..engine.synthesis import Engine
 from .errors import APIError
-from .protocol import ModelCard, ModelList, error_responses
+from .protocol import AudioModelList, ModelCard, ModelId, ModelList, error_responses
 
 router = APIRouter()
 
@@ -24,6 +25,12 @@ def model_cards(engine: Engine) -> list[ModelCard]:
 @router.get("/v1/models", response_model=ModelList, responses=error_responses())
 async def list_models(request: Request) -> ModelList:
     return ModelList(data=model_cards(request.app.state.engine))
+
+
+@router.get("/v1/audio/models", response_model=AudioModelList, responses=error_responses())
+async def list_audio_models(request: Request) -> AudioModelList:
+    cards = model_cards(request.app.state.engine)
+    return AudioModelList(data=cards, models=[ModelId(id=card.id) for card in cards])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=error_responses(404))

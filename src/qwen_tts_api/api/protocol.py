@@ -91,6 +91,16 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class ModelId(BaseModel):
+    id: str
+
+
+class AudioModelList(ModelList):
+    """``GET /v1/audio/models``: OpenAI's list, and ``models`` as Open WebUI reads it."""
+
+    models: list[ModelId]
+
+
 # ---------- errors ----------
 
 
@@ -141,9 +151,18 @@ class VoiceCard(BaseModel):
     speaker: str | None = None  # aliases: the built-in speaker they stand for
 
 
+class VoiceEntry(BaseModel):
+    """A voice as Kokoro-FastAPI lists it, which Open WebUI and LiveKit's Kokoro plugin read."""
+
+    id: str  # what to send as ``voice``
+    name: str  # for a menu: the speaker an OpenAI name stands for is in it
+    type: Literal["audio_sample", "builtin", "alias"]
+
+
 class VoiceList(BaseModel):
     object: Literal["list"] = "list"
     data: list[VoiceCard]
+    voices: list[VoiceEntry]  # the same voices, in the Kokoro-FastAPI shape
 
 
 class VoiceDeleted(BaseModel):

@@ -21,7 +21,7 @@ from ..text.prepare import clean
 from ..voices.speakers import available_aliases
 from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
-from .protocol import VoiceCard, VoiceDeleted, VoiceList, error_responses
+from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses
 from .routing import require_model
 
 router = APIRouter()
@@ -161,7 +161,11 @@ async def list_voices(request: Request) -> VoiceList:
             VoiceCard(id=alias, name=alias, type="alias", speaker=speaker)
             for alias, speaker in available_aliases(customvoice.speakers).items()
         ]
-    return VoiceList(data=data)
+    entries = [
+        VoiceEntry(id=card.id, name=f"{card.name} ({card.speaker})" if card.speaker else card.name, type=card.type)
+        for card in data
+    ]
+    return VoiceList(data=data, voices=entries)
 
 
 def _not_found(voice_id: str) -> APIError:
