@@ -39,7 +39,7 @@ import httpx
 import torch
 
 from qwen_tts_api.cli import quiet_third_party_logs
-from qwen_tts_api.devtools import free_port
+from qwen_tts_api.devtools import free_port, wait_until_ready
 from qwen_tts_api.engine.demo_models import build_model
 
 TEXT = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
@@ -126,19 +126,8 @@ def server_process(model: Path, device: str, variant: str, attn: str, extra_env:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            try:
-                # /ready: loaded and warmed up, so the warm-up is not part of any measurement.
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.5)
+        # /ready: loaded and warmed up, so the warm-up is not part of any measurement.
+        wait_until_ready(proc, url, timeout=900)
         yield url
     finally:
         proc.terminate()

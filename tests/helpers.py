@@ -32,6 +32,8 @@ __all__ = [
     "error_of",
     "recorded_streams",
     "raw_speech_request",
+    "hub_cache",
+    "serving",
 ]
 
 
@@ -154,3 +156,44 @@ def capped_copy(model: Path, directory: Path, frames: int = 20) -> Path:
     config = json.loads((path / "generation_config.json").read_text())
     (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": frames}))
     return path
+
+
+# ---------- the Hugging Face cache and the server as its own process ----------
+
+
+def hub_cache(hf_home: Path, models: dict[str, Path]) -> None:
+    """Lay model directories out as the Hugging Face Hub's cache does (``models`` maps repo
+    ids to directories), so that ``huggingface_hub`` finds them offline."""
+    commit = "0" * 40
+    for repo_id, directory in models.items():
+        repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+        shutil.copytree(directory, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], *args: str, timeout: float = 300) -> Iterator[str]:
+    """``qwen-tts-api serve`` as its own process with ``env`` added; yields its URL once /ready."""
+    import os
+    import subprocess
+    import sys
+
+    from qwen_tts_api.devtools import free_port, wait_until_ready
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN_TTS_", "HF_")) and "MODEL_PATH" not in k}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen_tts_api.cli", "serve", *args],
+        env={**clean, "HOST": "127.0.0.1", "PORT": str(port), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(proc, url, timeout)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from helpers import decode_audio, hub_cache, serving
 
-from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_configured_models
+from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_model_dir
 from qwen_tts_api.engine.precision import resolve_dtype
 from qwen_tts_api.settings import Settings
 
@@ -34,7 +36,8 @@ def clean_env(monkeypatch):
 def test_specification_defaults(clean_env):
     s = Settings()
     assert (s.customvoice_model_path, s.base_model_path) == (None, None)
-    assert (s.device, s.dtype, s.attn, s.host, s.port) == ("cuda:0", "auto", "flash_attention_2", "0.0.0.0", 8000)
+    # Device "auto" is the specification's cuda:0 where torch sees CUDA (test_device_auto).
+    assert (s.device, s.dtype, s.attn, s.host, s.port) == ("auto", "auto", "flash_attention_2", "0.0.0.0", 8000)
     # "auto" is the specification's bfloat16 on its default device (see test_dtype_auto).
     assert s.audio_sample_dirs == [] and s.allow_private_urls is False
 
@@ -51,7 +54,7 @@ def test_every_specification_variable_is_read(clean_env, tmp_path):
     }.items():
         clean_env.setenv(name, value)
     s = Settings()
-    assert s.customvoice_model_path == tmp_path / "cv" and s.base_model_path == tmp_path / "b"
+    assert s.customvoice_model_path == str(tmp_path / "cv") and s.base_model_path == str(tmp_path / "b")
     assert (s.device, s.dtype, s.attn_implementation, s.host, s.port) == ("cpu", "float32", None, "127.0.0.1", 9001)
 
 
@@ -78,22 +81,21 @@ def test_bad_dtype_rejected(clean_env):
 
 
 def test_model_dir_checks(tmp_path, demo_models):
-    with pytest.raises(ModelDirectoryError, match="No model configured"):
-        check_configured_models({})
     with pytest.raises(ModelDirectoryError, match="not a directory"):
-        check_configured_models({"base": tmp_path / "missing"})
+        check_model_dir("base", tmp_path / "missing")
     with pytest.raises(ModelDirectoryError, match="no config.json"):
-        check_configured_models({"base": tmp_path})
+        check_model_dir("base", tmp_path)
     with pytest.raises(ModelDirectoryError, match="needs a 'custom_voice' model"):
-        check_configured_models({"customvoice": demo_models["base"]})
-    check_configured_models({"customvoice": demo_models["customvoice"], "base": demo_models["base"]})
+        check_model_dir("customvoice", demo_models["base"])
+    check_model_dir("customvoice", demo_models["customvoice"])
+    check_model_dir("base", demo_models["base"])
 
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in SPEC_VARS and not k.startswith("QWEN_TTS_")}
+    clean = {k: v for k, v in os.environ.items() if k not in SPEC_VARS and not k.startswith(("QWEN_TTS_", "HF_"))}
     return subprocess.run(
         [sys.executable, "main.py"],
-        env={**clean, **env},
+        env={**clean, "HF_HUB_OFFLINE": "1", **env},  # tests never reach the network
         capture_output=True,
         text=True,
         timeout=120,
@@ -101,10 +103,58 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_serve_refuses_without_models():
-    result = _serve({})
+def test_serve_offline_without_the_default_models_cached(tmp_path):
+    """With no model variable set, serve uses the Hub's 0.6B models; offline and not cached,
+    it exits 2 naming the variable and the id (never the network: HF_HUB_OFFLINE=1)."""
+    result = _serve({"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
-    assert "CUSTOMVOICE_MODEL_PATH" in result.stderr and "BASE_MODEL_PATH" in result.stderr
+    assert "CUSTOMVOICE_MODEL_PATH=Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice" in result.stderr
+    assert "not in the Hugging Face cache" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    result = _serve({"BASE_MODEL_PATH": "someone/no-such-model", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 2 and "BASE_MODEL_PATH=someone/no-such-model" in result.stderr
+
+
+def test_hub_ids_and_the_default_models_come_from_the_cache(tmp_path, demo_models):
+    """The Hub ids resolve through huggingface_hub's cache, offline: the defaults when no
+    model variable is set, named as their repos."""
+    hf_home = tmp_path / "hf"
+    hub_cache(
+        hf_home,
+        {
+            "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice": demo_models["customvoice"],
+            "Qwen/Qwen3-TTS-12Hz-0.6B-Base": demo_models["base"],
+        },
+    )
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "QWEN_TTS_DATA_DIR": str(tmp_path / "data")}
+    with serving(env) as url:
+        models = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        assert models == ["qwen3-tts", "Qwen3-TTS-12Hz-0.6B-CustomVoice", "Qwen3-TTS-12Hz-0.6B-Base"]
+        speech = httpx.post(
+            f"{url}/v1/audio/speech",
+            json={"model": "qwen3-tts", "input": "From the Hub cache.", "voice": "vivian", "response_format": "wav"},
+            timeout=120,
+        )
+        assert speech.status_code == 200 and decode_audio(speech.content).duration > 0.5
+
+
+def test_serve_demo_answers_speech(tmp_path):
+    with serving({"QWEN_TTS_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}, "--demo") as url:
+        speech = httpx.post(
+            f"{url}/v1/audio/speech",
+            json={"model": "qwen3-tts", "input": "Demo.", "voice": "alloy", "response_format": "wav"},
+            timeout=120,
+        )
+        assert speech.status_code == 200 and decode_audio(speech.content).rate == 24000
+    assert (tmp_path / "data/demo-models/customvoice/config.json").is_file()  # built once, kept
+
+
+def test_device_auto(clean_env):
+    import torch
+
+    from qwen_tts_api.engine.loading import resolve_device
+
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
 
 
 def test_serve_refuses_non_model_directory(tmp_path):

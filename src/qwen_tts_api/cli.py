@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .engine.model_dir import ModelDirectoryError, check_configured_models
+from .engine.model_dir import ModelDirectoryError
+from .engine.model_source import resolve_sources
 from .settings import Settings
 
 
@@ -24,16 +25,18 @@ def _fail(message: str) -> int:
     return 2
 
 
-def serve() -> int:
+def serve(demo: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party_logs()
     try:
         settings = Settings()
     except ValidationError as exc:
         return _fail(f"invalid environment: {exc}")
+    if demo:
+        settings = _with_demo_models(settings)
     try:
-        # Cheap file checks before the heavy imports: a wrong path fails in a second.
-        check_configured_models(settings.model_paths())
+        # Before the heavy imports: a wrong path fails in a second (a Hub id downloads here, once).
+        sources = resolve_sources(settings.model_paths())
     except ModelDirectoryError as exc:
         return _fail(str(exc))
 
@@ -45,7 +48,7 @@ def serve() -> int:
     from .engine.synthesis import Engine
 
     try:
-        engine = Engine(load_models(settings), EngineConfig.from_settings(settings))
+        engine = Engine(load_models(settings, sources), EngineConfig.from_settings(settings))
     except ModelLoadError as exc:
         return _fail(str(exc))
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests (streams included)
@@ -62,6 +65,24 @@ def serve() -> int:
     return 0
 
 
+def _with_demo_models(settings: Settings) -> Settings:
+    """``serve --demo``: the demo models, built once into the data directory, instead of any
+    configured model."""
+    from .engine.demo_models import build_demo_models
+
+    directory = settings.data_dir / "demo-models"
+    paths = {kind: directory / kind for kind in ("customvoice", "base")}
+    if not all((path / "config.json").is_file() for path in paths.values()):
+        logging.getLogger(__name__).info("building the demo models once, into %s", directory)
+        paths = build_demo_models(directory, seed=0)
+    logging.getLogger(__name__).info(
+        "serving the demo models from %s: random weights, they make noise, not speech", directory
+    )
+    return settings.model_copy(
+        update={"customvoice_model_path": str(paths["customvoice"]), "base_model_path": str(paths["base"])}
+    )
+
+
 def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_logs()
@@ -73,8 +94,8 @@ def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -
         print(f"{kind}: {path}")
     print(
         "\nRandom weights: they make noise, not speech. Try them with\n"
-        f"  CUSTOMVOICE_MODEL_PATH={paths['customvoice']} BASE_MODEL_PATH={paths['base']} \\\n"
-        "  QWEN_TTS_DEVICE=cpu QWEN_TTS_ATTN= qwen-tts-api serve"
+        f"  CUSTOMVOICE_MODEL_PATH={paths['customvoice']} BASE_MODEL_PATH={paths['base']} qwen-tts-api serve\n"
+        "(or simply `qwen-tts-api serve --demo`)"
     )
     return 0
 
@@ -82,7 +103,12 @@ def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qwen-tts-api", description="OpenAI-compatible TTS server for Qwen3-TTS")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the HTTP server (configured by environment variables; see README)")
+    serve_parser = sub.add_parser("serve", help="run the server (configured by environment variables; see README)")
+    serve_parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve random-weight demo models (built once into the data directory): no download, noise not speech",
+    )
     demo = sub.add_parser(
         "demo-models", help="write random-weight CustomVoice and Base models for trying, testing and benchmarking"
     )
@@ -105,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_frames is not None and args.max_frames < 1:
             parser.error("--max-frames must be at least 1")
         return demo_models(args.directory, args.seed, args.size, args.max_frames)
-    return serve()
+    return serve(demo=getattr(args, "demo", False))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -17,6 +19,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    """Until the server process at ``url`` answers /ready (loaded and warmed up); raises if it
+    exits first (with the end of its stderr, when piped) or takes longer than ``timeout``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            said = proc.stderr.read()[-2000:] if proc.stderr is not None else ""
+            raise RuntimeError(f"server exited during start-up ({proc.returncode}) {said}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server did not become ready within {timeout:g} s")
+        time.sleep(0.5)
 
 
 def cpu_settings(**overrides) -> Settings:

@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     # --- models (specification) ---
-    customvoice_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
-    base_model_path: Path | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
-    device: str = Field(default="cuda:0", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
+    # A model directory or a Hugging Face Hub repo id (engine/model_source.py).
+    customvoice_model_path: str | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
+    base_model_path: str | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
+    device: str = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
     )
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
-        return value
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("audio_sample_dirs", mode="before")
     @classmethod
@@ -126,7 +127,7 @@ class Settings(BaseSettings):
         """``None`` lets transformers pick its default attention (an empty QWEN_TTS_ATTN)."""
         return self.attn.strip() or None
 
-    def model_paths(self) -> dict[ModelKind, Path]:
-        """The configured models, keyed by kind (``customvoice``/``base``)."""
+    def model_paths(self) -> dict[ModelKind, str]:
+        """The configured models (directories or Hub ids), keyed by kind (``customvoice``/``base``)."""
         paths = {ModelKind.CUSTOMVOICE: self.customvoice_model_path, ModelKind.BASE: self.base_model_path}
         return {kind: path for kind, path in paths.items() if path is not None}

@@ -13,6 +13,7 @@ from typing import Any
 from ..constants import ModelKind, display_speaker_name
 from ..settings import Settings
 from ..text.control_tokens import control_tokens_of
+from .model_source import ModelSource, resolve_sources
 from .precision import codec_dtype_for, resolve_dtype
 from .quantize import quantize_int8
 
@@ -112,8 +113,22 @@ def _nvidia_driver_version() -> str | None:
     return found.group(1) if found else "of an unknown version"
 
 
-def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | None = None) -> LoadedModel:
-    """Load one model; ``dtype`` is the resolved ``QWEN_TTS_DTYPE`` (resolved here if not given)."""
+def resolve_device(device: str) -> str:
+    """``QWEN_TTS_DEVICE``: ``auto`` is the first CUDA device when torch can use one, else the CPU."""
+    if device.strip().lower() != "auto":
+        return device
+    import torch
+
+    chosen = "cuda:0" if torch.cuda.is_available() else "cpu"
+    log.info("QWEN_TTS_DEVICE=auto: %s%s", chosen, "" if chosen != "cpu" else " (torch sees no CUDA device)")
+    return chosen
+
+
+def load_model(
+    kind: ModelKind, path: Path, settings: Settings, dtype: str | None = None, name: str | None = None
+) -> LoadedModel:
+    """Load one model; ``dtype`` is the resolved ``QWEN_TTS_DTYPE`` (resolved here if not given),
+    ``name`` what /v1/models calls it (the directory's name if not given)."""
     import torch
     from qwen_tts import Qwen3TTSModel
 
@@ -142,7 +157,7 @@ def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | Non
     log.info("loaded %s model %s in %.1fs", kind, path.name, time.perf_counter() - started)
     return LoadedModel(
         kind=kind,
-        name=path.resolve().name,
+        name=name or path.resolve().name,
         path=path,
         tts=tts,
         speakers=speakers if kind == ModelKind.CUSTOMVOICE else [],
@@ -153,7 +168,11 @@ def load_model(kind: ModelKind, path: Path, settings: Settings, dtype: str | Non
     )
 
 
-def load_models(settings: Settings) -> dict[str, LoadedModel]:
+def load_models(settings: Settings, sources: dict[ModelKind, ModelSource] | None = None) -> dict[str, LoadedModel]:
+    """Every configured model (``sources``: already resolved, else resolved here)."""
+    settings = settings.model_copy(update={"device": resolve_device(settings.device)})
     _check_device(settings.device)
     dtype = resolve_dtype(settings.dtype, settings.device)
-    return {kind: load_model(kind, path, settings, dtype) for kind, path in settings.model_paths().items()}
+    if sources is None:
+        sources = resolve_sources(settings.model_paths())
+    return {kind: load_model(kind, source.path, settings, dtype, name=source.name) for kind, source in sources.items()}

@@ -22,27 +22,27 @@ def _has_weights(directory: Path) -> bool:
     return (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()
 
 
-def check_model_dir(kind: ModelKind, directory: Path) -> None:
-    """Raise ``ModelDirectoryError`` naming the variable and the missing piece."""
+def check_model_dir(kind: ModelKind, directory: Path, shown: str | None = None) -> None:
+    """Raise ``ModelDirectoryError`` naming the variable and the missing piece (``shown``: the
+    value as configured, when it is not the directory itself: a Hub id)."""
     env = MODEL_PATH_ENV[kind]
+    where = f"{env}={directory}" if shown is None else f"{env}={shown} (snapshot {directory})"
     if not directory.is_dir():
-        raise ModelDirectoryError(f"{env}={directory} is not a directory")
+        raise ModelDirectoryError(f"{where} is not a directory")
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise ModelDirectoryError(f"{env}={directory} has no config.json: not a model directory")
+        raise ModelDirectoryError(f"{where} has no config.json: not a model directory")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{env}={directory}: config.json is unreadable ({exc})") from exc
+        raise ModelDirectoryError(f"{where}: config.json is unreadable ({exc})") from exc
     if config.get("model_type") != "qwen3_tts":
         raise ModelDirectoryError(
-            f"{env}={directory} is not a Qwen3-TTS model (config.json model_type={config.get('model_type')!r})"
+            f"{where} is not a Qwen3-TTS model (config.json model_type={config.get('model_type')!r})"
         )
     model_type = config.get("tts_model_type")
     if model_type != EXPECTED_TYPES[kind]:
-        raise ModelDirectoryError(
-            f"{env}={directory} holds a {model_type!r} model; {env} needs a {EXPECTED_TYPES[kind]!r} model"
-        )
+        raise ModelDirectoryError(f"{where} holds a {model_type!r} model; {env} needs a {EXPECTED_TYPES[kind]!r} model")
     missing = [
         name
         for name, present in (
@@ -57,15 +57,4 @@ def check_model_dir(kind: ModelKind, directory: Path) -> None:
         if not present
     ]
     if missing:
-        raise ModelDirectoryError(f"{env}={directory} is incomplete: missing {', '.join(missing)}")
-
-
-def check_configured_models(paths: dict[str, Path]) -> None:
-    if not paths:
-        raise ModelDirectoryError(
-            "No model configured: set CUSTOMVOICE_MODEL_PATH (built-in speakers) and/or "
-            "BASE_MODEL_PATH (voice cloning) to a Qwen3-TTS model directory. "
-            "Without weights, try `qwen-tts-api demo-models ./demo-models` first."
-        )
-    for kind, directory in paths.items():
-        check_model_dir(kind, directory)
+        raise ModelDirectoryError(f"{where} is incomplete: missing {', '.join(missing)}")
