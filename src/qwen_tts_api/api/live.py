@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from ..audio.render import Renderer
 from ..engine.admission import EngineBusy, SynthesisTimeout
 from ..engine.errors import EngineUnavailable, GenerationError
+from ..engine.jobs import SamplingChoice
 from ..engine.live import LiveText
 from ..engine.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
@@ -235,6 +236,7 @@ class LiveSession:
             live=live,
             max_frames=config.max_new_tokens,
             first_chunk_frames=config.initial_codec_chunk_frames or None,
+            sampling=SamplingChoice(**config.sampling_choice()),
         )
         try:
             turn.stream = self.engine.start_live(voice.kind, job)

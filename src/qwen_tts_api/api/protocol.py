@@ -47,7 +47,23 @@ class VoiceRef(BaseModel):
     id: str = Field(min_length=1)
 
 
-class SpeechRequest(BaseModel):
+SEED_MAX = 2**63 - 1
+
+
+class SamplingFields(BaseModel):
+    """Qwen extras: how tokens are chosen. Unset: the model's generation config."""
+
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)  # 0: greedy; above 0: sampling
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1, le=4096)
+    repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0)
+
+    def sampling_choice(self) -> dict:
+        return self.model_dump(include={"seed", "temperature", "top_p", "top_k", "repetition_penalty"})
+
+
+class SpeechRequest(SamplingFields):
     # Unknown fields are ignored, as OpenAI clients send extras over time.
     model_config = ConfigDict(extra="ignore")
 
@@ -216,7 +232,7 @@ LIVE_SAMPLE_RATE = 24000
 MAX_LIVE_FIRST_CHUNK = 96
 
 
-class LiveSessionConfig(BaseModel):
+class LiveSessionConfig(SamplingFields):
     """``session.config``: sticky for the socket until the next one. Unknown fields are an
     error (the event names them), unlike HTTP: a misspelt field here would go unnoticed
     for the whole session."""

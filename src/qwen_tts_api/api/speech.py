@@ -14,7 +14,7 @@ from ..audio.render import Renderer
 from ..audio.source import read_audio_sample
 from ..constants import ModelKind
 from ..engine.admission import SynthesisTimeout
-from ..engine.jobs import ReferenceAudio, SpeechJob
+from ..engine.jobs import ReferenceAudio, SamplingChoice, SpeechJob
 from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine
 from ..settings import Settings
@@ -197,7 +197,8 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
         audio_sample_text=body.audio_sample_text,
     )
     voice = await plan_voice(ask, engine, settings, store)
-    return SpeechPlan(voice.kind, voice.job(_speakable(voice.model, body)), voice.voice_kind, voice.headers)
+    job = voice.job(_speakable(voice.model, body), sampling=SamplingChoice(**body.sampling_choice()))
+    return SpeechPlan(voice.kind, job, voice.voice_kind, voice.headers)
 
 
 @router.post(

@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicCache
 from .errors import GenerationError
 from .lean import DecoderStack, FrameCache, SlotCache
 from .prompt import TalkerPrompt
-from .sampling import SamplingParams, TalkerLogits
+from .sampling import RowSampling, SamplingParams, TalkerLogits, choose_rows
 
 NON_FINITE = "the model produced non-finite logits (NaN or infinity); this request was stopped"
 
@@ -36,6 +36,7 @@ class BatchRow:
     position: int  # next talker position of this row (its own, padding excluded)
     token: torch.Tensor  # first-codebook token of the frame to make next
     hidden: torch.Tensor  # (1, 1, D) talker state that produced it
+    sampling: RowSampling  # the request's own parameters and generator
     history: list[int] = field(default_factory=list)
     frames_made: int = 0
     error: GenerationError | None = None  # set when the row failed; it leaves at the next step
@@ -55,15 +56,25 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, prompt: TalkerPrompt, max_frames: int, should_stop: Callable[[], bool] | None = None) -> BatchRow:
-        return self.add_many([(prompt, max_frames, should_stop)])[0]
+    def add(
+        self,
+        prompt: TalkerPrompt,
+        max_frames: int,
+        should_stop: Callable[[], bool] | None = None,
+        sampling: RowSampling | None = None,
+    ) -> BatchRow:
+        return self.add_many([(prompt, max_frames, should_stop, sampling)])[0]
 
     @torch.inference_mode()
-    def add_many(self, entries: list[tuple[TalkerPrompt, int, Callable[[], bool] | None]]) -> list[BatchRow]:
+    def add_many(self, entries: list[tuple]) -> list[BatchRow]:
         """Prefill several joining prompts in one forward pass of the package's modules
         (left-padded to the longest, each with its own positions and a mask over the
-        padding), then copy each row's real positions into its slot."""
-        prompts = [prompt for prompt, _, _ in entries]
+        padding), then copy each row's real positions into its slot. Each entry is
+        ``(prompt, max_frames, should_stop[, sampling])``; without ``sampling`` a row samples
+        with the batch's parameters and torch's own generator."""
+        entries = [(*entry, None)[:4] for entry in entries]
+        prompts = [prompt for prompt, _, _, _ in entries]
+        samplings = [sampling or RowSampling(self.params) for _, _, _, sampling in entries]
         lengths = [p.prefill.shape[1] for p in prompts]
         longest = max(lengths)
         device = self.talker.device
@@ -82,7 +93,7 @@ class FrameBatch:
                 position_ids=positions.unsqueeze(0).expand(3, -1, -1),
             )
         hidden = out.last_hidden_state[:, -1:]
-        tokens, finite = self._choose(hidden[:, -1], [[] for _ in prompts], [0] * len(prompts))
+        tokens, finite = self._choose(hidden[:, -1], [[] for _ in prompts], [0] * len(prompts), samplings)
         first_slot = len(self.rows)
         self.cache.reserve(first_slot + len(prompts), max([longest + 1, *(r.position + 1 for r in self.rows)]))
         for i, length in enumerate(lengths):
@@ -99,8 +110,9 @@ class FrameBatch:
                 position=length,
                 token=tokens[i],
                 hidden=hidden[i : i + 1],
+                sampling=samplings[i],
             )
-            for i, ((prompt, max_frames, should_stop), length) in enumerate(zip(entries, lengths))
+            for i, ((prompt, max_frames, should_stop, _), length) in enumerate(zip(entries, lengths))
         ]
         _mark_failed(rows, finite)
         self.rows.extend(rows)
@@ -122,7 +134,7 @@ class FrameBatch:
             row.history.append(int(row.token))
         hidden = torch.cat([r.hidden for r in stepping], dim=0)
         tokens = torch.stack([r.token for r in stepping])
-        codes, embeds, finite = self.codebooks.fill(hidden, tokens)
+        codes, embeds, finite = self.codebooks.fill(hidden, tokens, [r.sampling for r in stepping])
         _mark_failed(stepping, finite)
         made = []
         for i, row in enumerate(stepping):
@@ -167,16 +179,19 @@ class FrameBatch:
         hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
         if len(stepping) < len(rows):
             hidden = hidden[[rows.index(r) for r in stepping]]
-        tokens, finite = self._choose(hidden[:, -1], [r.history for r in stepping], [r.frames_made for r in stepping])
+        histories, frames = [r.history for r in stepping], [r.frames_made for r in stepping]
+        tokens, finite = self._choose(hidden[:, -1], histories, frames, [r.sampling for r in stepping])
         for i, row in enumerate(stepping):
             row.position += 1
             row.hidden = hidden[i : i + 1]
             row.token = tokens[i]
         _mark_failed(stepping, finite)
 
-    def _choose(self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int]):
+    def _choose(
+        self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int], samplings: list[RowSampling]
+    ):
         """hidden (B, D) -> (next first-codebook token per row, whether each row's logits were
-        finite); the rules depend on each row's history."""
+        finite); the rules depend on each row's history, the choice on its own sampling."""
         logits = self.talker.codec_head(hidden)
         finite = _finite_rows(logits)
         scores = [
@@ -184,11 +199,12 @@ class FrameBatch:
                 logits[i : i + 1],
                 torch.tensor([history], dtype=torch.long, device=logits.device).view(1, -1),
                 frame,
-                self.params.repetition_penalty,
+                sampling.params.repetition_penalty,
             )
-            for i, (history, frame) in enumerate(zip(histories, frames))
+            for i, (history, frame, sampling) in enumerate(zip(histories, frames, samplings))
         ]
-        return self.params.talker.choose(torch.cat(scores, dim=0)), finite
+        samplers = [sampling.params.talker for sampling in samplings]
+        return choose_rows(torch.cat(scores, dim=0), samplers, [s.generator for s in samplings]), finite
 
     @torch.inference_mode()  # the caches are inference tensors: changed only in this mode
     def remove(self, row: BatchRow) -> None:
@@ -266,10 +282,15 @@ class CodebookFiller:
         self.cache = FrameCache(self.stack, positions=self.groups + 2)
 
     @torch.inference_mode()
-    def fill(self, hidden: torch.Tensor, first: torch.Tensor):
+    def fill(self, hidden: torch.Tensor, first: torch.Tensor, samplings: list[RowSampling] | None = None):
         """``hidden`` (B, 1, D) is the talker's last hidden state, ``first`` (B,) the
-        first-codebook tokens. Returns codes (B, 16), their input embeddings (B, 16, D) and
-        whether each row's logits stayed finite (B,)."""
+        first-codebook tokens, ``samplings`` each row's (default: this filler's sampler).
+        Returns codes (B, 16), their input embeddings (B, 16, D) and whether each row's
+        logits stayed finite (B,)."""
+        if samplings is None:
+            samplers, generators = [self.sampler] * first.shape[0], [None] * first.shape[0]
+        else:
+            samplers, generators = [s.params.predictor for s in samplings], [s.generator for s in samplings]
         rows = first.shape[0]
         first_embed = self.first_embedding(first.view(-1, 1))
         embeds = [first_embed]
@@ -284,7 +305,7 @@ class CodebookFiller:
             self.cache.start = end
             logits = self.heads[group](out[:, -1]).float()
             all_finite &= _finite_rows(logits)
-            code = self.sampler.choose(logits)
+            code = choose_rows(logits, samplers, generators)
             codes.append(code)
             step_input = self.embeddings[group](code.view(-1, 1))
             embeds.append(step_input)

@@ -22,6 +22,17 @@ class ReferenceAudio:
 
 
 @dataclass(frozen=True)
+class SamplingChoice:
+    """A request's own sampling settings (None: the model's generation config)."""
+
+    seed: int | None = None  # its own random generator: the same seed, the same audio
+    temperature: float | None = None  # 0: greedy
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True)
 class SpeechJob:
     text: PreparedText  # cleaned and cut into segments, each with its frame budget
     language: str  # as the model names it, e.g. "English" or "Auto"
@@ -32,6 +43,7 @@ class SpeechJob:
     live: LiveText | None = None  # text still arriving (a voice agent's turn); ``text`` is then empty
     max_frames: int | None = None  # a cap on each segment's frames below the model's own
     first_chunk_frames: int | None = None  # frames of the first audio chunk (else the engine's setting)
+    sampling: SamplingChoice = SamplingChoice()
 
 
 @dataclass(frozen=True)

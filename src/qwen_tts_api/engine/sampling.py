@@ -35,8 +35,8 @@ class TokenSampler:
     top_p: float
     temperature: float
 
-    def choose(self, scores: torch.Tensor) -> torch.Tensor:
-        """scores (B, V) -> token ids (B,)."""
+    def choose(self, scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """scores (B, V) -> token ids (B,); draws come from ``generator`` (else torch's own)."""
         if not self.do_sample:
             return scores.argmax(dim=-1)
         if self.temperature != 1.0:
@@ -44,11 +44,23 @@ class TokenSampler:
         if self.top_k and self.top_k < scores.shape[-1]:
             # Only the k best can be drawn: work on those (sorted, best first) alone.
             best, ids = torch.topk(scores, self.top_k, dim=-1)
-            return ids.gather(-1, draw(_nucleus(best, self.top_p).softmax(dim=-1)).unsqueeze(-1)).squeeze(-1)
+            picked = draw(_nucleus(best, self.top_p).softmax(dim=-1), generator)
+            return ids.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
         if self.top_p < 1.0:
             ordered, order = torch.sort(scores, descending=True, dim=-1)
-            return order.gather(-1, draw(_nucleus(ordered, self.top_p).softmax(dim=-1)).unsqueeze(-1)).squeeze(-1)
-        return draw(scores.softmax(dim=-1))
+            picked = draw(_nucleus(ordered, self.top_p).softmax(dim=-1), generator)
+            return order.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+        return draw(scores.softmax(dim=-1), generator)
+
+
+def choose_rows(
+    scores: torch.Tensor, samplers: list[TokenSampler], generators: list[torch.Generator | None]
+) -> torch.Tensor:
+    """Each row of scores (B, V) with its own sampler and generator: one call for them all
+    when they share a sampler and none has a generator of its own (the usual case)."""
+    if all(s == samplers[0] for s in samplers) and all(g is None for g in generators):
+        return samplers[0].choose(scores)
+    return torch.cat([s.choose(scores[i : i + 1], g) for i, (s, g) in enumerate(zip(samplers, generators))])
 
 
 def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -61,13 +73,14 @@ def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
     return ordered.masked_fill(before >= top_p, float("-inf"))
 
 
-def draw(probs: torch.Tensor) -> torch.Tensor:
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from probs (B, V), by inverting the cumulative distribution
     (``torch.multinomial`` costs ten times as much per call on a CPU). A token of
     probability zero is never drawn: the search finds the first cumulative sum above the
     uniform draw, and a draw that rounds past the total falls back to the likeliest token."""
     cumulative = probs.cumsum(dim=-1)
-    uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype) * cumulative[:, -1:]
+    uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype, generator=generator)
+    uniform = uniform * cumulative[:, -1:]
     tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=probs.shape[-1] - 1)
     possible = probs.gather(-1, tokens) > 0
     return torch.where(possible, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
@@ -94,6 +107,47 @@ class SamplingParams:
             ),
             repetition_penalty=float(values["repetition_penalty"]),
         )
+
+    def overridden(
+        self,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+    ) -> SamplingParams:
+        """A request's own settings over the model's: ``temperature`` 0 is greedy, a positive
+        one samples (even where the model's configuration is greedy). They apply to the talker
+        and the code predictor alike; the repetition penalty is the talker's."""
+        if temperature is None and top_p is None and top_k is None and repetition_penalty is None:
+            return self
+
+        def apply(sampler: TokenSampler) -> TokenSampler:
+            return TokenSampler(
+                do_sample=sampler.do_sample if temperature is None else temperature > 0,
+                top_k=sampler.top_k if top_k is None else top_k,
+                top_p=sampler.top_p if top_p is None else top_p,
+                temperature=sampler.temperature if not temperature else temperature,
+            )
+
+        penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
+        return SamplingParams(apply(self.talker), apply(self.predictor), penalty)
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """How one request chooses its tokens: its parameters, and its own random generator when
+    it asked for a seed (its draws then never depend on what else is in the batch)."""
+
+    params: SamplingParams
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def seeded(cls, params: SamplingParams, seed: int | None, device) -> RowSampling:
+        if seed is None:
+            return cls(params)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        return cls(params, generator)
 
 
 class TalkerLogits:

@@ -38,7 +38,7 @@ from .joining import SegmentJoiner
 from .live import PartTokens
 from .loading import LoadedModel
 from .prompt import build_live_prompt, build_prompt, live_start_tokens, text_embeddings
-from .sampling import SamplingParams
+from .sampling import RowSampling, SamplingParams
 from .stream import END, PartEnded, PartStarted, SynthesisStream
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ class _Request:
         self.decoder_context: DecoderContext | None = None  # in-context cloning: the reference, decoded once
         self.row: BatchRow | None = None
         self.began: float | None = None
+        self._sampling: RowSampling | None = None
+
+    def sampling(self, batch: FrameBatch) -> RowSampling:
+        """The request's sampling, made once: its generator runs on across its segments."""
+        if self._sampling is None:
+            choice = self.job.sampling
+            params = batch.params.overridden(choice.temperature, choice.top_p, choice.top_k, choice.repetition_penalty)
+            self._sampling = RowSampling.seeded(params, choice.seed, batch.talker.device)
+        return self._sampling
 
     def emit_audio(self, audio) -> None:
         if audio is not None and audio.size:
@@ -431,7 +440,7 @@ class Scheduler:
             max_chunk=cfg.max_chunk_frames,
             context=request.decoder_context,
         )
-        return prompt, segment.max_frames, request.stream.should_stop
+        return prompt, segment.max_frames, request.stream.should_stop, request.sampling(self.batches[request.kind])
 
     def _part_entry(self, request: _LiveRequest):
         """The prompt of a live turn's current part from the ids final so far (more follow)."""
@@ -457,7 +466,8 @@ class Scheduler:
             context=request.decoder_context,
         )
         request.stream.emit(PartStarted(request.index, part.text))
-        return prompt, frame_budget(part.text, request.frame_limit), request.stream.should_stop
+        budget = frame_budget(part.text, request.frame_limit)
+        return prompt, budget, request.stream.should_stop, request.sampling(self.batches[request.kind])
 
     def _end_part(self, request: _LiveRequest, row: BatchRow) -> None:
         """A live part's generation ended: its last audio, then the next part or the end."""
