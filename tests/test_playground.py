@@ -94,6 +94,51 @@ def test_pcm_synthesis_streams_and_plays(page, http):
     assert state["firstAudioMs"] is not None and state["seconds"] > 0.5
     assert state["audioContext"] == "running"  # the chunks were played through Web Audio
     assert page.eval_on_selector("#player", "el => el.src.startsWith('blob:')")
+    # What it measured: time to first audio and real-time factor, on the page and in its history.
+    assert state["totalMs"] >= state["firstAudioMs"] > 0
+    assert abs(state["rtf"] - state["totalMs"] / 1000 / state["seconds"]) < 1e-6
+    figures = page.inner_text("#figures")
+    assert f"First audio {state['firstAudioMs']:.0f} ms" in figures
+    assert f"real-time factor {state['rtf']:.2f}" in figures
+    assert state["history"][0]["format"] == "pcm" and page.locator("#history tbody tr").count() >= 1
+    # The waveform holds every sample, drawn.
+    assert state["waveformSamples"] == len(expected) // 2
+    assert inked_pixels(page) > 100
+    # The download is the audio: pcm saved as a wav file around the same samples.
+    assert state["download"]["name"] == "speech.wav" and page.is_visible("#download")
+    saved = download_bytes(page)
+    assert saved[:4] == b"RIFF" and len(saved) == 44 + len(expected)
+    assert page.problems == []
+
+
+def inked_pixels(page) -> int:
+    return page.evaluate(
+        """() => { const c = document.getElementById('waveform');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+
+
+def download_bytes(page) -> bytes:
+    values = page.evaluate(
+        """async () => { const r = await fetch(document.getElementById('download').href);
+                         return Array.from(new Uint8Array(await r.arrayBuffer())); }"""
+    )
+    return bytes(values)
+
+
+def test_the_waveform_grows_while_the_audio_streams_in(page):
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    page.fill("#input", "A longer text, so that the audio keeps arriving for a while. " * 6)
+    page.select_option("#voice", "alloy")
+    page.select_option("#format", "pcm")
+    page.click("#speak")
+    page.wait_for_function(
+        "window.playground.status === 'streaming' && window.playground.waveformSamples > 0", polling=20, timeout=120_000
+    )
+    while_streaming = page.evaluate("window.playground.waveformSamples")
+    page.wait_for_function("window.playground.status === 'done'", timeout=120_000)
+    assert page.evaluate("window.playground.waveformSamples") > while_streaming
     assert page.problems == []
 
 
@@ -102,6 +147,9 @@ def test_mp3_synthesis_plays_in_the_audio_element(page):
     assert state["status"] == "done", state
     assert state["bytes"] > 1000 and state["seconds"] > 0.5
     page.wait_for_function("window.playground.playing", timeout=30_000)  # the element really plays it
+    assert state["download"]["name"] == "speech.mp3" and len(download_bytes(page)) == state["bytes"]
+    assert state["waveformSamples"] > 0.5 * SR and inked_pixels(page) > 100  # drawn once decoded
+    assert state["rtf"] > 0
     assert page.problems == []
 
 
