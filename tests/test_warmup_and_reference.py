@@ -24,7 +24,7 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
     add_many = FrameBatch.add_many
 
     def recording_add_many(self, entries):
-        prefills.append([prompt.ref_codes is not None for prompt, _, _ in entries])
+        prefills.append([prompt.ref_codes is not None for prompt, *_ in entries])
         return add_many(self, entries)
 
     transcripts: list[str | None] = []

@@ -35,8 +35,8 @@ class TokenSampler:
     top_p: float
     temperature: float
 
-    def choose(self, scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """scores (B, V) -> token ids (B,); draws come from ``generator`` (else torch's own)."""
+    def choose(self, scores: torch.Tensor, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+        """scores (B, V) -> token ids (B,); row i draws from ``generators[i]`` (None: torch's own)."""
         if not self.do_sample:
             return scores.argmax(dim=-1)
         if self.temperature != 1.0:
@@ -44,23 +44,23 @@ class TokenSampler:
         if self.top_k and self.top_k < scores.shape[-1]:
             # Only the k best can be drawn: work on those (sorted, best first) alone.
             best, ids = torch.topk(scores, self.top_k, dim=-1)
-            picked = draw(_nucleus(best, self.top_p).softmax(dim=-1), generator)
+            picked = draw(_nucleus(best, self.top_p).softmax(dim=-1), generators)
             return ids.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
         if self.top_p < 1.0:
             ordered, order = torch.sort(scores, descending=True, dim=-1)
-            picked = draw(_nucleus(ordered, self.top_p).softmax(dim=-1), generator)
+            picked = draw(_nucleus(ordered, self.top_p).softmax(dim=-1), generators)
             return order.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
-        return draw(scores.softmax(dim=-1), generator)
+        return draw(scores.softmax(dim=-1), generators)
 
 
 def choose_rows(
     scores: torch.Tensor, samplers: list[TokenSampler], generators: list[torch.Generator | None]
 ) -> torch.Tensor:
     """Each row of scores (B, V) with its own sampler and generator: one call for them all
-    when they share a sampler and none has a generator of its own (the usual case)."""
-    if all(s == samplers[0] for s in samplers) and all(g is None for g in generators):
-        return samplers[0].choose(scores)
-    return torch.cat([s.choose(scores[i : i + 1], g) for i, (s, g) in enumerate(zip(samplers, generators))])
+    when they share a sampler (the usual case: only the uniform draws are per row)."""
+    if all(s == samplers[0] for s in samplers):
+        return samplers[0].choose(scores, generators)
+    return torch.cat([s.choose(scores[i : i + 1], [g]) for i, (s, g) in enumerate(zip(samplers, generators))])
 
 
 def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -73,17 +73,24 @@ def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
     return ordered.masked_fill(before >= top_p, float("-inf"))
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
     """One token per row from probs (B, V), by inverting the cumulative distribution
     (``torch.multinomial`` costs ten times as much per call on a CPU). A token of
     probability zero is never drawn: the search finds the first cumulative sum above the
     uniform draw, and a draw that rounds past the total falls back to the likeliest token."""
     cumulative = probs.cumsum(dim=-1)
-    uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype, generator=generator)
-    uniform = uniform * cumulative[:, -1:]
+    uniform = _uniform(probs.shape[0], generators, cumulative) * cumulative[:, -1:]
     tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=probs.shape[-1] - 1)
     possible = probs.gather(-1, tokens) > 0
     return torch.where(possible, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _uniform(rows: int, generators: list[torch.Generator | None] | None, like: torch.Tensor) -> torch.Tensor:
+    """(rows, 1) uniform draws: one call from torch's generator, or one per row from each
+    row's own (a seeded request's draws never depend on its neighbours)."""
+    if generators is None or all(g is None for g in generators):
+        return torch.rand(rows, 1, device=like.device, dtype=like.dtype)
+    return torch.cat([torch.rand(1, 1, device=like.device, dtype=like.dtype, generator=g) for g in generators])
 
 
 @dataclass(frozen=True)
