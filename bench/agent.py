@@ -39,6 +39,7 @@ from latency import (  # noqa: E402 (sibling script)
     add_model_arguments,
     build,
     cpu_model,
+    save_json,
     server_process,
 )
 
@@ -214,9 +215,7 @@ def main() -> int:
     print(f"\nwebsocket first audio / clause request alone: {first_ratio:.2f}x (target <= 1.2)")
     print(f"websocket last audio / sentence-by-sentence http: {last_ratio:.2f}x (target <= 0.8)")
     if args.json:
-        args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary}, indent=2)
-        )
+        save_json(args, summary=summary)
     return 0
 
 

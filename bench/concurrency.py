@@ -16,7 +16,6 @@ serial: time until each request's audio is complete, counting its wait in the qu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from latency import (  # noqa: E402 (sibling script)
     cpu_model,
     load_official,
     run_server,
+    save_json,
     server_process,
 )
 
@@ -96,7 +96,7 @@ def main() -> int:
         )
         out.append({"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]})
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": out}, indent=2))
+        save_json(args, rows=out)
     return 0
 
 

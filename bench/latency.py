@@ -177,6 +177,11 @@ def run_server(url: str, stream: bool, text: str = TEXT) -> dict:
     return {"ttfa": first or total, "total": total, "audio": received / 2 / SAMPLE_RATE}
 
 
+def save_json(args: argparse.Namespace, **results) -> None:
+    """The run's arguments and results, to ``--json`` (every benchmark's format)."""
+    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
+
+
 def cpu_model() -> str:
     """The processor's model name (what a figure must be recorded with)."""
     try:
@@ -252,7 +257,7 @@ def main() -> int:
             f"{row['ttfa_s'] / base['total_s']:>15.3f}{row['total_s'] / base['total_s']:>16.3f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        save_json(args, rows=rows)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import threading
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
-from latency import ATTN, add_model_arguments, build, cpu_model, run_server, server_process  # noqa: E402 (sibling script)
+from latency import ATTN, add_model_arguments, build, cpu_model, run_server, save_json, server_process  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families
 
 # Different lengths: frame budgets of about 30 to 80 frames (capped by --frames).
@@ -179,9 +178,7 @@ def main() -> int:
         f"requests {sum(s['requests'] for s in samples)}, failures {sum(s['failures'] for s in samples)}"
     )
     if args.json:
-        args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "samples": samples}, indent=2)
-        )
+        save_json(args, samples=samples)
     return 0
 
 

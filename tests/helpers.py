@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import openai
+import soundfile as sf
 
 from qwen_tts_api.constants import SAMPLE_RATE as SR
 from qwen_tts_api.devtools import BackgroundServer, cpu_settings
@@ -34,6 +35,8 @@ __all__ = [
     "raw_speech_request",
     "hub_cache",
     "serving",
+    "tone_wav",
+    "batch_sizes",
 ]
 
 
@@ -197,3 +200,27 @@ def serving(env: dict[str, str], *args: str, timeout: float = 300) -> Iterator[s
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def tone_wav(seconds: float, freq: float) -> bytes:
+    """A tone as the bytes of a wav file (reference audio to upload)."""
+    buf = io.BytesIO()
+    sf.write(buf, tone(seconds, freq), SR, format="WAV")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def batch_sizes(engine) -> Iterator[list[int]]:
+    """The rows of every step the engine makes meanwhile (its metrics hook goes on as before)."""
+    sizes: list[int] = []
+    hook = engine.scheduler.on_step
+
+    def spy(kind, rows, seconds, cache):
+        sizes.append(rows)
+        hook(kind, rows, seconds, cache)
+
+    engine.scheduler.on_step = spy
+    try:
+        yield sizes
+    finally:
+        engine.scheduler.on_step = hook

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import soundfile as sf
-from helpers import SR, LiveServer, cpu_settings, error_of, tone
+from helpers import SR, LiveServer, cpu_settings, error_of, tone, tone_wav
 
 LONG = "This request is long enough to stay in the batch for a good while. " * 3
 SHORT = "A short one."
@@ -194,12 +194,10 @@ def test_a_scheduler_that_cannot_go_on_says_so(demo_models):
         started = time.monotonic()
         r = http.post("/v1/audio/speech", json=speech(SHORT))
         assert r.status_code == 503 and error_of(r)["code"] == "engine_unavailable"
-        wav = io.BytesIO()
-        sf.write(wav, tone(1.5, 200.0), SR, format="WAV")
         r = http.post(
             "/v1/audio/voices",
             data={"name": "after-the-fall"},
-            files={"audio_sample": ("ref.wav", wav.getvalue(), "audio/wav")},
+            files={"audio_sample": ("ref.wav", tone_wav(1.5, 200.0), "audio/wav")},
         )
         assert r.status_code == 503 and error_of(r)["code"] == "engine_unavailable"
         assert time.monotonic() - started < 10

@@ -37,6 +37,12 @@ def package_codes(tts, call) -> tuple[torch.Tensor, np.ndarray]:
     return captured[0], wavs[0]
 
 
+def package_custom_voice_codes(tts, text: str, **kwargs) -> torch.Tensor:
+    """The package's codes for ``generate_custom_voice`` (our frame count)."""
+    codes, _ = package_codes(tts, lambda: tts.generate_custom_voice(text, max_new_tokens=FRAMES + 1, **kwargs))
+    return codes
+
+
 def our_codes(tts, frames=FRAMES, **prompt_args) -> torch.Tensor:
     prompt = build_prompt(tts, **prompt_args)
     params = SamplingParams.from_generate_config(tts.generate_defaults)
@@ -65,10 +71,7 @@ def customvoice_1_7b(tmp_path_factory):
 )
 def test_custom_voice_codes_equal(customvoice, speaker, language):
     text = "Hello there, how are you today?"
-    expected, _ = package_codes(
-        customvoice,
-        lambda: customvoice.generate_custom_voice(text, speaker=speaker, language=language, max_new_tokens=FRAMES + 1),
-    )
+    expected = package_custom_voice_codes(customvoice, text, speaker=speaker, language=language)
     ours = our_codes(customvoice, text=text, language=language, speaker=speaker)
     assert expected.shape == (FRAMES, 16)
     assert torch.equal(ours, expected)
@@ -76,11 +79,8 @@ def test_custom_voice_codes_equal(customvoice, speaker, language):
 
 def test_custom_voice_with_instructions_codes_equal(customvoice_1_7b):
     text, instructions = "Hello there.", "Speak slowly and warmly."
-    expected, _ = package_codes(
-        customvoice_1_7b,
-        lambda: customvoice_1_7b.generate_custom_voice(
-            text, speaker="Ryan", language="English", instruct=instructions, max_new_tokens=FRAMES + 1
-        ),
+    expected = package_custom_voice_codes(
+        customvoice_1_7b, text, speaker="Ryan", language="English", instruct=instructions
     )
     ours = our_codes(customvoice_1_7b, text=text, language="English", speaker="Ryan", instructions=instructions)
     plain = our_codes(customvoice_1_7b, text=text, language="English", speaker="Ryan")
@@ -123,11 +123,8 @@ def test_custom_voice_text_read_per_frame_codes_equal(customvoice):
     how a voice agent's live text is read) gives the package's codes, and differs from reading
     it all first (what HTTP requests with complete text do)."""
     text = "Hello there, how are you today?"
-    expected, _ = package_codes(
-        customvoice,
-        lambda: customvoice.generate_custom_voice(
-            text, speaker="Vivian", language="English", non_streaming_mode=False, max_new_tokens=FRAMES + 1
-        ),
+    expected = package_custom_voice_codes(
+        customvoice, text, speaker="Vivian", language="English", non_streaming_mode=False
     )
     ours = our_codes(customvoice, text=text, language="English", speaker="Vivian", streaming_text=True)
     whole = our_codes(customvoice, text=text, language="English", speaker="Vivian")

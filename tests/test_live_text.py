@@ -4,7 +4,6 @@ servers with a real WebSocket client (``websockets``)."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
-from helpers import SR, LiveServer, cpu_settings, decode_audio, tone
+from helpers import SR, LiveServer, batch_sizes, cpu_settings, decode_audio, tone_wav
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -189,19 +187,12 @@ def test_whole_parts_in_another_format(server):
 
 
 def wav_data_uri(freq: float) -> str:
-    buf = io.BytesIO()
-    sf.write(buf, tone(2.0, freq), SR, format="WAV")
-    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:audio/wav;base64," + base64.b64encode(tone_wav(2.0, freq)).decode()
 
 
 def test_saved_voice_and_cloned_reference(server, http):
-    buf = io.BytesIO()
-    sf.write(buf, tone(1.5, 330.0), SR, format="WAV")
-    saved = http.post(
-        "/v1/audio/voices",
-        data={"name": "live-agent"},
-        files={"audio_sample": ("ref.wav", buf.getvalue(), "audio/wav")},
-    )
+    files = {"audio_sample": ("ref.wav", tone_wav(1.5, 330.0), "audio/wav")}
+    saved = http.post("/v1/audio/voices", data={"name": "live-agent"}, files=files)
     assert saved.status_code == 200, saved.text
     configs = [
         {"task_type": "Base", "voice": "live-agent"},  # what LiveKit's Baseten plugin sends: a saved voice's name
@@ -313,13 +304,6 @@ def test_no_config_or_idle_closes_the_socket_with_a_reason(strict):
 
 def test_closing_the_socket_stops_generation_and_frees_the_place(server, http):
     engine = server.app.state.engine
-    steps: list[int] = []
-    hook = engine.scheduler.on_step
-
-    def spy(kind, rows, seconds, cache):
-        steps.append(rows)
-        hook(kind, rows, seconds, cache)
-
     with open_socket(server) as ws:
         send(ws, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 2000})
         for fragment in words(TEXT * 4):
@@ -331,11 +315,8 @@ def test_closing_the_socket_stops_generation_and_frees_the_place(server, http):
     while len(engine.scheduler.batches[ModelKind.CUSTOMVOICE]) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not len(engine.scheduler.batches[ModelKind.CUSTOMVOICE])
-    engine.scheduler.on_step = spy
-    try:
+    with batch_sizes(engine) as steps:
         r = http.post("/v1/audio/speech", json={"model": "x", "input": "Next.", "response_format": "wav"})
-    finally:
-        engine.scheduler.on_step = hook
     assert r.status_code == 200 and steps and set(steps) == {1}  # it ran alone: the closed turn left
     metrics = http.get("/metrics").text
     assert 'route="/v1/audio/speech/stream",status="499"' in metrics

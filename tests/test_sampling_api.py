@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import error_of
+from helpers import batch_sizes, error_of
 from websockets.sync.client import connect
 
 TEXT = "Sampled speech, the same every time for the same seed."
@@ -21,26 +21,15 @@ def speak(url: str, **extra) -> bytes:
 
 
 def test_a_seed_gives_the_same_audio_alone_and_batched(server):
-    engine = server.app.state.engine
-    rows: list[int] = []
-    hook = engine.scheduler.on_step
-
-    def spy(kind, count, seconds, cache):
-        rows.append(count)
-        hook(kind, count, seconds, cache)
-
     alone = speak(server.url, seed=1234, temperature=0.9)
     assert speak(server.url, seed=1234, temperature=0.9) == alone
-    engine.scheduler.on_step = spy
-    try:
+    with batch_sizes(server.app.state.engine) as rows:
         others = [{"seed": 7, "temperature": 0.7}, {"temperature": 1.2, "top_k": 20}, {"input": "Something else."}]
         with ThreadPoolExecutor(4) as pool:
             batched = pool.submit(speak, server.url, seed=1234, temperature=0.9)
             for extra in others:
                 pool.submit(speak, server.url, **extra)
             together = batched.result()
-    finally:
-        engine.scheduler.on_step = hook
     assert max(rows) > 1  # it did share steps with the others
     assert together == alone
 

@@ -330,11 +330,13 @@ class Scheduler:
         """Give the generating part's row the tokens that became final, and its end."""
         row, part = request.row, request.part
         fresh = request.sync_tokens(model)
+        ending = part.closed and not row.prompt.text_final
         if fresh:
             row.prompt.extend(text_embeddings(model.tts, fresh))
-        if part.closed and not row.prompt.text_final:
+        if ending:
             row.prompt.finish()
-        row.max_frames = frame_budget(part.text, request.frame_limit)
+        if fresh or ending:  # the budget grows with the text (not recounted on every loop)
+            row.max_frames = frame_budget(part.text, request.frame_limit)
         self._flush_if_waiting(request)
 
     def _flush_if_waiting(self, request: _LiveRequest) -> None:
