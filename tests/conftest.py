@@ -37,6 +37,7 @@ def server(demo_models, sample_dir) -> Iterator[LiveServer]:
     settings = cpu_settings(
         customvoice_model_path=demo_models["customvoice"],
         base_model_path=demo_models["base"],
+        voicedesign_model_path=demo_models["voicedesign"],
         audio_sample_dirs=[sample_dir],
         allow_private_urls=True,
     )

@@ -36,7 +36,13 @@ def reference_wav(client) -> np.ndarray:
 def test_models_list(client, demo_models):
     ids = [m.id for m in client.models.list().data]
     assert ids[0] == "qwen3-tts"
-    assert set(ids) == {"qwen3-tts", demo_models["customvoice"].name, demo_models["base"].name}
+    assert set(ids) == {
+        "qwen3-tts",
+        "qwen3-tts-voicedesign",
+        demo_models["customvoice"].name,
+        demo_models["base"].name,
+        demo_models["voicedesign"].name,
+    }
     assert client.models.retrieve("qwen3-tts").object == "model"
 
 

@@ -81,6 +81,27 @@ def test_base_model_clones(demo_models):
     assert sr == 24000 and np.sqrt(np.mean(wavs[0] ** 2)) > 0.01
 
 
+def test_voicedesign_model_designs_through_the_package(demo_models):
+    """Loaded and spoken through the package's own VoiceDesign path: no speakers, the
+    description conditions the output, and the 1.7B tag (VoiceDesign is published at 1.7B only)."""
+    design = Qwen3TTSModel.from_pretrained(str(demo_models["voicedesign"]), device_map="cpu", dtype=torch.float32)
+    assert design.model.tts_model_type == "voice_design" and design.model.tts_model_size == "1b7"
+    assert not design.get_supported_speakers()
+    assert set(design.get_supported_languages()) == LANGUAGES
+
+    def speak(description):
+        wavs, sr = design.generate_voice_design(
+            "Hello there.", instruct=description, language="English", max_new_tokens=12
+        )
+        assert sr == 24000
+        return wavs[0]
+
+    warm = speak("A warm alto.")
+    assert np.sqrt(np.mean(warm**2)) > 0.01
+    assert np.array_equal(warm, speak("A warm alto."))
+    assert not np.array_equal(warm, speak("A bright tenor.")), "the description conditions the output"
+
+
 def _weights_digest(path) -> str:
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
@@ -113,6 +134,12 @@ def test_published_sizes_use_the_released_configurations():
         base = published_config(size, "base")
         assert base["tts_model_type"] == "base" and base["talker_config"]["spk_id"] == {}
         assert base["speaker_encoder_config"]["enc_dim"] == released["talker_config"]["hidden_size"]
+        # VoiceDesign: the same model with neither speakers nor a speaker encoder of its own.
+        design = published_config(size, "voice_design")
+        assert design["tts_model_type"] == "voice_design" and design["talker_config"]["spk_id"] == {}
+        assert design["talker_config"]["spk_is_dialect"] == {}
+        assert design["talker_config"]["hidden_size"] == released["talker_config"]["hidden_size"]
+        assert design.get("speaker_encoder_config") == released.get("speaker_encoder_config")
     small, large = (published_config(size, "custom_voice")["talker_config"] for size in ("0.6b", "1.7b"))
     assert (small["hidden_size"], large["hidden_size"], large["intermediate_size"]) == (1024, 2048, 6144)
     assert small["code_predictor_config"] == large["code_predictor_config"]
@@ -133,7 +160,7 @@ def test_published_token_ids_are_where_the_config_expects_them(tmp_path):
 
 def test_demo_models_command_writes_the_frame_budget(tmp_path):
     assert main(["demo-models", str(tmp_path), "--max-frames", "7"]) == 0
-    for kind in ("customvoice", "base"):
+    for kind in ("customvoice", "base", "voicedesign"):
         assert json.loads((tmp_path / kind / "generation_config.json").read_text())["max_new_tokens"] == 7
     with pytest.raises(SystemExit):
         main(["demo-models", str(tmp_path / "x"), "--size", "3b"])

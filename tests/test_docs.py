@@ -25,6 +25,8 @@ def test_client_recipes_run(server, tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block.replace("http://localhost:8000", server.url), str(DOC), "exec"), namespace)
     assert decode_audio(Path("hello.mp3").read_bytes()).duration > 0.5
+    assert decode_audio(Path("designed.mp3").read_bytes()).duration > 0.5
+    assert decode_audio(Path("host.mp3").read_bytes()).duration > 0.5
     assert Path("speech.pcm").stat().st_size > SR  # more than half a second of 16-bit samples
     frames = list(namespace["pcm_frames"]("Frames for a voice agent."))
     assert frames and all(len(frame) == 960 for frame in frames)

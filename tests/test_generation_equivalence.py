@@ -60,6 +60,11 @@ def base(demo_models):
 
 
 @pytest.fixture(scope="module")
+def voicedesign(demo_models):
+    return load(demo_models["voicedesign"])
+
+
+@pytest.fixture(scope="module")
 def customvoice_1_7b(tmp_path_factory):
     return load(
         build_model(tmp_path_factory.mktemp("eq17") / "cv", "custom_voice", seed=5, shape=ModelShape(size_tag="1b7"))
@@ -86,6 +91,36 @@ def test_custom_voice_with_instructions_codes_equal(customvoice_1_7b):
     plain = our_codes(customvoice_1_7b, text=text, language="English", speaker="Ryan")
     assert torch.equal(ours, expected)
     assert not torch.equal(ours, plain)
+
+
+DESCRIPTION = "A warm, slightly husky alto, speaking slowly."
+
+
+@pytest.mark.parametrize(
+    "language, text_per_frame",
+    [("English", False), ("Chinese", False), ("Auto", False), ("English", True)],
+    ids=["english", "chinese", "auto", "text-per-frame"],
+)
+def test_voice_design_codes_equal(voicedesign, language, text_per_frame):
+    """VoiceDesign: no speaker, the description as the instruction; the package reads the text
+    all first by default (non_streaming_mode=True), per frame when asked."""
+    text = "Hello there, how are you today?"
+    expected, _ = package_codes(
+        voicedesign,
+        lambda: voicedesign.generate_voice_design(
+            text,
+            instruct=DESCRIPTION,
+            language=language,
+            non_streaming_mode=not text_per_frame,
+            max_new_tokens=FRAMES + 1,
+        ),
+    )
+    args = {"text": text, "language": language, "streaming_text": text_per_frame}
+    ours = our_codes(voicedesign, instructions=DESCRIPTION, **args)
+    other = our_codes(voicedesign, instructions="A bright young tenor, speaking fast.", **args)
+    assert expected.shape == (FRAMES, 16)
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, other)  # the description is read
 
 
 from qwen_tts_api.engine.clone import compute_clone_prompt  # noqa: E402
@@ -172,14 +207,16 @@ def codes_of_text_arriving(tts, words: list[str], frames: int, **voice) -> tuple
     return torch.stack(codes), waits
 
 
-@pytest.mark.parametrize("voice", ["speaker", "x-vector", "in-context"])
-def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice, base, voice):
+@pytest.mark.parametrize("voice", ["speaker", "x-vector", "in-context", "designed"])
+def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice, base, voicedesign, voice):
     """A generation that waits for its text resumes exactly where it was: its codes are
     those of the same text read per frame with all of it there from the start."""
     words = [w + " " for w in LIVE_TEXT.split()]
     frames = 60
     if voice == "speaker":
         tts, args = customvoice, {"speaker": "Vivian"}
+    elif voice == "designed":
+        tts, args = voicedesign, {"instructions": DESCRIPTION}
     else:
         tts = base
         transcript = None if voice == "x-vector" else "This is the reference."

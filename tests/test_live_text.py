@@ -215,7 +215,12 @@ CONFIG_ERRORS = [
     ({"response_format": "wav", "stream_audio": True}, "stream_audio", "invalid_value"),
     ({"response_format": "pcm", "stream_audio": True, "speed": 1.5}, "speed", "invalid_value"),
     ({"speed": 9}, "speed", "invalid_value"),
-    ({"task_type": "VoiceDesign"}, "task_type", "invalid_value"),
+    ({"task_type": "VoiceDesign"}, "instructions", "missing_required_parameter"),
+    (
+        {"task_type": "VoiceDesign", "instructions": "A calm voice.", "ref_audio": "data:,"},
+        "ref_audio",
+        "invalid_value",
+    ),
     ({"voice": "nobody"}, "voice", "invalid_voice"),
     ({"task_type": "Base", "voice": "vivian"}, "voice", "invalid_voice"),
     ({"task_type": "CustomVoice", "ref_audio": "data:audio/wav;base64,AAAA"}, "task_type", "invalid_value"),

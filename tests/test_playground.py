@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 
 import pytest
@@ -59,9 +60,10 @@ def test_page_lists_voices_from_the_api(page, http):
     page.wait_for_function("window.playground.voices > 0", timeout=30_000)
     listed = http.get("/v1/audio/voices").json()["data"]
     options = page.eval_on_selector_all("#voice option", "els => els.map(e => e.value)")
-    assert options == [v["id"] for v in listed if v["type"] == "audio_sample"] + [
-        v["id"] for v in listed if v["type"] == "builtin"
-    ] + [v["id"] for v in listed if v["type"] == "alias"]
+    saved = [v["id"] for v in listed if v["type"] in ("audio_sample", "prompt")]
+    assert options == saved + [v["id"] for v in listed if v["type"] == "builtin"] + [
+        v["id"] for v in listed if v["type"] == "alias"
+    ]
     assert "alloy" in options and "Vivian" in options
     assert page.problems == []
 
@@ -152,6 +154,44 @@ def test_mp3_synthesis_plays_in_the_audio_element(page):
     assert state["download"]["name"] == "speech.mp3" and len(download_bytes(page)) == state["bytes"]
     assert state["waveformSamples"] > 0.5 * SR and inked_pixels(page) > 100  # drawn once decoded
     assert state["rtf"] > 0
+    assert page.problems == []
+
+
+def test_design_a_voice_hear_it_then_keep_it(page, http):
+    """Speak in a described voice (VoiceDesign), then design and save it: the saved voice is
+    selected and speaks through Base."""
+    description, text = "A calm, low narrator.", "Designed in the playground."
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    page.fill("#input", text)
+    page.fill("#description", description)
+    page.select_option("#format", "pcm")
+    page.click("#speak")
+    page.wait_for_function("['done', 'error'].includes(window.playground.status)", timeout=120_000)
+    state = page.evaluate("window.playground")
+    assert state["status"] == "done", state
+    expected = http.post(
+        "/v1/audio/speech",
+        json={"model": "qwen3-tts-voicedesign", "instructions": description, "input": text, "response_format": "pcm"},
+    ).content
+    assert state["bytes"] == len(expected) and state["history"][0]["voice"].startswith("(designed)")
+
+    name = f"Playground {secrets.token_hex(3)}"
+    page.fill("#design-name", name)
+    page.click("#design-save")
+    page.wait_for_function("window.playground.designed !== null", timeout=120_000)
+    designed = page.evaluate("window.playground.designed")
+    assert designed["name"] == name and designed["type"] == "prompt" and designed["prompt"] == description
+    assert page.eval_on_selector("#voice", "el => el.value") == designed["id"]
+    assert f"{name} (designed)" in page.inner_text("#voice")
+    assert page.input_value("#description") == ""  # the saved voice speaks from now on
+
+    page.click("#speak")
+    page.wait_for_function("window.playground.history.length === 2", timeout=120_000)
+    saved = http.post(
+        "/v1/audio/speech",
+        json={"model": "qwen3-tts", "voice": designed["id"], "input": text, "response_format": "pcm"},
+    ).content
+    assert page.evaluate("window.playground.bytes") == len(saved) and saved != expected
     assert page.problems == []
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .constants import MODEL_PATH_ENV, ModelKind
 from .engine.model_dir import ModelDirectoryError
 from .engine.model_source import resolve_sources
 from .settings import Settings
@@ -71,16 +72,14 @@ def _with_demo_models(settings: Settings) -> Settings:
     from .engine.demo_models import build_demo_models
 
     directory = settings.data_dir / "demo-models"
-    paths = {kind: directory / kind for kind in ("customvoice", "base")}
+    paths = {kind: directory / kind for kind in ModelKind}
     if not all((path / "config.json").is_file() for path in paths.values()):
         logging.getLogger(__name__).info("building the demo models once, into %s", directory)
-        paths = build_demo_models(directory, seed=0)
+        build_demo_models(directory, seed=0)
     logging.getLogger(__name__).info(
         "serving the demo models from %s: random weights, they make noise, not speech", directory
     )
-    return settings.model_copy(
-        update={"customvoice_model_path": str(paths["customvoice"]), "base_model_path": str(paths["base"])}
-    )
+    return settings.model_copy(update={f"{kind}_model_path": str(path) for kind, path in paths.items()})
 
 
 def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -> int:
@@ -92,9 +91,10 @@ def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -
     paths = build_demo_models(directory, seed=seed, size=size, generation=generation)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    variables = " ".join(f"{MODEL_PATH_ENV[ModelKind(kind)]}={path}" for kind, path in paths.items())
     print(
         "\nRandom weights: they make noise, not speech. Try them with\n"
-        f"  CUSTOMVOICE_MODEL_PATH={paths['customvoice']} BASE_MODEL_PATH={paths['base']} qwen-tts-api serve\n"
+        f"  {variables} qwen-tts-api serve\n"
         "(or simply `qwen-tts-api serve --demo`)"
     )
     return 0
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         help="serve random-weight demo models (built once into the data directory): no download, noise not speech",
     )
     demo = sub.add_parser(
-        "demo-models", help="write random-weight CustomVoice and Base models for trying, testing and benchmarking"
+        "demo-models",
+        help="write random-weight CustomVoice, Base and VoiceDesign models for trying, testing and benchmarking",
     )
     demo.add_argument("directory", type=Path)
     demo.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same output)")

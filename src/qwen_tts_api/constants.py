@@ -11,13 +11,21 @@ FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE  # 80 ms
 
 
 class ModelKind(StrEnum):
-    """The model families this server loads (``tts_model_type`` ``custom_voice`` / ``base``)."""
+    """The model families this server loads (``tts_model_type`` ``custom_voice`` / ``base`` /
+    ``voice_design``)."""
 
     CUSTOMVOICE = "customvoice"
     BASE = "base"
+    VOICEDESIGN = "voicedesign"
 
 
-MODEL_PATH_ENV = {ModelKind.CUSTOMVOICE: "CUSTOMVOICE_MODEL_PATH", ModelKind.BASE: "BASE_MODEL_PATH"}
+MODEL_PATH_ENV = {
+    ModelKind.CUSTOMVOICE: "CUSTOMVOICE_MODEL_PATH",
+    ModelKind.BASE: "BASE_MODEL_PATH",
+    ModelKind.VOICEDESIGN: "VOICEDESIGN_MODEL_PATH",
+}
+# What the vLLM-Omni protocol (``task_type``) calls each family.
+TASK_TYPES = {ModelKind.CUSTOMVOICE: "CustomVoice", ModelKind.BASE: "Base", ModelKind.VOICEDESIGN: "VoiceDesign"}
 
 # The nine speakers of the published CustomVoice checkpoints, spelled as documented.
 QWEN_SPEAKERS = ["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"]

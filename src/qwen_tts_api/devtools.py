@@ -47,6 +47,7 @@ def cpu_settings(**overrides) -> Settings:
         attn="",
         customvoice_model_path=None,
         base_model_path=None,
+        voicedesign_model_path=None,
         audio_sample_dirs=[],
         allow_private_urls=False,
     )

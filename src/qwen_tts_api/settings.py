@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # A model directory or a Hugging Face Hub repo id (engine/model_source.py).
     customvoice_model_path: str | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
     base_model_path: str | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
+    # Ours: the third family, voices designed from a description (never served by default).
+    voicedesign_model_path: str | None = Field(default=None, validation_alias=AliasChoices("VOICEDESIGN_MODEL_PATH"))
     device: str = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
@@ -102,7 +104,7 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("customvoice_model_path", "base_model_path", mode="before")
+    @field_validator("customvoice_model_path", "base_model_path", "voicedesign_model_path", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -128,6 +130,10 @@ class Settings(BaseSettings):
         return self.attn.strip() or None
 
     def model_paths(self) -> dict[ModelKind, str]:
-        """The configured models (directories or Hub ids), keyed by kind (``customvoice``/``base``)."""
-        paths = {ModelKind.CUSTOMVOICE: self.customvoice_model_path, ModelKind.BASE: self.base_model_path}
+        """The configured models (directories or Hub ids), keyed by kind."""
+        paths = {
+            ModelKind.CUSTOMVOICE: self.customvoice_model_path,
+            ModelKind.BASE: self.base_model_path,
+            ModelKind.VOICEDESIGN: self.voicedesign_model_path,
+        }
         return {kind: path for kind, path in paths.items() if path is not None}

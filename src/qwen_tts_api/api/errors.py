@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine.admission import EngineBusy
 from ..engine.errors import EngineUnavailable, GenerationError
+from ..settings import Settings
 from .protocol import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,16 @@ class APIError(Exception):
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def timeout_error(settings: Settings) -> APIError:
+    """A request the engine did not finish within its deadline (SynthesisTimeout)."""
+    return APIError(
+        504,
+        f"Speech was not ready within {settings.request_timeout_seconds:g} s (QWEN_TTS_REQUEST_TIMEOUT)",
+        type="server_error",
+        code="timeout",
+    )
 
 
 def error_response(err: APIError) -> JSONResponse:

@@ -185,6 +185,8 @@ class LiveSession:
             audio_sample=config.ref_audio,
             audio_sample_text=None if config.x_vector_only_mode else config.ref_text,
             task_type=config.task_type,
+            model=config.model,
+            voice_given="voice" in config.model_fields_set,
             param={"audio_sample": "ref_audio", "audio_sample_text": "ref_text"},
         )
         try:

@@ -5,35 +5,41 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from ..constants import TASK_TYPES, ModelKind
 from ..engine.synthesis import Engine
 from .errors import APIError
 from .protocol import AudioModelList, ModelCard, ModelId, ModelList, error_responses
+from .routing import MODEL_ALIAS, VOICEDESIGN_ALIAS
 
 router = APIRouter()
 
-# What clients send as `model` in the specification's examples; always served.
-MODEL_ALIAS = "qwen3-tts"
-
 
 def model_cards(engine: Engine) -> list[ModelCard]:
+    """The aliases, then each loaded model with its family (``task_type``)."""
     loaded = list(engine.models.values())
     cards = [ModelCard(id=MODEL_ALIAS, created=min(m.created for m in loaded))]
-    cards += [ModelCard(id=m.name, created=m.created) for m in loaded]
+    if (design := engine.model(ModelKind.VOICEDESIGN)) is not None:
+        cards.append(ModelCard(id=VOICEDESIGN_ALIAS, created=design.created, task_type="VoiceDesign"))
+    cards += [ModelCard(id=m.name, created=m.created, task_type=TASK_TYPES[m.kind]) for m in loaded]
     return cards
 
 
-@router.get("/v1/models", response_model=ModelList, responses=error_responses())
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, responses=error_responses())
 async def list_models(request: Request) -> ModelList:
     return ModelList(data=model_cards(request.app.state.engine))
 
 
-@router.get("/v1/audio/models", response_model=AudioModelList, responses=error_responses())
+@router.get(
+    "/v1/audio/models", response_model=AudioModelList, response_model_exclude_none=True, responses=error_responses()
+)
 async def list_audio_models(request: Request) -> AudioModelList:
     cards = model_cards(request.app.state.engine)
     return AudioModelList(data=cards, models=[ModelId(id=card.id) for card in cards])
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard, responses=error_responses(404))
+@router.get(
+    "/v1/models/{model_id}", response_model=ModelCard, response_model_exclude_none=True, responses=error_responses(404)
+)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     for card in model_cards(request.app.state.engine):
         if card.id == model_id:

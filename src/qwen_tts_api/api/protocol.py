@@ -32,6 +32,7 @@ _LANGUAGE_BY_LOWER = {name.lower(): name for name in LANGUAGES}
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 assert set(RESPONSE_FORMATS) == set(ResponseFormat.__args__)  # one list of formats
+TaskType = Literal["CustomVoice", "Base", "VoiceDesign"]  # the model families, as vLLM-Omni names them
 
 
 def canonical_language(value: str) -> str:
@@ -67,8 +68,9 @@ class SpeechRequest(SamplingFields):
     # Unknown fields are ignored, as OpenAI clients send extras over time.
     model_config = ConfigDict(extra="ignore")
 
-    # Required by the OpenAI contract; the specification accepts any value for compatibility and
-    # routes by voice / audio_sample, so it is validated but not used to pick a model.
+    # Required by the OpenAI contract. The specification accepts any value for compatibility and
+    # routes by voice / audio_sample; only the VoiceDesign model's id or alias picks a model
+    # (api/routing.py).
     model: str = Field(min_length=1)
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     voice: str | VoiceRef = DEFAULT_VOICE
@@ -79,6 +81,9 @@ class SpeechRequest(SamplingFields):
     audio_sample: str | None = None
     audio_sample_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     stream_format: Literal["audio", "sse"] = "audio"
+    # vLLM-Omni's: the family to speak with (VoiceDesign: `instructions` describe the voice).
+    # Unset: routed by `model`, `voice` and `audio_sample`.
+    task_type: TaskType | None = None
     # Ours: false waits for the whole utterance and answers with one complete body.
     stream: bool = True
 
@@ -100,6 +105,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "qwen"
+    # Ours: the family a model (or an alias) speaks with; absent for "qwen3-tts", which routes by voice.
+    task_type: TaskType | None = None
 
 
 class ModelList(BaseModel):
@@ -156,14 +163,20 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
 # ---------- voices ----------
 
 
+VoiceType = Literal["audio_sample", "prompt", "builtin", "alias"]
+
+
 class VoiceCard(BaseModel):
-    """OpenAI's ``audio.voice`` object; ``type`` and ``speaker`` are ours."""
+    """OpenAI's ``audio.voice`` object: saved voices are ``audio_sample`` (cloned from an
+    upload) or ``prompt`` (designed from a description, kept in ``prompt``); the built-in
+    speakers (``builtin``) and OpenAI's names for them (``alias``, with ``speaker``) are ours."""
 
     object: Literal["audio.voice"] = "audio.voice"
     id: str
     name: str
     created_at: int | None = None  # saved voices
-    type: Literal["audio_sample", "builtin", "alias"]
+    type: VoiceType
+    prompt: str | None = None  # designed voices: the description they were designed from
     speaker: str | None = None  # aliases: the built-in speaker they stand for
 
 
@@ -172,7 +185,7 @@ class VoiceEntry(BaseModel):
 
     id: str  # what to send as ``voice``
     name: str  # for a menu: the speaker an OpenAI name stands for is in it
-    type: Literal["audio_sample", "builtin", "alias"]
+    type: VoiceType
 
 
 class VoiceList(BaseModel):
@@ -240,9 +253,9 @@ class LiveSessionConfig(SamplingFields):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["session.config"] = "session.config"
-    model: str | None = None  # accepted, not used to route (as on HTTP)
+    model: str | None = None  # routes as on HTTP: only VoiceDesign's id or alias picks a model
     voice: str | VoiceRef = DEFAULT_VOICE
-    task_type: Literal["CustomVoice", "Base"] | None = None
+    task_type: TaskType | None = None
     language: str = "Auto"
     instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     response_format: ResponseFormat = "wav"

@@ -23,14 +23,15 @@ from ..text.prepare import PreparedText, clean, prepare
 from ..voices.prompt import ClonePrompt
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
 from ..voices.store import SavedVoice, VoiceStore
-from .errors import APIError, invalid_request
+from .errors import invalid_request, timeout_error
 from .protocol import STREAM_EVENTS, SpeechRequest, VoiceRef, error_responses
-from .routing import require_model
+from .routing import names_voicedesign, require_model
 from .streaming import ClientGone, audio_body, sse_body, until_ready
 
 router = APIRouter()
 
 INSTRUCTIONS_IGNORED_HEADER = "X-Instructions-Ignored"
+VOICE_IGNORED_HEADER = "X-Voice-Ignored"
 
 
 @dataclass
@@ -40,7 +41,7 @@ class VoicePlan:
     kind: ModelKind
     model: LoadedModel
     language: str
-    voice_kind: str  # builtin | saved | clone (for logs)
+    voice_kind: str  # builtin | saved | clone | designed (for logs)
     speaker: str | None = None
     instructions: str | None = None
     reference: ReferenceAudio | None = None
@@ -63,7 +64,7 @@ class VoicePlan:
 class SpeechPlan:
     kind: ModelKind
     job: SpeechJob
-    voice_kind: str  # builtin | saved | clone (for logs)
+    voice_kind: str  # builtin | saved | clone | designed (for logs)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -77,7 +78,9 @@ class VoiceAsk:
     instructions: str | None = None
     audio_sample: str | None = None
     audio_sample_text: str | None = None
-    task_type: str | None = None  # CustomVoice | Base, or None: routed by the voice
+    task_type: str | None = None  # CustomVoice | Base | VoiceDesign, or None: routed by model and voice
+    model: str | None = None  # picks VoiceDesign by its id or alias (api/routing.py)
+    voice_given: bool = True  # False: ``voice`` is the default, not the client's
     param: dict[str, str] = field(default_factory=dict)
 
     def name(self, field_name: str) -> str:
@@ -130,7 +133,42 @@ async def _saved_voice(ask: VoiceAsk, store: VoiceStore) -> SavedVoice | None:
     return await asyncio.to_thread(store.find, voice)
 
 
+def _design_plan(ask: VoiceAsk, engine: Engine) -> VoicePlan:
+    """VoiceDesign: the voice is whatever ``instructions`` describe."""
+    if ask.task_type not in (None, "VoiceDesign"):
+        raise invalid_request(
+            f"model {ask.model!r} is the VoiceDesign model; task_type {ask.task_type} needs another model",
+            param=ask.name("task_type"),
+        )
+    if ask.audio_sample is not None:
+        raise invalid_request(
+            f"VoiceDesign designs a voice from instructions; {ask.name('audio_sample')} clones one (task_type Base)",
+            param=ask.name("audio_sample"),
+        )
+    model = require_model(engine, ModelKind.VOICEDESIGN, ask.name("task_type" if ask.task_type else "model"))
+    _check_language(model, ask)
+    instructions = clean(ask.instructions or "", model.control_tokens) or None
+    if instructions is None:
+        raise invalid_request(
+            "VoiceDesign needs 'instructions': a description of the voice, "
+            "e.g. 'a warm, slightly husky alto, speaking slowly'",
+            param=ask.name("instructions"),
+            code="missing_required_parameter",
+        )
+    headers = {VOICE_IGNORED_HEADER: "VoiceDesign speaks in the voice the instructions describe"}
+    return VoicePlan(
+        ModelKind.VOICEDESIGN,
+        model,
+        ask.language,
+        "designed",
+        instructions=instructions,
+        headers=headers if ask.voice_given else {},
+    )
+
+
 async def plan_voice(ask: VoiceAsk, engine: Engine, settings: Settings, store: VoiceStore) -> VoicePlan:
+    if ask.task_type == "VoiceDesign" or names_voicedesign(engine, ask.model):
+        return _design_plan(ask, engine)
     instructions = (ask.instructions or "").strip() or None
 
     if ask.audio_sample is not None:
@@ -195,6 +233,9 @@ async def plan_speech(body: SpeechRequest, engine: Engine, settings: Settings, s
         instructions=body.instructions,
         audio_sample=body.audio_sample,
         audio_sample_text=body.audio_sample_text,
+        task_type=body.task_type,
+        model=body.model,
+        voice_given="voice" in body.model_fields_set,
     )
     voice = await plan_voice(ask, engine, settings, store)
     job = voice.job(_speakable(voice.model, body), sampling=SamplingChoice(**body.sampling_choice()))
@@ -243,12 +284,7 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     except SynthesisTimeout as exc:
-        raise APIError(
-            504,
-            f"Speech was not ready within {settings.request_timeout_seconds:g} s (QWEN_TTS_REQUEST_TIMEOUT)",
-            type="server_error",
-            code="timeout",
-        ) from exc
+        raise timeout_error(settings) from exc
     except BaseException:
         stream.cancel()
         raise

@@ -3,14 +3,16 @@
 A voice is created from a multipart upload (``name``, ``audio_sample`` file, optional
 ``consent``, and our optional ``audio_sample_text`` transcript for in-context cloning).
 The reference is decoded by the same code as ``audio_sample`` in speech requests, and its
-clone prompt is computed once, here, and stored (``voices/store.py``).
+clone prompt is computed once, here, and stored (``voices/store.py``). Or it is designed
+from a description (``voice_design.py``) and stored the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.datastructures import FormData, UploadFile
 
 from ..audio.reference import AudioSampleError, decode_reference
@@ -23,6 +25,8 @@ from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
 from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses
 from .routing import require_model
+from .streaming import ClientGone
+from .voice_design import asks_for_design, design_ask, design_voice
 
 router = APIRouter()
 
@@ -40,7 +44,8 @@ def _too_large(limit: int) -> APIError:
 
 async def _read_form(request: Request, file_limit: int) -> FormData:
     """Parse the multipart body, refusing it as soon as it passes the size limit (before
-    any of it is spooled to disk)."""
+    any of it is spooled to disk). A designed voice may come as JSON instead (OpenAI's
+    ``type: "prompt"`` request), read into the same shape."""
     limit = file_limit + _FORM_OVERHEAD
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -57,9 +62,14 @@ async def _read_form(request: Request, file_limit: int) -> FormData:
         return message
 
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if content_type.startswith("application/json"):
+        return await _read_json(Request(request.scope, receive))
+    # A plain form (curl -d) can only carry a designed voice: it has no file.
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise invalid_request(
-            "send the voice as multipart/form-data (name, audio_sample, consent)", code="invalid_content_type"
+            "send the voice as multipart/form-data (name, audio_sample, consent), "
+            "or a designed voice (name, prompt) as JSON or a form",
+            code="invalid_content_type",
         )
     try:
         return await Request(request.scope, receive).form(max_files=1, max_fields=16)
@@ -69,6 +79,21 @@ async def _read_form(request: Request, file_limit: int) -> FormData:
         raise invalid_request(
             f"could not read the multipart body: {getattr(exc, 'detail', exc)}", code="invalid_multipart"
         ) from exc
+
+
+async def _read_json(request: Request) -> FormData:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise invalid_request(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise invalid_request("the body must be a JSON object", code="invalid_json")
+    fields: list[tuple[str, str]] = []
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise invalid_request(f"{key!r} must be a string or a number", param=key)
+        fields.append((key, str(value)))
+    return FormData(fields)
 
 
 def _text_field(form: FormData, name: str, required: bool = False) -> str | None:
@@ -82,56 +107,100 @@ def _text_field(form: FormData, name: str, required: bool = False) -> str | None
     return value.strip()
 
 
+def _voice_type(form: FormData) -> str:
+    """``audio_sample`` (clone an upload) or ``prompt`` (design from a description); OpenAI's
+    default is ``audio_sample``, ours follows the fields sent."""
+    designing = asks_for_design(form)
+    kind = _text_field(form, "type") or ("prompt" if designing else "audio_sample")
+    if kind not in ("audio_sample", "prompt"):
+        raise invalid_request(
+            "'type' is 'audio_sample' (clone an uploaded sample) or 'prompt' (design a voice from a description)",
+            param="type",
+            code="unsupported_voice_type",
+        )
+    if designing and form.get("audio_sample") is not None:
+        raise invalid_request(
+            "send an audio_sample to clone, or a description (prompt) to design a voice, not both",
+            param="audio_sample",
+        )
+    return kind
+
+
 @router.post(
     "/v1/audio/voices",
     response_model=VoiceCard,
     response_model_exclude_none=True,
-    responses=error_responses(400, 413, 429, 500, 503),
+    responses=error_responses(400, 413, 429, 500, 503, 504),
 )
 async def create_voice(request: Request) -> VoiceCard:
+    """A saved voice from an uploaded sample (multipart: ``name``, ``audio_sample``,
+    ``consent``, our ``audio_sample_text``), or designed from a description (``name``,
+    ``prompt``/``description``, optional ``script_hint``/``sample_text``, ``language``,
+    ``seed``: api/voice_design.py)."""
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
     store: VoiceStore = request.app.state.voices
-    model = require_model(engine, ModelKind.BASE, "audio_sample")
     form = await _read_form(request, settings.audio_sample_max_bytes)
     try:
-        kind = _text_field(form, "type") or "audio_sample"
-        if kind != "audio_sample":
-            raise invalid_request(
-                "only voices from an audio sample (type 'audio_sample') are supported; "
-                "Qwen3-TTS Base clones voices, it does not design them from prompts",
-                param="type",
-                code="unsupported_voice_type",
-            )
+        kind = _voice_type(form)
         name = _text_field(form, "name", required=True)
+        consent = _text_field(form, "consent")
+        if kind == "prompt":
+            design = design_ask(form)
+        else:
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise invalid_request(
+                    "an audio_sample is uploaded as multipart/form-data (name, audio_sample, consent)",
+                    param="audio_sample",
+                    code="invalid_content_type",
+                )
+            model = require_model(engine, ModelKind.BASE, "audio_sample")
         # Checked now as well as when saving, so a bad or taken name costs no decoding.
         await asyncio.to_thread(_check_new_name, store, name)
-        sample = form.get("audio_sample")
-        if not isinstance(sample, UploadFile):
-            raise invalid_request(
-                "missing required file 'audio_sample'", param="audio_sample", code="missing_required_parameter"
-            )
-        data = await sample.read(settings.audio_sample_max_bytes + 1)
-        if len(data) > settings.audio_sample_max_bytes:
-            raise _too_large(settings.audio_sample_max_bytes)
-        transcript = clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None
-        consent = _text_field(form, "consent")
+        if kind == "audio_sample":
+            data = await _sample_bytes(form, settings.audio_sample_max_bytes)
+            transcript = clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None
     finally:
         await form.close()
+    description = None
+    if kind == "prompt":
+        try:
+            prompt, description = await design_voice(request, design, engine, settings)
+        except ClientGone:
+            return Response(status_code=499)
+    else:
+        try:
+            waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
+        except AudioSampleError as exc:
+            raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
+        prompt = await engine.clone_prompt(waveform, transcript)
     try:
-        waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
-    except AudioSampleError as exc:
-        raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
-    prompt = await engine.clone_prompt(waveform, transcript)
-    try:
-        voice = await asyncio.to_thread(store.add, name, prompt, consent)
+        voice = await asyncio.to_thread(store.add, name, prompt, consent, description)
     except VoiceNameError as exc:
         raise _name_error(exc) from exc
     return _card(voice)
 
 
+async def _sample_bytes(form: FormData, limit: int) -> bytes:
+    sample = form.get("audio_sample")
+    if not isinstance(sample, UploadFile):
+        raise invalid_request(
+            "missing required file 'audio_sample'", param="audio_sample", code="missing_required_parameter"
+        )
+    data = await sample.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(limit)
+    return data
+
+
 def _card(voice: SavedVoice) -> VoiceCard:
-    return VoiceCard(id=voice.id, name=voice.name, created_at=voice.created_at, type="audio_sample")
+    return VoiceCard(
+        id=voice.id,
+        name=voice.name,
+        created_at=voice.created_at,
+        type="prompt" if voice.description else "audio_sample",
+        prompt=voice.description,
+    )
 
 
 def _name_error(exc: VoiceNameError) -> APIError:

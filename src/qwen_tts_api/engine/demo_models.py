@@ -5,6 +5,11 @@ demos exercise every line the server runs with real weights. They make noise, no
 speech. ``size="tiny"`` (tests, demos) is small enough to build in seconds; ``"0.6b"`` and
 ``"1.7b"`` write the published ``config.json`` and speech-tokenizer decoder configuration
 verbatim (``published/``) with random weights, for benchmarks at real scale.
+
+The three families differ in their config only: CustomVoice has the nine speakers, Base a
+speaker encoder and no speakers, VoiceDesign neither (the voice comes from the
+instruction). Qwen publishes VoiceDesign at 1.7B only; a ``0.6b`` VoiceDesign demo has the
+0.6B shape, which serves as a faster stand-in.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ PUBLISHED_TOKEN_IDS = {
 }
 PUBLISHED = Path(__file__).parent / "published"
 SIZES = ("tiny", "0.6b", "1.7b")
+# Each family's directory (as build_demo_models names it), its tts_model_type and weight seed offset.
+DEMO_FAMILIES = {"customvoice": ("custom_voice", 0), "base": ("base", 100), "voicedesign": ("voice_design", 200)}
+KINDS = tuple(kind for kind, _ in DEMO_FAMILIES.values())
 # Words the prompt template relies on being single tokens ("<|im_start|>assistant\n").
 SINGLE_TOKEN_WORDS = ["assistant", "user"]
 
@@ -316,13 +324,15 @@ def _tiny_config(kind: str, shape: ModelShape, token_id: dict[str, int]) -> dict
 
 
 def published_config(size: str, kind: str) -> dict:
-    """The published CustomVoice ``config.json`` of ``size``; for Base the same model
-    without built-in speakers and with a speaker encoder (the package's default widths)."""
+    """The published CustomVoice ``config.json`` of ``size``; for Base and VoiceDesign the
+    same model without built-in speakers, Base with a speaker encoder (the package's default
+    widths)."""
     config = json.loads((PUBLISHED / f"{size}-customvoice.config.json").read_text(encoding="utf-8"))
-    if kind == "base":
-        config["tts_model_type"] = "base"
+    if kind != "custom_voice":
+        config["tts_model_type"] = kind
         config["talker_config"]["spk_id"] = {}
         config["talker_config"]["spk_is_dialect"] = {}
+    if kind == "base":
         config["speaker_encoder_config"] = {"enc_dim": config["talker_config"]["hidden_size"]}
     return config
 
@@ -335,7 +345,7 @@ def build_model(
     generation: dict | None = None,
     size: str = "tiny",
 ) -> Path:
-    """Write one checkpoint. ``kind`` is ``custom_voice`` or ``base``; ``size`` one of
+    """Write one checkpoint. ``kind`` is one of ``KINDS``; ``size`` one of
     ``SIZES`` (``shape`` varies the tiny one); ``generation`` overrides entries of its
     generation_config.json."""
     import torch
@@ -343,13 +353,15 @@ def build_model(
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
-    if kind not in ("custom_voice", "base"):
+    if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r} (one of {', '.join(SIZES)})")
     directory.mkdir(parents=True, exist_ok=True)
     if size == "tiny":
-        config_dict = _tiny_config(kind, shape or ModelShape.tiny(), build_text_tokenizer(directory))
+        # VoiceDesign is published at 1.7B only: its tiny model says so (instructions are kept).
+        shape = shape or (ModelShape(size_tag="1b7") if kind == "voice_design" else ModelShape.tiny())
+        config_dict = _tiny_config(kind, shape, build_text_tokenizer(directory))
     else:
         build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS)
         config_dict = published_config(size, kind)
@@ -424,8 +436,8 @@ def _make_world_readable(directory: Path) -> None:
 
 
 def build_demo_models(root: Path, seed: int = 0, size: str = "tiny", generation: dict | None = None) -> dict[str, Path]:
-    """Write ``root/customvoice`` and ``root/base``."""
+    """Write ``root/customvoice``, ``root/base`` and ``root/voicedesign``."""
     return {
-        "customvoice": build_model(root / "customvoice", "custom_voice", seed, size=size, generation=generation),
-        "base": build_model(root / "base", "base", seed + 100, size=size, generation=generation),
+        name: build_model(root / name, kind, seed + offset, size=size, generation=generation)
+        for name, (kind, offset) in DEMO_FAMILIES.items()
     }

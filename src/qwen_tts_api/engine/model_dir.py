@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..constants import MODEL_PATH_ENV, ModelKind
 
-EXPECTED_TYPES = {ModelKind.CUSTOMVOICE: "custom_voice", ModelKind.BASE: "base"}  # config.json tts_model_type
+# config.json tts_model_type of each family
+EXPECTED_TYPES = {ModelKind.CUSTOMVOICE: "custom_voice", ModelKind.BASE: "base", ModelKind.VOICEDESIGN: "voice_design"}
 
 
 class ModelDirectoryError(ValueError):

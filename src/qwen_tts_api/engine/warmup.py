@@ -1,8 +1,9 @@
 """Before the server says it is ready, run through each model what production runs: a
-batched prefill of two prompts of different lengths, a two-row generation step, streaming
-decoding and, for Base, a clone prompt from reference audio (speaker and codec encoders)
-spoken both ways (x-vector and in-context). The first user request is otherwise the one
-that pays for allocator growth, kernel selection and first-use caches on each path."""
+batched prefill of two prompts of different lengths (VoiceDesign's with a description), a
+two-row generation step, streaming decoding and, for Base, a clone prompt from reference
+audio (speaker and codec encoders) spoken both ways (x-vector and in-context). The first
+user request is otherwise the one that pays for allocator growth, kernel selection and
+first-use caches on each path."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WARMUP_TEXTS = ("Hello.", "Warming up a batch of two.")
 WARMUP_TRANSCRIPT = "A gliding tone."
+WARMUP_DESCRIPTION = "A calm, clear voice."  # VoiceDesign's instructions
 
 
 @dataclass
@@ -54,6 +56,11 @@ async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[Spe
         return [
             SpeechJob(text=_prepared(model, text), language="Auto", speaker=speakers[i % len(speakers)])
             for i, text in enumerate(WARMUP_TEXTS)
+        ]
+    if kind == ModelKind.VOICEDESIGN:
+        return [
+            SpeechJob(text=_prepared(model, text), language="Auto", instructions=WARMUP_DESCRIPTION)
+            for text in WARMUP_TEXTS
         ]
     # Computed on the scheduler thread (it owns the model) and kept out of the prompt cache.
     in_context: ClonePrompt = await asyncio.wrap_future(

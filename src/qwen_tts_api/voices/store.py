@@ -2,10 +2,10 @@
 
 Each voice is one ``voice_<hex>.safetensors`` file in the voices directory: the speaker
 embedding, the reference codes (in-context cloning only) and the metadata (name, time,
-transcript) in the safetensors header. safetensors holds plain tensors, so loading a file
-cannot run code. Writes go to a temporary file in the same directory, are synced, then
-renamed into place: a crash leaves either the whole voice or none. A file that cannot be
-read is logged and skipped.
+transcript, and a designed voice's description) in the safetensors header. safetensors
+holds plain tensors, so loading a file cannot run code. Writes go to a temporary file in
+the same directory, are synced, then renamed into place: a crash leaves either the whole
+voice or none. A file that cannot be read is logged and skipped.
 
 The directory is the source of truth: every lookup rescans it (a directory listing, plus
 reading files that are new or changed), so replicas sharing the directory see each other's
@@ -53,6 +53,7 @@ class SavedVoice:
     created_at: int
     prompt: ClonePrompt
     consent: str | None = None
+    description: str | None = None  # designed voices: what VoiceDesign was asked for
 
 
 def check_name(name: str) -> str:
@@ -106,7 +107,9 @@ class VoiceStore:
             raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
         return name
 
-    def add(self, name: str, prompt: ClonePrompt, consent: str | None = None) -> SavedVoice:
+    def add(
+        self, name: str, prompt: ClonePrompt, consent: str | None = None, description: str | None = None
+    ) -> SavedVoice:
         with self._lock:
             name = self.check_new_name(name)
             voice = SavedVoice(
@@ -115,6 +118,7 @@ class VoiceStore:
                 created_at=int(time.time()),
                 prompt=prompt,
                 consent=consent,
+                description=description,
             )
             self._write(voice)
             self._voices[voice.id] = voice
@@ -143,6 +147,8 @@ class VoiceStore:
             metadata["reference_text"] = voice.prompt.reference_text
         if voice.consent:
             metadata["consent"] = voice.consent
+        if voice.description:
+            metadata["description"] = voice.description
         data = safetensors_bytes(tensors, metadata=metadata)
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".part")
@@ -196,7 +202,12 @@ def _read(path: Path, voice_id: str) -> SavedVoice:
         raise ValueError("unexpected tensor shapes")
     prompt = ClonePrompt(speaker_embedding=embedding, reference_codes=codes, reference_text=meta.get("reference_text"))
     return SavedVoice(
-        id=voice_id, name=meta["name"], created_at=int(meta["created_at"]), prompt=prompt, consent=meta.get("consent")
+        id=voice_id,
+        name=meta["name"],
+        created_at=int(meta["created_at"]),
+        prompt=prompt,
+        consent=meta.get("consent"),
+        description=meta.get("description"),
     )
 
 
