@@ -105,19 +105,18 @@ def test_request_timeout_is_504(impatient_server, stream):
         assert http.post("/v1/audio/speech", json={**BODY, "input": "Hi."}).status_code == 200
 
 
-def test_queued_request_whose_client_left_never_starts(server, http):
-    engine = server.app.state.engine
-    with recorded_streams(engine) as streams:
-        busy = threading.Thread(
-            target=lambda: http.post(
-                "/v1/audio/speech",
-                json={**BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3},
-            )
-        )
+def test_queued_request_whose_client_left_never_starts(tiny_queue_server):
+    """With the one place in the batch taken, the second request waits in the queue; its
+    client leaves, and it is dropped there. (With a free place it would join the batch at
+    once, racing the disconnect.)"""
+    engine = tiny_queue_server.app.state.engine
+    busy_body = {**BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3}
+    with recorded_streams(engine) as streams, httpx.Client(base_url=tiny_queue_server.url, timeout=300) as http:
+        busy = threading.Thread(target=lambda: http.post("/v1/audio/speech", json=busy_body))
         busy.start()
         while not streams:
             time.sleep(0.01)
-        with raw_speech_request(server.port, {**BODY, "input": "Never needed."}):
+        with raw_speech_request(tiny_queue_server.port, {**BODY, "input": "Never needed."}):
             while len(streams) < 2:
                 time.sleep(0.01)
         busy.join()

@@ -17,6 +17,7 @@ from qwen_tts_api.settings import Settings
 SPEC_VARS = [
     "CUSTOMVOICE_MODEL_PATH",
     "BASE_MODEL_PATH",
+    "VOICEDESIGN_MODEL_PATH",
     "QWEN_TTS_DEVICE",
     "QWEN_TTS_DTYPE",
     "QWEN_TTS_ATTN",
@@ -87,8 +88,22 @@ def test_model_dir_checks(tmp_path, demo_models):
         check_model_dir("base", tmp_path)
     with pytest.raises(ModelDirectoryError, match="needs a 'custom_voice' model"):
         check_model_dir("customvoice", demo_models["base"])
+    with pytest.raises(ModelDirectoryError, match="VOICEDESIGN_MODEL_PATH=.* holds a 'custom_voice' model"):
+        check_model_dir("voicedesign", demo_models["customvoice"])
+    with pytest.raises(ModelDirectoryError, match="holds a 'voice_design' model; BASE_MODEL_PATH needs a 'base'"):
+        check_model_dir("base", demo_models["voicedesign"])
     check_model_dir("customvoice", demo_models["customvoice"])
     check_model_dir("base", demo_models["base"])
+    check_model_dir("voicedesign", demo_models["voicedesign"])
+
+
+def test_readme_documents_every_variable():
+    """Every variable the server reads has its row in the README's configuration table."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for field in Settings.model_fields.values():
+        for name in field.validation_alias.choices:
+            assert f"| `{name}` |" in table, name
 
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -137,6 +152,33 @@ def test_hub_ids_and_the_default_models_come_from_the_cache(tmp_path, demo_model
         assert speech.status_code == 200 and decode_audio(speech.content).duration > 0.5
 
 
+def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models):
+    """All three families by Hub id (offline, from the cache): listed by repo name, with the
+    VoiceDesign alias, and the VoiceDesign id as vLLM-Omni's clients send it routes there."""
+    hf_home = tmp_path / "hf"
+    ids = {
+        "CUSTOMVOICE_MODEL_PATH": "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice",
+        "BASE_MODEL_PATH": "Qwen/Qwen3-TTS-12Hz-0.6B-Base",
+        "VOICEDESIGN_MODEL_PATH": "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign",
+    }
+    hub_cache(hf_home, dict(zip(ids.values(), (demo_models[k] for k in ("customvoice", "base", "voicedesign")))))
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "QWEN_TTS_DATA_DIR": str(tmp_path / "data"), **ids}
+    with serving(env) as url:
+        cards = {m["id"]: m.get("task_type") for m in httpx.get(f"{url}/v1/models").json()["data"]}
+        assert cards == {
+            "qwen3-tts": None,
+            "qwen3-tts-voicedesign": "VoiceDesign",
+            "Qwen3-TTS-12Hz-0.6B-CustomVoice": "CustomVoice",
+            "Qwen3-TTS-12Hz-0.6B-Base": "Base",
+            "Qwen3-TTS-12Hz-1.7B-VoiceDesign": "VoiceDesign",
+        }
+        body = {"input": "Designed.", "instructions": "A calm voice.", "response_format": "pcm", "stream": False}
+        by_id = httpx.post(f"{url}/v1/audio/speech", json={**body, "model": ids["VOICEDESIGN_MODEL_PATH"]}, timeout=120)
+        by_alias = httpx.post(f"{url}/v1/audio/speech", json={**body, "model": "qwen3-tts-voicedesign"}, timeout=120)
+        assert by_id.status_code == 200 and len(by_id.content) > 1920 * 2
+        assert by_id.content == by_alias.content
+
+
 def test_serve_demo_answers_speech(tmp_path):
     with serving({"QWEN_TTS_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}, "--demo") as url:
         speech = httpx.post(
@@ -145,7 +187,12 @@ def test_serve_demo_answers_speech(tmp_path):
             timeout=120,
         )
         assert speech.status_code == 200 and decode_audio(speech.content).rate == 24000
-    assert (tmp_path / "data/demo-models/customvoice/config.json").is_file()  # built once, kept
+        designed = httpx.post(
+            f"{url}/v1/audio/voices", json={"name": "Demo host", "description": "A calm voice."}, timeout=120
+        )
+        assert designed.status_code == 200 and designed.json()["type"] == "prompt"
+    for family in ("customvoice", "base", "voicedesign"):
+        assert (tmp_path / f"data/demo-models/{family}/config.json").is_file()  # built once, kept
 
 
 def test_device_auto(clean_env):

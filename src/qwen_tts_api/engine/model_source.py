@@ -50,12 +50,12 @@ def resolve_source(kind: ModelKind, value: str) -> ModelSource:
 
 
 def resolve_sources(configured: dict[ModelKind, str]) -> dict[ModelKind, ModelSource]:
-    """Every configured model, or the published 0.6B pair from the Hub when none is."""
+    """Every configured model (exactly those), or the published 0.6B pair from the Hub when none is."""
     if not configured:
         configured = dict(DEFAULT_HUB_MODELS)
         log.info(
-            "no model configured (CUSTOMVOICE_MODEL_PATH, BASE_MODEL_PATH): serving %s and %s from the "
-            "Hugging Face Hub (downloaded once into its cache)",
+            "no model configured (CUSTOMVOICE_MODEL_PATH, BASE_MODEL_PATH, VOICEDESIGN_MODEL_PATH): serving %s "
+            "and %s from the Hugging Face Hub (downloaded once into its cache)",
             *configured.values(),
         )
     return {kind: resolve_source(kind, value) for kind, value in configured.items()}
