@@ -136,6 +136,16 @@ def test_openapi_describes_what_the_server_sends(http):
     for status in ("400", "413", "429"):
         assert fields(schema_of("/v1/audio/voices", "post", status)) == {"error"}, status
     assert fields(schema_of("/v1/audio/voices/{voice_id}", "get", "404")) == {"error"}
+    # The two ways to create a voice: an upload, or a design (also as JSON).
+    created = spec["paths"]["/v1/audio/voices"]["post"]["requestBody"]["content"]
+    assert [fields(ref) for ref in created["multipart/form-data"]["schema"]["oneOf"]] == [
+        {"name", "audio_sample", "type", "consent", "audio_sample_text"},
+        {"name", "type", "prompt", "script_hint", "language", "seed", "consent"},
+    ]
+    assert fields(created["application/json"]["schema"]) >= {"name", "prompt"}
+    assert {"prompt", "type"} <= set(schemas["VoiceCard"]["properties"])
+    assert set(schemas["ModelCard"]["properties"]) >= {"id", "task_type"}
+    assert "task_type" in schemas["SpeechRequest"]["properties"]
     # Audio and Server-Sent Events for speech, each event typed.
     speech = spec["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
     assert {"audio/mpeg", "audio/wav", "audio/pcm", "text/event-stream"} <= set(speech)

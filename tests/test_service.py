@@ -214,7 +214,7 @@ def test_ready_after_warm_up(server, http):
     while (r := http.get("/ready")).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "models": ["customvoice", "base"], "warmed_up": True}
+    assert r.json() == {"status": "ready", "models": ["customvoice", "base", "voicedesign"], "warmed_up": True}
     readiness = server.app.state.readiness
     readiness.warmed_up = False  # as it is while the warm-up runs
     try:

@@ -1,5 +1,6 @@
-"""What runs before /ready (a batched prefill, a two-row batch, both kinds of cloning), and
-in-context cloning that decodes its reference frames once per request, not once per segment."""
+"""What runs before /ready (a batched prefill, a two-row batch, both kinds of cloning, a
+description for VoiceDesign), and in-context cloning that decodes its reference frames once
+per request, not once per segment."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import soundfile as sf
 from helpers import SR, LiveServer, capped_copy, cpu_settings, decode_audio, tone
 from qwen_tts import Qwen3TTSModel
 
+from qwen_tts_api.engine import scheduler
 from qwen_tts_api.engine.batching import FrameBatch
 from qwen_tts_api.engine.decoding import DecoderContext
-from qwen_tts_api.engine.warmup import WARMUP_TRANSCRIPT
+from qwen_tts_api.engine.warmup import WARMUP_DESCRIPTION, WARMUP_TRANSCRIPT
 from qwen_tts_api.text.segment import split_text
 
 FRAME = 1920 / SR
@@ -34,9 +36,21 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
         transcripts.append(kwargs.get("ref_text"))
         return create_prompt(self, *args, **kwargs)
 
+    instructions: list[str | None] = []
+    build_prompt = scheduler.build_prompt
+
+    def recording_build_prompt(*args, **kwargs):
+        instructions.append(kwargs.get("instructions"))
+        return build_prompt(*args, **kwargs)
+
     monkeypatch.setattr(FrameBatch, "add_many", recording_add_many)
     monkeypatch.setattr(Qwen3TTSModel, "create_voice_clone_prompt", recording_create_prompt)
-    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], base_model_path=demo_models["base"])
+    monkeypatch.setattr(scheduler, "build_prompt", recording_build_prompt)
+    settings = cpu_settings(
+        customvoice_model_path=demo_models["customvoice"],
+        base_model_path=demo_models["base"],
+        voicedesign_model_path=demo_models["voicedesign"],
+    )
     with LiveServer(settings) as live:
         assert live.app.state.readiness.ready
         before_ready = list(prefills)
@@ -47,6 +61,8 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
     assert [False, True] in before_ready
     # The speaker and codec encoders ran on reference audio (in-context: with its transcript).
     assert transcripts == [WARMUP_TRANSCRIPT]
+    # VoiceDesign: its two prompts carry a description.
+    assert instructions.count(WARMUP_DESCRIPTION) == 2 and len(before_ready) == 3
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,48 @@ class VoiceList(BaseModel):
     voices: list[VoiceEntry]  # the same voices, in the Kokoro-FastAPI shape
 
 
+class VoiceUpload(BaseModel):
+    """``POST /v1/audio/voices`` as multipart/form-data: a voice cloned from a sample. (The
+    route reads the body itself, to refuse an oversized upload early; this model is its
+    description.)"""
+
+    name: str
+    audio_sample: bytes = Field(json_schema_extra={"format": "binary"})  # the file
+    type: Literal["audio_sample"] = "audio_sample"
+    consent: str | None = None
+    audio_sample_text: str | None = None  # ours: the sample's transcript (in-context cloning)
+
+
+class VoiceDesign(BaseModel):
+    """``POST /v1/audio/voices`` designing a voice (multipart, a form or JSON): OpenAI's
+    field names, or ours in brackets (api/voice_design.py)."""
+
+    name: str
+    type: Literal["prompt"] = "prompt"
+    prompt: str = Field(max_length=MAX_INPUT_CHARS)  # or `description`: the voice, in words
+    script_hint: str | None = None  # or `sample_text`: what the voice reads to be kept
+    language: str = "Auto"  # the sample's; Auto: the description's script
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    consent: str | None = None
+
+
+VOICE_CREATION = (VoiceUpload, VoiceDesign)
+
+
+def voice_creation_body() -> dict:
+    """``openapi_extra`` for ``POST /v1/audio/voices``: its two request bodies."""
+    refs = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in VOICE_CREATION]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"oneOf": refs}},
+                "application/json": {"schema": refs[1]},
+            },
+        }
+    }
+
+
 class VoiceDeleted(BaseModel):
     object: Literal["audio.voice.deleted"] = "audio.voice.deleted"
     id: str
@@ -228,10 +270,11 @@ STREAM_EVENTS = (SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
 
 
 def stream_event_schemas() -> dict[str, dict]:
-    """JSON schemas of the SSE events and the WebSocket messages (and what they contain), for
-    ``components.schemas``: neither is a response_model, so FastAPI does not collect them."""
+    """JSON schemas of the SSE events, the WebSocket messages and the voice-creation bodies
+    (and what they contain), for ``components.schemas``: none is a route's model, so FastAPI
+    does not collect them."""
     _, top = models_json_schema(
-        [(event, "serialization") for event in (*STREAM_EVENTS, *LIVE_MESSAGES)],
+        [(model, "serialization") for model in (*STREAM_EVENTS, *LIVE_MESSAGES, *VOICE_CREATION)],
         ref_template="#/components/schemas/{model}",
     )
     return top["$defs"]

@@ -23,7 +23,7 @@ from ..text.prepare import clean
 from ..voices.speakers import available_aliases
 from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
-from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses
+from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses, voice_creation_body
 from .routing import require_model
 from .streaming import ClientGone
 from .voice_design import asks_for_design, design_ask, design_voice
@@ -131,6 +131,7 @@ def _voice_type(form: FormData) -> str:
     response_model=VoiceCard,
     response_model_exclude_none=True,
     responses=error_responses(400, 413, 429, 500, 503, 504),
+    openapi_extra=voice_creation_body(),
 )
 async def create_voice(request: Request) -> VoiceCard:
     """A saved voice from an uploaded sample (multipart: ``name``, ``audio_sample``,
