@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import FormData, UploadFile
 
 from ..audio.reference import AudioSampleError, decode_reference
 from ..constants import ModelKind
+from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine
 from ..settings import Settings
 from ..text.prepare import clean
+from ..voices.prompt import ClonePrompt
 from ..voices.speakers import available_aliases
 from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
@@ -146,35 +149,22 @@ async def create_voice(request: Request) -> VoiceCard:
         kind = _voice_type(form)
         name = _text_field(form, "name", required=True)
         consent = _text_field(form, "consent")
-        if kind == "prompt":
-            design = design_ask(form)
-        else:
-            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-                raise invalid_request(
-                    "an audio_sample is uploaded as multipart/form-data (name, audio_sample, consent)",
-                    param="audio_sample",
-                    code="invalid_content_type",
-                )
-            model = require_model(engine, ModelKind.BASE, "audio_sample")
+        design = design_ask(form) if kind == "prompt" else None
+        model = None if design else _upload_model(request, engine)
         # Checked now as well as when saving, so a bad or taken name costs no decoding.
         await asyncio.to_thread(_check_new_name, store, name)
-        if kind == "audio_sample":
-            data = await _sample_bytes(form, settings.audio_sample_max_bytes)
-            transcript = clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None
+        upload = None if model is None else await _read_upload(form, model, settings.audio_sample_max_bytes)
     finally:
         await form.close()
     description = None
-    if kind == "prompt":
+    if design is not None:
         try:
             prompt, description = await design_voice(request, design, engine, settings)
         except ClientGone:
             return Response(status_code=499)
     else:
-        try:
-            waveform = await asyncio.to_thread(decode_reference, data, settings.audio_sample_max_seconds)
-        except AudioSampleError as exc:
-            raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
-        prompt = await engine.clone_prompt(waveform, transcript)
+        assert upload is not None
+        prompt = await _clone(upload, engine, settings)
     try:
         voice = await asyncio.to_thread(store.add, name, prompt, consent, description)
     except VoiceNameError as exc:
@@ -182,7 +172,24 @@ async def create_voice(request: Request) -> VoiceCard:
     return _card(voice)
 
 
-async def _sample_bytes(form: FormData, limit: int) -> bytes:
+@dataclass(frozen=True)
+class _Upload:
+    data: bytes  # the sample file as sent
+    transcript: str | None
+
+
+def _upload_model(request: Request, engine: Engine) -> LoadedModel:
+    """The Base model, for a voice cloned from an upload (which only multipart can carry)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise invalid_request(
+            "an audio_sample is uploaded as multipart/form-data (name, audio_sample, consent)",
+            param="audio_sample",
+            code="invalid_content_type",
+        )
+    return require_model(engine, ModelKind.BASE, "audio_sample")
+
+
+async def _read_upload(form: FormData, model: LoadedModel, limit: int) -> _Upload:
     sample = form.get("audio_sample")
     if not isinstance(sample, UploadFile):
         raise invalid_request(
@@ -191,7 +198,15 @@ async def _sample_bytes(form: FormData, limit: int) -> bytes:
     data = await sample.read(limit + 1)
     if len(data) > limit:
         raise _too_large(limit)
-    return data
+    return _Upload(data, clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None)
+
+
+async def _clone(upload: _Upload, engine: Engine, settings: Settings) -> ClonePrompt:
+    try:
+        waveform = await asyncio.to_thread(decode_reference, upload.data, settings.audio_sample_max_seconds)
+    except AudioSampleError as exc:
+        raise invalid_request(str(exc), param="audio_sample", code="invalid_audio_sample") from exc
+    return await engine.clone_prompt(waveform, upload.transcript)
 
 
 def _card(voice: SavedVoice) -> VoiceCard:
