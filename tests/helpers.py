@@ -37,6 +37,7 @@ __all__ = [
     "serving",
     "tone_wav",
     "batch_sizes",
+    "slowed_steps",
 ]
 
 
@@ -222,5 +223,24 @@ def batch_sizes(engine) -> Iterator[list[int]]:
     engine.scheduler.on_step = spy
     try:
         yield sizes
+    finally:
+        engine.scheduler.on_step = hook
+
+
+@contextlib.contextmanager
+def slowed_steps(engine, seconds: float) -> Iterator[None]:
+    """Each generation step lasts ``seconds`` longer meanwhile (a pause on the scheduler
+    thread after the real step): a request then lasts long enough to watch on any machine."""
+    import time
+
+    hook = engine.scheduler.on_step
+
+    def slow(kind, rows, step_seconds, cache):
+        hook(kind, rows, step_seconds, cache)
+        time.sleep(seconds)
+
+    engine.scheduler.on_step = slow
+    try:
+        yield
     finally:
         engine.scheduler.on_step = hook

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams
+from helpers import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams, slowed_steps
 
 from qwen_tts_api.engine.admission import Admission, EngineBusy
 
@@ -62,7 +62,8 @@ def test_full_queue_answers_429_and_recovers(tiny_queue_server):
         with httpx.Client(base_url=tiny_queue_server.url, timeout=300) as http:
             return http.post("/v1/audio/speech", json=BODY)
 
-    with ThreadPoolExecutor(8) as pool:
+    # Slowed steps: the first two are still generating and waiting when the others arrive.
+    with slowed_steps(tiny_queue_server.app.state.engine, 0.01), ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(post, range(8)))
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {200, 429}, statuses
@@ -88,8 +89,10 @@ def impatient_server(demo_models):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_request_timeout_is_504(impatient_server, stream):
-    # The long text takes about 4.5 s here, "Hi." about 0.4 s: both well clear of the 2 s limit.
-    with httpx.Client(base_url=impatient_server.url, timeout=300) as http:
+    # 10 ms more a step on any machine: the long text (about 480 frames) takes well over the
+    # 2 s limit, "Hi." (about 30 frames) well under it.
+    slowed = slowed_steps(impatient_server.app.state.engine, 0.01)
+    with slowed, httpx.Client(base_url=impatient_server.url, timeout=300) as http:
         long = {**BODY, "input": "This will take far longer than two seconds to say. " * 6, "stream": stream}
         if stream:
             long["stream_format"] = "audio"

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import SR, LiveServer, cpu_settings, error_of
+from helpers import SR, LiveServer, cpu_settings, error_of, slowed_steps
 
 LONG = "A long stream keeps the batch busy while references are encoded next to it. " * 3
 
@@ -108,7 +108,8 @@ def test_an_upload_takes_a_place_in_the_queue(one_place):
     scheduler = one_place.app.state.engine.scheduler
     with httpx.Client(base_url=one_place.url, timeout=300) as http:
         body = {"model": "qwen3-tts", "voice": "alloy", "input": LONG, "response_format": "pcm"}
-        with http.stream("POST", "/v1/audio/speech", json=body) as r:
+        # Slowed, so that the stream still holds its place when the upload arrives on any machine.
+        with slowed_steps(one_place.app.state.engine, 0.02), http.stream("POST", "/v1/audio/speech", json=body) as r:
             next(r.iter_bytes())  # generating: the only place is taken
             assert len(scheduler.batches["customvoice"]) == 1
             busy = http.post(
