@@ -235,6 +235,9 @@ def test_design_with_the_sdk_then_speak_by_id_and_name(server, client, http):
     assert http.get(f"/v1/audio/voices/{voice.id}").json()["prompt"] == DESCRIPTION
     entries = {e["id"]: e for e in http.get("/v1/audio/voices").json()["voices"]}
     assert entries[voice.id]["type"] == "prompt"
+    metrics = http.get("/metrics").text
+    designs = [line for line in metrics.splitlines() if 'route="/v1/audio/voices",status="200"' in line]
+    assert any('model="voicedesign"' in line for line in designs), designs  # the model that designed it
 
 
 def test_design_as_json_with_our_field_names(server, http):

@@ -21,6 +21,7 @@ from ..constants import ModelKind
 from ..engine.loading import LoadedModel
 from ..engine.synthesis import Engine
 from ..settings import Settings
+from ..telemetry.record import record_of
 from ..text.prepare import clean
 from ..voices.prompt import ClonePrompt
 from ..voices.speakers import available_aliases
@@ -169,6 +170,9 @@ async def create_voice(request: Request) -> VoiceCard:
         voice = await asyncio.to_thread(store.add, name, prompt, consent, description)
     except VoiceNameError as exc:
         raise _name_error(exc) from exc
+    if (record := record_of(request)) is not None:  # the log line says which model made it
+        record.voice_kind = "designed" if design else "clone"
+        record.model = engine.models[ModelKind.VOICEDESIGN if design else ModelKind.BASE].name
     return _card(voice)
 
 
