@@ -28,6 +28,7 @@ from ..text.segment import MAX_SEGMENT_WEIGHT, weight
 from ..voices.prompt import ClonePrompt
 from ..voices.scripts import sample_script, script_language
 from .errors import APIError, invalid_request, timeout_error
+from .forms import is_sent, text_field
 from .protocol import MAX_INPUT_CHARS, SEED_MAX, canonical_language
 from .routing import require_model
 from .streaming import until_ready
@@ -51,25 +52,16 @@ class DesignAsk:
 
 
 def asks_for_design(form: FormData) -> bool:
-    return any(_present(form, name) for name in DESCRIPTION_FIELDS)
-
-
-def _present(form: FormData, name: str) -> bool:
-    value = form.get(name)
-    return value is not None and not (isinstance(value, str) and not value.strip())
+    return any(is_sent(form, name) for name in DESCRIPTION_FIELDS)
 
 
 def _one_of(form: FormData, names: tuple[str, ...]) -> tuple[str | None, str]:
-    """The value of whichever of ``names`` was sent (a 400 when both were), and its name."""
-    sent = [name for name in names if _present(form, name)]
+    """The text of whichever of ``names`` was sent (a 400 when both were), and its name."""
+    sent = [name for name in names if is_sent(form, name)]
     if len(sent) > 1:
         raise invalid_request(f"send {sent[0]!r} or {sent[1]!r}, not both", param=sent[1])
-    if not sent:
-        return None, names[0]
-    value = form.get(sent[0])
-    if not isinstance(value, str):
-        raise invalid_request(f"{sent[0]!r} must be a text field, not a file", param=sent[0])
-    return value.strip(), sent[0]
+    name = sent[0] if sent else names[0]
+    return text_field(form, name), name
 
 
 def design_ask(form: FormData) -> DesignAsk:
@@ -91,24 +83,17 @@ def design_ask(form: FormData) -> DesignAsk:
             "characters (a CJK character counts as 3)",
             param=sample_param,
         )
-    language = _field(form, "language") or "Auto"
+    language = text_field(form, "language") or "Auto"
     try:
         language = canonical_language(language)
     except ValueError as exc:
         raise invalid_request(str(exc), param="language") from exc
-    seed = _field(form, "seed")
+    seed = text_field(form, "seed")
     if seed is not None and not (seed.isdigit() and int(seed) <= SEED_MAX):
         raise invalid_request(f"'seed' must be a whole number from 0 to {SEED_MAX}", param="seed")
     return DesignAsk(
         description, description_param, sample_text, sample_param, language, None if seed is None else int(seed)
     )
-
-
-def _field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if value is None or not isinstance(value, str) or not value.strip():
-        return None
-    return value.strip()
 
 
 async def design_voice(request: Request, ask: DesignAsk, engine: Engine, settings: Settings) -> tuple[ClonePrompt, str]:
@@ -117,14 +102,14 @@ async def design_voice(request: Request, ask: DesignAsk, engine: Engine, setting
     design = require_model(
         engine, ModelKind.VOICEDESIGN, ask.description_param, needs="designing a voice needs the VoiceDesign model"
     )
-    require_model(
+    base = require_model(
         engine,
         ModelKind.BASE,
         ask.description_param,
         needs="keeping a designed voice needs the Base model (it clones the designed sample)",
     )
     language = script_language(ask.language, ask.description)
-    for model in (design, engine.models[ModelKind.BASE]):
+    for model in (design, base):
         if language.lower() not in model.languages:
             raise invalid_request(f"language {language!r} is not supported by model {model.name}", param="language")
     description = clean(ask.description, design.control_tokens)

@@ -27,6 +27,7 @@ from ..voices.prompt import ClonePrompt
 from ..voices.speakers import available_aliases
 from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
 from .errors import APIError, invalid_request
+from .forms import text_field
 from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses, voice_creation_body
 from .routing import require_model
 from .streaming import ClientGone
@@ -100,22 +101,11 @@ async def _read_json(request: Request) -> FormData:
     return FormData(fields)
 
 
-def _text_field(form: FormData, name: str, required: bool = False) -> str | None:
-    value = form.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise invalid_request(f"missing required field {name!r}", param=name, code="missing_required_parameter")
-        return None
-    if not isinstance(value, str):
-        raise invalid_request(f"{name!r} must be a text field, not a file", param=name)
-    return value.strip()
-
-
 def _voice_type(form: FormData) -> str:
     """``audio_sample`` (clone an upload) or ``prompt`` (design from a description); OpenAI's
     default is ``audio_sample``, ours follows the fields sent."""
     designing = asks_for_design(form)
-    kind = _text_field(form, "type") or ("prompt" if designing else "audio_sample")
+    kind = text_field(form, "type") or ("prompt" if designing else "audio_sample")
     if kind not in ("audio_sample", "prompt"):
         raise invalid_request(
             "'type' is 'audio_sample' (clone an uploaded sample) or 'prompt' (design a voice from a description)",
@@ -148,8 +138,8 @@ async def create_voice(request: Request) -> VoiceCard:
     form = await _read_form(request, settings.audio_sample_max_bytes)
     try:
         kind = _voice_type(form)
-        name = _text_field(form, "name", required=True)
-        consent = _text_field(form, "consent")
+        name = text_field(form, "name", required=True)
+        consent = text_field(form, "consent")
         design = design_ask(form) if kind == "prompt" else None
         model = None if design else _upload_model(request, engine)
         # Checked now as well as when saving, so a bad or taken name costs no decoding.
@@ -202,7 +192,7 @@ async def _read_upload(form: FormData, model: LoadedModel, limit: int) -> _Uploa
     data = await sample.read(limit + 1)
     if len(data) > limit:
         raise _too_large(limit)
-    return _Upload(data, clean(_text_field(form, "audio_sample_text") or "", model.control_tokens) or None)
+    return _Upload(data, clean(text_field(form, "audio_sample_text") or "", model.control_tokens) or None)
 
 
 async def _clone(upload: _Upload, engine: Engine, settings: Settings) -> ClonePrompt:
