@@ -40,10 +40,10 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.batching import FrameBatch
-    from qwen_tts_api.engine.decoding import StreamingDecoder
-    from qwen_tts_api.engine.prompt import build_prompt
-    from qwen_tts_api.engine.sampling import SamplingParams
+    from qwen_tts_api.engine.generation.batching import FrameBatch
+    from qwen_tts_api.engine.generation.decoding import StreamingDecoder
+    from qwen_tts_api.engine.generation.prompt import build_prompt
+    from qwen_tts_api.engine.generation.sampling import SamplingParams
 
     talker = tts.model.talker
     params = SamplingParams.from_generate_config(tts.generate_defaults)

@@ -77,8 +77,7 @@ def main() -> int:
         run_server(url, True)
         base = serial(official, args.frames, args.serial_requests)
         rows.append(("serial", base))
-        for level in args.concurrency:
-            rows.append((f"server@{level}", concurrent(url, level)))
+        rows.extend((f"server@{level}", concurrent(url, level)) for level in args.concurrency)
 
     single_ttfa = statistics.median(rows[1][1]["ttfa"]) if args.concurrency[0] == 1 else None
     print(

@@ -40,12 +40,12 @@ import torch
 
 from qwen_tts_api.cli import quiet_third_party_logs
 from qwen_tts_api.devtools import free_port, wait_until_ready
-from qwen_tts_api.engine.demo_models import build_model
+from qwen_tts_api.devtools.demo_models import build_model
 
 TEXT = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
 SAMPLE_RATE = 24000
 FRAME_SECONDS = 0.08
-PACKAGE_SAMPLING = dict(do_sample=True, subtalker_dosample=True)
+PACKAGE_SAMPLING = {"do_sample": True, "subtalker_dosample": True}
 
 
 def build(kind: str, frames: int, directory: Path) -> Path:
@@ -144,7 +144,7 @@ def run_official(tts, frames: int) -> dict:
 def run_engine(engine, frames: int) -> dict:
     import asyncio
 
-    from qwen_tts_api.engine.jobs import SpeechJob
+    from qwen_tts_api.engine.runtime.jobs import SpeechJob
     from qwen_tts_api.text.prepare import prepare
 
     async def go() -> dict:
@@ -207,8 +207,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     path, official = load_official(args)
-    from qwen_tts_api.engine.loading import LoadedModel
-    from qwen_tts_api.engine.synthesis import Engine
+    from qwen_tts_api.engine.models.loading import LoadedModel
+    from qwen_tts_api.engine.runtime.engine import Engine
 
     engine = Engine(
         {

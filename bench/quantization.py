@@ -24,11 +24,11 @@ import sys
 import torch
 from latency import TEXT, add_model_arguments, cpu_model, load_official  # noqa: E402 (sibling script)
 
-from qwen_tts_api.engine.batching import FrameBatch
-from qwen_tts_api.engine.lean import DecoderStack, FrameCache, SlotCache
-from qwen_tts_api.engine.prompt import build_prompt
-from qwen_tts_api.engine.quantize import quantize_int8
-from qwen_tts_api.engine.sampling import SamplingParams
+from qwen_tts_api.engine.generation.batching import FrameBatch
+from qwen_tts_api.engine.generation.lean import DecoderStack, FrameCache, SlotCache
+from qwen_tts_api.engine.generation.prompt import build_prompt
+from qwen_tts_api.engine.generation.sampling import SamplingParams
+from qwen_tts_api.engine.models.quantize import quantize_int8
 
 
 @torch.inference_mode()

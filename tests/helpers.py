@@ -10,14 +10,18 @@ import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import openai
+import pytest
 import soundfile as sf
 
 from qwen_tts_api.constants import SAMPLE_RATE as SR
 from qwen_tts_api.devtools import BackgroundServer, cpu_settings
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = [
     "OPENAI_CONTENT_TYPES",
@@ -54,6 +58,8 @@ OPENAI_CONTENT_TYPES = {
 
 class LiveServer(BackgroundServer):
     def openai(self) -> openai.OpenAI:
+        import openai  # (imported when a test needs it: it is slow to import)
+
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
 
 
@@ -212,19 +218,13 @@ def tone_wav(seconds: float, freq: float) -> bytes:
 
 @contextlib.contextmanager
 def batch_sizes(engine) -> Iterator[list[int]]:
-    """The rows of every step the engine makes meanwhile (its metrics hook goes on as before)."""
+    """The rows of every step the engine makes meanwhile (beside its other step observers)."""
     sizes: list[int] = []
-    hook = engine.scheduler.on_step
-
-    def spy(kind, rows, seconds, cache):
-        sizes.append(rows)
-        hook(kind, rows, seconds, cache)
-
-    engine.scheduler.on_step = spy
+    remove = engine.add_step_observer(lambda step: sizes.append(step.rows))
     try:
         yield sizes
     finally:
-        engine.scheduler.on_step = hook
+        remove()
 
 
 @contextlib.contextmanager
@@ -233,14 +233,17 @@ def slowed_steps(engine, seconds: float) -> Iterator[None]:
     thread after the real step): a request then lasts long enough to watch on any machine."""
     import time
 
-    hook = engine.scheduler.on_step
-
-    def slow(kind, rows, step_seconds, cache):
-        hook(kind, rows, step_seconds, cache)
-        time.sleep(seconds)
-
-    engine.scheduler.on_step = slow
+    remove = engine.add_step_observer(lambda _step: time.sleep(seconds))
     try:
         yield
     finally:
-        engine.scheduler.on_step = hook
+        remove()
+
+
+def first_fast(cases: list) -> list:
+    """Parametrize cases whose first one stays in the fast tier and the others are ``slow``
+    (each runs the package's own generation for seconds)."""
+    return [
+        cases[0],
+        *(pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow) for c in cases[1:]),
+    ]

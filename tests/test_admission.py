@@ -8,7 +8,8 @@ import httpx
 import pytest
 from helpers import LiveServer, cpu_settings, decode_audio, raw_speech_request, recorded_streams, slowed_steps
 
-from qwen_tts_api.engine.admission import Admission, EngineBusy
+from qwen_tts_api.engine.errors import EngineBusy
+from qwen_tts_api.engine.runtime.admission import Admission
 
 BODY = {
     "model": "qwen3-tts",
@@ -24,8 +25,7 @@ def test_sixteen_concurrent_clients_all_get_complete_audio(server):
 
     def ask(i):
         with httpx.Client(base_url=server.url, timeout=600) as http:
-            streamed = http.post("/v1/audio/speech", json={**BODY, "input": texts[i], "stream": True})
-            return streamed
+            return http.post("/v1/audio/speech", json={**BODY, "input": texts[i], "stream": True})
 
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(ask, range(16)))
@@ -63,7 +63,7 @@ def test_full_queue_answers_429_and_recovers(tiny_queue_server):
             return http.post("/v1/audio/speech", json=BODY)
 
     # Slowed steps: the first two are still generating and waiting when the others arrive.
-    with slowed_steps(tiny_queue_server.app.state.engine, 0.01), ThreadPoolExecutor(8) as pool:
+    with slowed_steps(tiny_queue_server.app.state.server.engine, 0.01), ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(post, range(8)))
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {200, 429}, statuses
@@ -91,7 +91,7 @@ def impatient_server(demo_models):
 def test_request_timeout_is_504(impatient_server, stream):
     # 10 ms more a step on any machine: the long text (about 480 frames) takes well over the
     # 2 s limit, "Hi." (about 30 frames) well under it.
-    slowed = slowed_steps(impatient_server.app.state.engine, 0.01)
+    slowed = slowed_steps(impatient_server.app.state.server.engine, 0.01)
     with slowed, httpx.Client(base_url=impatient_server.url, timeout=300) as http:
         long = {**BODY, "input": "This will take far longer than two seconds to say. " * 6, "stream": stream}
         if stream:
@@ -112,7 +112,7 @@ def test_queued_request_whose_client_left_never_starts(tiny_queue_server):
     """With the one place in the batch taken, the second request waits in the queue; its
     client leaves, and it is dropped there. (With a free place it would join the batch at
     once, racing the disconnect.)"""
-    engine = tiny_queue_server.app.state.engine
+    engine = tiny_queue_server.app.state.server.engine
     busy_body = {**BODY, "input": "Keep the worker busy for a few seconds with this text. " * 3}
     with recorded_streams(engine) as streams, httpx.Client(base_url=tiny_queue_server.url, timeout=300) as http:
         busy = threading.Thread(target=lambda: http.post("/v1/audio/speech", json=busy_body))

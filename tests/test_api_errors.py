@@ -6,6 +6,8 @@ import openai
 import pytest
 from helpers import LiveServer, cpu_settings, error_of
 
+from qwen_tts_api.engine.runtime.requests import Request
+
 BASE = {"model": "qwen3-tts", "input": "Hi.", "voice": "alloy"}
 
 
@@ -71,18 +73,13 @@ def test_unknown_route_and_method(http, client):
         client.models.retrieve("no-such-model")
 
 
-def test_unexpected_failure_is_500_without_traceback_and_server_recovers(server, http):
-    engine = server.app.state.engine
-    original = engine.scheduler._segment_entry
-
+def test_unexpected_failure_is_500_without_traceback_and_server_recovers(server, http, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    engine.scheduler._segment_entry = broken
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr(Request, "next_row", broken)
         r = http.post("/v1/audio/speech", json=BASE)
-    finally:
-        engine.scheduler._segment_entry = original
     assert r.status_code == 500
     err = error_of(r)
     assert err["type"] == "server_error"

@@ -11,7 +11,7 @@ from helpers import OPENAI_CONTENT_TYPES, SR, LiveServer, cpu_settings, decode_a
 
 from qwen_tts_api.api.protocol import LANGUAGES  # the specification's ten and Auto
 from qwen_tts_api.constants import QWEN_SPEAKERS
-from qwen_tts_api.engine.demo_models import ModelShape, build_model
+from qwen_tts_api.devtools.demo_models import ModelShape, build_model
 from qwen_tts_api.voices.speakers import OPENAI_VOICE_ALIASES
 
 TEXT = "Hello there."
@@ -170,7 +170,7 @@ def test_health_answers_during_long_synthesis(server, http):
         done.set()
 
     # At least 10 ms a step: the request outlasts several checks however fast the machine is.
-    with slowed_steps(server.app.state.engine, 0.01):
+    with slowed_steps(server.app.state.server.engine, 0.01):
         worker = threading.Thread(target=long_request)
         worker.start()
         time.sleep(0.5)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.batching import FrameBatch
-from qwen_tts_api.engine.generation import FrameGenerator
-from qwen_tts_api.engine.lean import SlotCache
-from qwen_tts_api.engine.prompt import build_prompt
-from qwen_tts_api.engine.sampling import SamplingParams
+from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
+from qwen_tts_api.engine.generation.frames import FrameGenerator
+from qwen_tts_api.engine.generation.lean import SlotCache
+from qwen_tts_api.engine.generation.prompt import build_prompt
+from qwen_tts_api.engine.generation.sampling import SamplingParams
 
 REQUESTS = [  # text, speaker, language, frames, joins before step
     ("Hello there.", "Vivian", "English", 12, 0),
@@ -37,7 +37,7 @@ def test_batched_codes_equal_solo_codes(customvoice):
         # Requests that join at the same step prefill together (left-padded: lengths differ).
         joining = [i for i, request in enumerate(REQUESTS) if request[4] == step]
         if joining:
-            added = batch.add_many([(prompts[i], REQUESTS[i][3], None) for i in joining])
+            added = batch.add_many([RowSpec(prompts[i], REQUESTS[i][3]) for i in joining])
             rows.update(zip(joining, added))
         widest = max(widest, len(batch))
         frames, _ = batch.step()
@@ -70,6 +70,7 @@ def test_cancelled_row_leaves_and_others_continue(customvoice):
     assert torch.equal(torch.stack(got), expected)
 
 
+@pytest.mark.slow  # hundreds of rows joining and leaving
 def test_cache_stays_bounded_under_continuous_joins_and_leaves(customvoice):
     """The batch never empties for hundreds of steps; its talker cache holds no more positions
     than its longest row needs, and every row's codes still equal its solo codes."""
@@ -128,7 +129,7 @@ def test_non_finite_predictor_logits_fail_their_row_only(customvoice):
         return None
 
     batch = FrameBatch(customvoice, params)
-    kept, poisoned = batch.add_many([(prompts[0], 10, None), (prompts[1], 10, None)])
+    kept, poisoned = batch.add_many([RowSpec(prompts[0], 10), RowSpec(prompts[1], 10)])
     hook = head.register_forward_hook(poison_row_one_at_frame_three)
     got, failed_frames = [], []
     try:

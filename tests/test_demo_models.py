@@ -9,7 +9,7 @@ import torch
 from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.cli import main
-from qwen_tts_api.engine.demo_models import (
+from qwen_tts_api.devtools.demo_models import (
     PUBLISHED,
     PUBLISHED_TOKEN_IDS,
     build_model,
@@ -17,7 +17,7 @@ from qwen_tts_api.engine.demo_models import (
     published_config,
     speech_tokenizer_config,
 )
-from qwen_tts_api.engine.model_dir import check_model_dir
+from qwen_tts_api.engine.models.directory import check_model_dir
 
 SPEAKERS = {"vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"}
 LANGUAGES = {
@@ -81,6 +81,7 @@ def test_base_model_clones(demo_models):
     assert sr == 24000 and np.sqrt(np.mean(wavs[0] ** 2)) > 0.01
 
 
+@pytest.mark.slow  # loads and runs a third model
 def test_voicedesign_model_designs_through_the_package(demo_models):
     """Loaded and spoken through the package's own VoiceDesign path: no speakers, the
     description conditions the output, and the 1.7B tag (VoiceDesign is published at 1.7B only)."""

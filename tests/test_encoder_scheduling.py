@@ -25,25 +25,22 @@ def reference(freq: float) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture()
+@pytest.fixture
 def timeline(server):
     """Steps and encoder calls in the order the scheduler thread made them."""
-    scheduler = server.app.state.engine.scheduler
+    engine = server.app.state.server.engine
     events: list[str] = []
-    on_step, compute = scheduler.on_step, scheduler.prompts.compute
-
-    def step_hook(*args):
-        events.append("step")
-        on_step(*args)
+    compute = engine.runner.prompts.compute
 
     def counting_compute(*args):
         events.append("encode")
         return compute(*args)
 
-    scheduler.on_step, scheduler.prompts.compute = step_hook, counting_compute
+    remove = engine.add_step_observer(lambda _stats: events.append("step"))
+    engine.runner.prompts.compute = counting_compute
     yield events
-    scheduler.on_step = on_step
-    del scheduler.prompts.compute
+    remove()
+    del engine.runner.prompts.compute
 
 
 def test_uploads_and_inline_references_never_hold_a_step_for_more_than_one_encoder_call(server, timeline):
@@ -105,13 +102,16 @@ def one_place(demo_models):
 
 
 def test_an_upload_takes_a_place_in_the_queue(one_place):
-    scheduler = one_place.app.state.engine.scheduler
+    runner = one_place.app.state.server.engine.runner
     with httpx.Client(base_url=one_place.url, timeout=300) as http:
         body = {"model": "qwen3-tts", "voice": "alloy", "input": LONG, "response_format": "pcm"}
         # Slowed, so that the stream still holds its place when the upload arrives on any machine.
-        with slowed_steps(one_place.app.state.engine, 0.02), http.stream("POST", "/v1/audio/speech", json=body) as r:
+        with (
+            slowed_steps(one_place.app.state.server.engine, 0.02),
+            http.stream("POST", "/v1/audio/speech", json=body) as r,
+        ):
             next(r.iter_bytes())  # generating: the only place is taken
-            assert len(scheduler.batches["customvoice"]) == 1
+            assert len(runner.batches["customvoice"]) == 1
             busy = http.post(
                 "/v1/audio/voices",
                 data={"name": "no-room"},
@@ -119,7 +119,7 @@ def test_an_upload_takes_a_place_in_the_queue(one_place):
             )
             assert busy.status_code == 429 and error_of(busy)["code"] == "server_busy"
             assert int(busy.headers["retry-after"]) >= 1
-        admission = one_place.app.state.engine.admission
+        admission = one_place.app.state.server.engine.admission
         deadline = time.monotonic() + 30
         while admission.active and time.monotonic() < deadline:  # the cancelled stream gives its place back
             time.sleep(0.02)

@@ -56,7 +56,7 @@ class Background:
 
 
 def customvoice_batch(server: LiveServer):
-    return server.app.state.engine.scheduler.batches["customvoice"]
+    return server.app.state.server.engine.runner.batches["customvoice"]
 
 
 def two_in_the_batch(server: LiveServer) -> tuple[Background, Background]:
@@ -83,7 +83,7 @@ def assert_healthy(server: LiveServer) -> None:
 
 def test_nan_logits_fail_their_row_and_the_batch_goes_on(fragile):
     expected_short = alone(fragile, SHORT)
-    head = fragile.app.state.engine.models["customvoice"].tts.model.talker.codec_head
+    head = fragile.app.state.server.engine.models["customvoice"].tts.model.talker.codec_head
     armed = threading.Event()
 
     def poison_row_zero(_module, _inputs, output):
@@ -113,14 +113,14 @@ def test_nan_logits_fail_their_row_and_the_batch_goes_on(fragile):
 
 def test_a_decoder_that_raises_fails_only_its_request(fragile):
     expected_short = alone(fragile, SHORT)
-    scheduler = fragile.app.state.engine.scheduler
+    scheduler = fragile.app.state.server.engine.scheduler
     first, second = two_in_the_batch(fragile)
 
     def broken_push(frame):
         raise RuntimeError("decoder exploded")
 
     def long_request():
-        return next((r for r in list(scheduler._owners.values()) if r.job.text.text == LONG.strip()), None)
+        return next((r for r in scheduler.active if r.job.text.text == LONG.strip()), None)
 
     wait_until(lambda: long_request() is not None)
     long_request().decoder.push = broken_push
@@ -153,7 +153,7 @@ def test_a_failing_reference_encoder_fails_only_that_request(fragile):
     wav = io.BytesIO()
     sf.write(wav, tone(1.5, 200.0), SR, format="WAV")
     sample = base64.b64encode(wav.getvalue()).decode()
-    prompts = fragile.app.state.engine.scheduler.prompts
+    prompts = fragile.app.state.server.engine.runner.prompts
 
     def broken_once(*args, **kwargs):
         del prompts.compute  # the class's own method again
@@ -172,7 +172,7 @@ def test_a_scheduler_that_cannot_go_on_says_so(demo_models):
     settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], base_model_path=demo_models["base"])
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
         assert http.get("/health").json() == {"status": "ok"}
-        scheduler = live.app.state.engine.scheduler
+        runner = live.app.state.server.engine.runner
         first = Background(live.url, speech(LONG))
         wait_until(lambda: len(customvoice_batch(live)) == 1)
 
@@ -180,7 +180,7 @@ def test_a_scheduler_that_cannot_go_on_says_so(demo_models):
             raise RuntimeError("CUDA error: device-side assert triggered")
 
         # The step fails, and so does every attempt to start afresh: the device is unusable.
-        scheduler._new_batch = device_lost
+        runner.new_batch = device_lost
         customvoice_batch(live).step = device_lost
         failed = first.result()
         assert failed.status_code == 500 and error_of(failed)["code"] == "generation_failed"
@@ -201,4 +201,4 @@ def test_a_scheduler_that_cannot_go_on_says_so(demo_models):
         )
         assert r.status_code == 503 and error_of(r)["code"] == "engine_unavailable"
         assert time.monotonic() - started < 10
-        assert live.app.state.engine.admission.active == 0, "every admission place was given back"
+        assert live.app.state.server.engine.admission.active == 0, "every admission place was given back"

@@ -6,12 +6,13 @@ The package's codes are captured where it hands them to its speech tokenizer.
 import numpy as np
 import pytest
 import torch
+from helpers import first_fast
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.demo_models import ModelShape, build_model
-from qwen_tts_api.engine.generation import FrameGenerator
-from qwen_tts_api.engine.prompt import build_prompt
-from qwen_tts_api.engine.sampling import SamplingParams
+from qwen_tts_api.devtools.demo_models import ModelShape, build_model
+from qwen_tts_api.engine.generation.frames import FrameGenerator
+from qwen_tts_api.engine.generation.prompt import build_prompt
+from qwen_tts_api.engine.generation.sampling import SamplingParams
 
 FRAMES = 14
 
@@ -72,7 +73,8 @@ def customvoice_1_7b(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "speaker, language", [("Vivian", "English"), ("Dylan", "Auto"), ("Eric", "Chinese"), ("Sohee", "Korean")]
+    "speaker, language",
+    first_fast([("Vivian", "English"), ("Dylan", "Auto"), ("Eric", "Chinese"), ("Sohee", "Korean")]),
 )
 def test_custom_voice_codes_equal(customvoice, speaker, language):
     text = "Hello there, how are you today?"
@@ -98,7 +100,7 @@ DESCRIPTION = "A warm, slightly husky alto, speaking slowly."
 
 @pytest.mark.parametrize(
     "language, text_per_frame",
-    [("English", False), ("Chinese", False), ("Auto", False), ("English", True)],
+    first_fast([("English", False), ("Chinese", False), ("Auto", False), ("English", True)]),
     ids=["english", "chinese", "auto", "text-per-frame"],
 )
 def test_voice_design_codes_equal(voicedesign, language, text_per_frame):
@@ -123,7 +125,7 @@ def test_voice_design_codes_equal(voicedesign, language, text_per_frame):
     assert not torch.equal(ours, other)  # the description is read
 
 
-from qwen_tts_api.engine.clone import compute_clone_prompt  # noqa: E402
+from qwen_tts_api.engine.generation.clone import compute_clone_prompt  # noqa: E402
 
 
 def reference_audio() -> np.ndarray:
@@ -131,7 +133,7 @@ def reference_audio() -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
 
 
-@pytest.mark.parametrize("transcript", [None, "This is the reference."], ids=["x-vector", "in-context"])
+@pytest.mark.parametrize("transcript", first_fast([None, "This is the reference."]), ids=["x-vector", "in-context"])
 def test_clone_codes_equal(base, transcript):
     ref = reference_audio()
     prompt_items = base.create_voice_clone_prompt(
@@ -153,6 +155,7 @@ def test_clone_codes_equal(base, transcript):
     assert torch.equal(ours, expected)
 
 
+@pytest.mark.slow  # text read per frame: also checked by VoiceDesign's and the live text's cases
 def test_custom_voice_text_read_per_frame_codes_equal(customvoice):
     """CustomVoice reading its text one token per frame (the package's non_streaming_mode=False,
     how a voice agent's live text is read) gives the package's codes, and differs from reading
@@ -167,9 +170,9 @@ def test_custom_voice_text_read_per_frame_codes_equal(customvoice):
     assert not torch.equal(ours, whole)
 
 
-from qwen_tts_api.engine.batching import FrameBatch  # noqa: E402
-from qwen_tts_api.engine.live import PartTokens  # noqa: E402
-from qwen_tts_api.engine.prompt import build_live_prompt, live_start_tokens, text_embeddings  # noqa: E402
+from qwen_tts_api.engine.generation.batching import FrameBatch  # noqa: E402
+from qwen_tts_api.engine.generation.live_tokens import PartTokens  # noqa: E402
+from qwen_tts_api.engine.generation.prompt import build_live_prompt, live_start_tokens, text_embeddings  # noqa: E402
 
 LIVE_TEXT = (
     "Well, here is a longer answer that arrives one word at a time, the way a language model "
@@ -207,7 +210,7 @@ def codes_of_text_arriving(tts, words: list[str], frames: int, **voice) -> tuple
     return torch.stack(codes), waits
 
 
-@pytest.mark.parametrize("voice", ["speaker", "x-vector", "in-context", "designed"])
+@pytest.mark.parametrize("voice", first_fast(["speaker", "x-vector", "in-context", "designed"]))
 def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice, base, voicedesign, voice):
     """A generation that waits for its text resumes exactly where it was: its codes are
     those of the same text read per frame with all of it there from the start."""
@@ -229,7 +232,7 @@ def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice,
 
 # ---------- waveform: incremental decode against the package's full decode ----------
 
-from qwen_tts_api.engine.decoding import DecoderContext, StreamingDecoder  # noqa: E402
+from qwen_tts_api.engine.generation.decoding import DecoderContext, StreamingDecoder  # noqa: E402
 
 
 def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context=None) -> np.ndarray:
@@ -241,6 +244,7 @@ def stream_decode(tts, codes, first_chunk=3, max_chunk=48, context=None) -> np.n
 
 
 # 200 frames is past the decoder's 72-frame attention window; 1/1 decodes frame by frame.
+@pytest.mark.slow  # seconds each: decoding a long stream chunk by chunk
 @pytest.mark.parametrize("frames", [40, 200])
 @pytest.mark.parametrize("first_chunk, max_chunk", [(3, 48), (1, 1), (7, 13)])
 def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, max_chunk):
@@ -255,6 +259,7 @@ def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, 
     assert np.abs(ours - wav).max() <= 1e-4
 
 
+@pytest.mark.slow  # a whole package generation and decode
 def test_in_context_clone_waveform_equals_package(base):
     ref = reference_audio()
     items = base.create_voice_clone_prompt(ref_audio=(ref, 24000), ref_text="This is the reference.")

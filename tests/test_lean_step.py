@@ -8,8 +8,8 @@ import torch
 from helpers import SR, LiveServer, cpu_settings, decode_audio
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from qwen_tts_api.engine.quantize import Int8Linear
-from qwen_tts_api.engine.sampling import TokenSampler
+from qwen_tts_api.engine.generation.sampling import TokenSampler
+from qwen_tts_api.engine.models.quantize import Int8Linear
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (0, 0.7), (10, 1.0), (10, 0.8)])
@@ -51,7 +51,7 @@ def test_int8_linear_is_close_to_its_float_layer():
 def test_a_server_quantised_to_int8_speaks(demo_models):
     settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], quantize="int8", dtype="auto")
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
-        talker = server.app.state.engine.models["customvoice"].tts.model.talker
+        talker = server.app.state.server.engine.models["customvoice"].tts.model.talker
         layer = talker.code_predictor.model.layers[0]
         assert isinstance(layer.mlp.down_proj, Int8Linear) and isinstance(
             talker.model.layers[0].self_attn.q_proj, Int8Linear
@@ -72,7 +72,7 @@ def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
     on a CPU (bfloat16 convolutions are many times slower there), and speech still works."""
     settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], dtype="bfloat16")
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
-        model = server.app.state.engine.models["customvoice"].tts.model
+        model = server.app.state.server.engine.models["customvoice"].tts.model
         assert model.talker.codec_head.weight.dtype == torch.bfloat16
         assert {p.dtype for p in model.speech_tokenizer.model.parameters()} == {torch.float32}
         r = http.post(

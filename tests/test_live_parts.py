@@ -1,5 +1,5 @@
 """Text arriving in fragments: where parts start and end (text/live.py), and which tokens are
-final (engine/live.py)."""
+final (engine/generation/live_tokens.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from qwen_tts_api.engine.live import PartTokens
-from qwen_tts_api.engine.prompt import text_ids
+from qwen_tts_api.engine.generation.live_tokens import PartTokens
+from qwen_tts_api.engine.generation.prompt import text_ids
 from qwen_tts_api.text.live import MAX_SEGMENT_WEIGHT, SOFT_PART_WEIGHT, Part, PartSplitter
 from qwen_tts_api.text.segment import weight
 

@@ -308,7 +308,7 @@ def test_no_config_or_idle_closes_the_socket_with_a_reason(strict):
 
 
 def test_closing_the_socket_stops_generation_and_frees_the_place(server, http):
-    engine = server.app.state.engine
+    engine = server.app.state.server.engine
     with open_socket(server) as ws:
         send(ws, type="session.config", voice="vivian", **{**PCM, "max_new_tokens": 2000})
         for fragment in words(TEXT * 4):
@@ -317,9 +317,9 @@ def test_closing_the_socket_stops_generation_and_frees_the_place(server, http):
         assert event(ws)["type"] == "audio.start"
         assert isinstance(ws.recv(timeout=60), bytes)  # speaking
     deadline = time.monotonic() + 10
-    while len(engine.scheduler.batches[ModelKind.CUSTOMVOICE]) and time.monotonic() < deadline:
+    while len(engine.runner.batches[ModelKind.CUSTOMVOICE]) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not len(engine.scheduler.batches[ModelKind.CUSTOMVOICE])
+    assert not len(engine.runner.batches[ModelKind.CUSTOMVOICE])
     with batch_sizes(engine) as steps:
         r = http.post("/v1/audio/speech", json={"model": "x", "input": "Next.", "response_format": "wav"})
     assert r.status_code == 200 and steps and set(steps) == {1}  # it ran alone: the closed turn left

@@ -43,7 +43,7 @@ def browser():
         browser.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def page(browser, server):
     context = browser.new_context(bypass_csp=True)  # lets the test evaluate its own checks
     page = context.new_page()

@@ -23,7 +23,7 @@ def speak(url: str, **extra) -> bytes:
 def test_a_seed_gives_the_same_audio_alone_and_batched(server):
     alone = speak(server.url, seed=1234, temperature=0.9)
     assert speak(server.url, seed=1234, temperature=0.9) == alone
-    with batch_sizes(server.app.state.engine) as rows:
+    with batch_sizes(server.app.state.server.engine) as rows:
         others = [{"seed": 7, "temperature": 0.7}, {"temperature": 1.2, "top_k": 20}, {"input": "Something else."}]
         with ThreadPoolExecutor(4) as pool:
             batched = pool.submit(speak, server.url, seed=1234, temperature=0.9)

@@ -215,7 +215,7 @@ def test_ready_after_warm_up(server, http):
         time.sleep(0.1)
     assert r.status_code == 200
     assert r.json() == {"status": "ready", "models": ["customvoice", "base", "voicedesign"], "warmed_up": True}
-    readiness = server.app.state.readiness
+    readiness = server.app.state.server.readiness
     readiness.warmed_up = False  # as it is while the warm-up runs
     try:
         r = http.get("/ready")
@@ -275,7 +275,7 @@ def test_sigterm_finishes_in_flight_streams_then_exits(demo_models, tmp_path, gr
                 received += next(chunks)
                 process.send_signal(signal.SIGTERM)
                 time.sleep(0.5)
-                with pytest.raises(OSError):  # no longer accepting connections
+                with pytest.raises(OSError):  # noqa: PT011 - refused or reset: no longer accepting connections
                     socket.create_connection(("127.0.0.1", port), timeout=2).close()
                 stopped = time.monotonic()
                 try:

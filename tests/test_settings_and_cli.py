@@ -10,8 +10,8 @@ import httpx
 import pytest
 from helpers import decode_audio, hub_cache, serving
 
-from qwen_tts_api.engine.model_dir import ModelDirectoryError, check_model_dir
-from qwen_tts_api.engine.precision import resolve_dtype
+from qwen_tts_api.engine.models.directory import ModelDirectoryError, check_model_dir
+from qwen_tts_api.engine.models.precision import resolve_dtype
 from qwen_tts_api.settings import Settings
 
 SPEC_VARS = [
@@ -26,7 +26,7 @@ SPEC_VARS = [
 ]
 
 
-@pytest.fixture()
+@pytest.fixture
 def clean_env(monkeypatch):
     for name in list(os.environ):
         if name in SPEC_VARS or name.startswith("QWEN_TTS_"):
@@ -77,7 +77,7 @@ def test_data_dir(clean_env, tmp_path):
 
 def test_bad_dtype_rejected(clean_env):
     clean_env.setenv("QWEN_TTS_DTYPE", "int3")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="QWEN_TTS_DTYPE"):
         Settings()
 
 
@@ -198,7 +198,7 @@ def test_serve_demo_answers_speech(tmp_path):
 def test_device_auto(clean_env):
     import torch
 
-    from qwen_tts_api.engine.loading import resolve_device
+    from qwen_tts_api.engine.models.loading import resolve_device
 
     assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
@@ -227,7 +227,7 @@ def test_flash_attention_that_cannot_import_falls_back_to_sdpa(monkeypatch, capl
     import importlib
     import importlib.util
 
-    from qwen_tts_api.engine import loading
+    from qwen_tts_api.engine.models import loading
 
     real_import = importlib.import_module
 
@@ -247,7 +247,7 @@ def test_flash_attention_that_cannot_import_falls_back_to_sdpa(monkeypatch, capl
 def test_cuda_diagnosis_names_the_likely_cause(monkeypatch):
     import torch
 
-    from qwen_tts_api.engine import loading
+    from qwen_tts_api.engine.models import loading
 
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(loading, "_nvidia_driver_version", lambda: "535.129.03")
@@ -260,7 +260,7 @@ def test_cuda_diagnosis_names_the_likely_cause(monkeypatch):
 
 
 def test_dtype_auto(caplog):
-    caplog.set_level(logging.INFO, logger="qwen_tts_api.engine.precision")
+    caplog.set_level(logging.INFO, logger="qwen_tts_api.engine.models.precision")
     assert resolve_dtype("auto", "cuda:0") == "bfloat16"
     # A CPU without native bfloat16 (AVX2 only) stays in float32, and the log says why.
     assert resolve_dtype("auto", "cpu", flags={"avx2", "fma"}) == "float32"
@@ -271,6 +271,6 @@ def test_dtype_auto(caplog):
 
 
 def test_float16_is_obeyed_with_a_warning(caplog):
-    caplog.set_level(logging.WARNING, logger="qwen_tts_api.engine.precision")
+    caplog.set_level(logging.WARNING, logger="qwen_tts_api.engine.models.precision")
     assert resolve_dtype("float16", "cuda:0") == "float16"
     assert "non-finite logits in the code predictor" in caplog.text

@@ -65,11 +65,13 @@ def test_first_audio_arrives_early(server):
 
 def sse_events(server, **body) -> list[dict]:
     payload = {"model": "qwen3-tts", "voice": "alloy", "input": TEXT, "stream_format": "sse", **body}
-    with httpx.Client(base_url=server.url, timeout=300) as http:
-        with http.stream("POST", "/v1/audio/speech", json=payload) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            lines = [line for line in response.iter_lines() if line]
+    with (
+        httpx.Client(base_url=server.url, timeout=300) as http,
+        http.stream("POST", "/v1/audio/speech", json=payload) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
     return [json.loads(line[len("data: ") :]) for line in lines]
 
@@ -128,7 +130,7 @@ def test_disconnect_stops_generation_and_frees_worker(server, http):
     http.post("/v1/audio/speech", json=short)
     alone = time.perf_counter() - began
 
-    with recorded_streams(server.app.state.engine) as streams:
+    with recorded_streams(server.app.state.server.engine) as streams:
         long_body = {"model": "qwen3-tts", "input": "Words keep coming without an end. " * 40, "response_format": "pcm"}
         with raw_speech_request(server.port, long_body) as sock:
             assert b"200 OK" in sock.recv(65536)  # headers and the first audio

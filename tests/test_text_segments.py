@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from qwen_tts_api.engine.joining import FADE_SAMPLES, SegmentJoiner
+from qwen_tts_api.engine.generation.joining import FADE_SAMPLES, SegmentJoiner
 from qwen_tts_api.text.budget import frame_budget
 from qwen_tts_api.text.segment import MAX_SEGMENT_WEIGHT, split_text, weight
 

@@ -126,10 +126,9 @@ def test_speed_and_long_text(client, designed_pcm):
 
 def test_designed_requests_batch_together_and_each_is_its_own(server, client, designed_pcm):
     descriptions = [DESCRIPTION, "A bright young tenor.", "An old, gravelly bass.", DESCRIPTION]
-    engine = server.app.state.engine
-    with batch_sizes(engine) as sizes, recorded_streams(engine) as streams:
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda d: pcm(client, instructions=d), descriptions))
+    engine = server.app.state.server.engine
+    with batch_sizes(engine) as sizes, recorded_streams(engine) as streams, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda d: pcm(client, instructions=d), descriptions))
     assert max(sizes) > 1  # generated together
     assert results[0] == results[3] == designed_pcm  # a batched row equals it alone
     assert len({results[0], results[1], results[2]}) == 3
@@ -137,7 +136,7 @@ def test_designed_requests_batch_together_and_each_is_its_own(server, client, de
 
 
 def test_cancelled_design_request_leaves_the_batch(server, http):
-    engine = server.app.state.engine
+    engine = server.app.state.server.engine
     body = {"model": DESIGN, "input": "Words keep coming. " * 40, "instructions": DESCRIPTION, "response_format": "pcm"}
     with http.stream("POST", "/v1/audio/speech", json=body) as response:
         assert response.status_code == 200
@@ -146,9 +145,9 @@ def test_cancelled_design_request_leaves_the_batch(server, http):
     import time
 
     deadline = time.monotonic() + 30
-    while engine.scheduler.batches[ModelKind.VOICEDESIGN].rows and time.monotonic() < deadline:
+    while engine.runner.batches[ModelKind.VOICEDESIGN].rows and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not engine.scheduler.batches[ModelKind.VOICEDESIGN].rows
+    assert not engine.runner.batches[ModelKind.VOICEDESIGN].rows
 
 
 def test_metrics_and_models_list(client, http, demo_models):
@@ -197,7 +196,7 @@ def test_design_request_errors_name_their_field(client, extra, param):
 
 def stored(server, voice_id: str) -> tuple[dict, int]:
     """A saved voice's metadata and reference length in frames, from its file."""
-    path = server.app.state.voices.directory / f"{voice_id}.safetensors"
+    path = server.app.state.server.voices.directory / f"{voice_id}.safetensors"
     with safe_open(str(path), framework="pt") as f:
         return f.metadata(), f.get_tensor("reference_codes").shape[0]
 
@@ -327,7 +326,7 @@ def test_voicedesign_alone_speaks_but_cannot_keep_voices(voicedesign_only):
         client.audio.voices.create(name=unique_name(), prompt=DESCRIPTION, type="prompt")
     assert "BASE_MODEL_PATH" in caught.value.body["message"]
     # Nothing was stored.
-    assert VoiceStore(voicedesign_only.app.state.voices.directory).list() == []
+    assert VoiceStore(voicedesign_only.app.state.server.voices.directory).list() == []
     # A built-in voice needs CustomVoice, and says so.
     with pytest.raises(openai.BadRequestError) as caught:
         client.audio.speech.create(model="qwen3-tts", voice="alloy", input=TEXT)

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from helpers import SR, LiveServer, cpu_settings, decode_audio, error_of
 
-from qwen_tts_api.engine.clone import PromptCache, compute_clone_prompt
-from qwen_tts_api.voices.store import VoiceStore
+from qwen_tts_api.engine.generation.clone import PromptCache, compute_clone_prompt
+from qwen_tts_api.voices.store import VoiceNameError, VoiceStore
 
 TEXT = "Saved voices speak like this."
 
@@ -68,9 +68,9 @@ class EncoderCalls:
         monkeypatch.setattr(model.speech_tokenizer, "encode", codec)
 
 
-@pytest.fixture()
+@pytest.fixture
 def encoders(server, monkeypatch) -> EncoderCalls:
-    return EncoderCalls(monkeypatch, server.app.state.engine.models["base"].tts)
+    return EncoderCalls(monkeypatch, server.app.state.server.engine.models["base"].tts)
 
 
 # ---------- create and speak ----------
@@ -125,7 +125,7 @@ def test_in_context_voice_from_transcript(server, http):
     audio, transcript = wav_bytes(269), "This is the reference."
     r = upload(http, unique_name(), audio, audio_sample_text=transcript)
     assert r.status_code == 200, r.text
-    stored = server.app.state.voices.get(r.json()["id"]).prompt
+    stored = server.app.state.server.voices.get(r.json()["id"]).prompt
     assert stored.in_context and stored.reference_text == transcript and stored.reference_codes.shape[1] == 16
     inline = speak(http, audio_sample=base64.b64encode(audio).decode(), audio_sample_text=transcript)
     assert speak(http, voice={"id": r.json()["id"]}) == inline
@@ -252,11 +252,13 @@ def test_unknown_voice_lists_saved_names(http):
 
 
 def test_voices_need_the_base_model(demo_models):
-    with LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"])) as live:
-        with httpx.Client(base_url=live.url, timeout=60) as http:
-            r = upload(http, unique_name(), wav_bytes(300))
-            assert r.status_code == 400 and "BASE_MODEL_PATH" in error_of(r)["message"]
-            assert [e["type"] for e in http.get("/v1/audio/voices").json()["data"]].count("builtin") == 9
+    with (
+        LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"])) as live,
+        httpx.Client(base_url=live.url, timeout=60) as http,
+    ):
+        r = upload(http, unique_name(), wav_bytes(300))
+        assert r.status_code == 400 and "BASE_MODEL_PATH" in error_of(r)["message"]
+        assert [e["type"] for e in http.get("/v1/audio/voices").json()["data"]].count("builtin") == 9
 
 
 # ---------- persistence ----------
@@ -283,7 +285,7 @@ def test_voices_survive_restart_and_corrupt_files_are_skipped(demo_models, tmp_p
 
 def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
     prompt = compute_clone_prompt(
-        server.app.state.engine.models["base"].tts, np.sin(np.arange(SR) / 10).astype(np.float32) * 0.3, None
+        server.app.state.server.engine.models["base"].tts, np.sin(np.arange(SR) / 10).astype(np.float32) * 0.3, None
     )
     store = VoiceStore(tmp_path)
 
@@ -291,7 +293,7 @@ def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk gone"):
         store.add("Halfway", prompt)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == [] and store.list() == [] and VoiceStore(tmp_path).list() == []
@@ -303,19 +305,19 @@ def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
 
 def test_replicas_sharing_a_directory_see_each_others_changes(server, tmp_path):
     prompt = compute_clone_prompt(
-        server.app.state.engine.models["base"].tts, np.sin(np.arange(SR) / 7).astype(np.float32) * 0.3, None
+        server.app.state.server.engine.models["base"].tts, np.sin(np.arange(SR) / 7).astype(np.float32) * 0.3, None
     )
     first, second = VoiceStore(tmp_path), VoiceStore(tmp_path)
     voice = first.add("Shared", prompt)
     assert second.find("shared").id == voice.id
-    with pytest.raises(ValueError):
+    with pytest.raises(VoiceNameError):
         second.add("SHARED", prompt)  # names stay unique across the two
     assert second.delete(voice.id)
     assert first.get(voice.id) is None and first.list() == []
 
 
 def test_prompt_cache_is_a_bounded_lru(server):
-    tts = server.app.state.engine.models["base"].tts
+    tts = server.app.state.server.engine.models["base"].tts
     cache = PromptCache(capacity=2)
     refs = [np.sin(np.arange(SR) / d).astype(np.float32) * 0.3 for d in (3, 5, 9)]
     for ref in refs[:2]:

@@ -12,10 +12,10 @@ import soundfile as sf
 from helpers import SR, LiveServer, capped_copy, cpu_settings, decode_audio, tone
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine import scheduler
-from qwen_tts_api.engine.batching import FrameBatch
-from qwen_tts_api.engine.decoding import DecoderContext
-from qwen_tts_api.engine.warmup import WARMUP_DESCRIPTION, WARMUP_TRANSCRIPT
+from qwen_tts_api.engine.generation.batching import FrameBatch
+from qwen_tts_api.engine.generation.decoding import DecoderContext
+from qwen_tts_api.engine.runtime import requests as engine_requests
+from qwen_tts_api.engine.runtime.warmup import WARMUP_DESCRIPTION, WARMUP_TRANSCRIPT
 from qwen_tts_api.text.segment import split_text
 
 FRAME = 1920 / SR
@@ -25,9 +25,9 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
     prefills: list[list[bool]] = []  # per batched prefill: does each prompt clone in context?
     add_many = FrameBatch.add_many
 
-    def recording_add_many(self, entries):
-        prefills.append([prompt.ref_codes is not None for prompt, *_ in entries])
-        return add_many(self, entries)
+    def recording_add_many(self, specs):
+        prefills.append([spec.prompt.ref_codes is not None for spec in specs])
+        return add_many(self, specs)
 
     transcripts: list[str | None] = []
     create_prompt = Qwen3TTSModel.create_voice_clone_prompt
@@ -37,7 +37,7 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
         return create_prompt(self, *args, **kwargs)
 
     instructions: list[str | None] = []
-    build_prompt = scheduler.build_prompt
+    build_prompt = engine_requests.build_prompt
 
     def recording_build_prompt(*args, **kwargs):
         instructions.append(kwargs.get("instructions"))
@@ -45,16 +45,16 @@ def test_warm_up_runs_what_production_runs_before_ready(demo_models, monkeypatch
 
     monkeypatch.setattr(FrameBatch, "add_many", recording_add_many)
     monkeypatch.setattr(Qwen3TTSModel, "create_voice_clone_prompt", recording_create_prompt)
-    monkeypatch.setattr(scheduler, "build_prompt", recording_build_prompt)
+    monkeypatch.setattr(engine_requests, "build_prompt", recording_build_prompt)
     settings = cpu_settings(
         customvoice_model_path=demo_models["customvoice"],
         base_model_path=demo_models["base"],
         voicedesign_model_path=demo_models["voicedesign"],
     )
     with LiveServer(settings) as live:
-        assert live.app.state.readiness.ready
+        assert live.app.state.server.readiness.ready
         before_ready = list(prefills)
-        cache = live.app.state.engine.scheduler.prompts
+        cache = live.app.state.server.engine.runner.prompts
         assert (cache.hits, cache.misses) == (0, 0), "the warm-up leaves the users' prompt cache alone"
     # CustomVoice: two prompts prefilled together; Base: an x-vector and an in-context prompt together.
     assert [False, False] in before_ready

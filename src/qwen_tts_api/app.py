@@ -13,9 +13,10 @@ from .api import health, live, metrics, models, playground, speech, voices
 from .api.auth import ApiKeyMiddleware
 from .api.errors import install_error_handlers
 from .api.protocol import stream_event_schemas
-from .engine.jobs import EngineConfig
-from .engine.synthesis import Engine
-from .engine.warmup import Readiness, warm_up
+from .api.state import ServerState
+from .engine.runtime.engine import Engine
+from .engine.runtime.jobs import EngineConfig
+from .engine.runtime.warmup import warm_up
 from .settings import Settings
 from .telemetry.metrics import ServerMetrics
 from .telemetry.middleware import RequestTelemetry
@@ -26,19 +27,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Pass ``engine`` to reuse models already loaded (the CLI loads them before binding)."""
     settings = settings or Settings()
 
+    state = ServerState(settings=settings, metrics=ServerMetrics(), engine=engine)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.voices = await asyncio.to_thread(VoiceStore, settings.voices_dir)
-        if app.state.engine is None:
-            from .engine.loading import load_models
+        nonlocal engine
+        state.voices = await asyncio.to_thread(VoiceStore, settings.voices_dir)
+        if engine is None:
+            from .engine.models.loading import load_models
 
             models = await asyncio.to_thread(load_models, settings)
-            app.state.engine = Engine(models, EngineConfig.from_settings(settings))
-        engine = app.state.engine
-        app.state.metrics.watch_engine(engine)
-        app.state.readiness.models = [model.name for model in engine.models.values()]
+            engine = Engine(models, EngineConfig.from_settings(settings))
+        state.engine = engine
+        state.metrics.watch_engine(engine)
+        state.readiness.models = [model.name for model in engine.models.values()]
         # Warm up in the background: /health answers meanwhile, /ready once it is done.
-        warming = asyncio.create_task(warm_up(engine, app.state.readiness))
+        warming = asyncio.create_task(warm_up(engine, state.readiness))
         try:
             yield
         finally:
@@ -48,16 +52,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             engine.close()
 
     app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.voices = None  # the VoiceStore, opened in the lifespan
-    app.state.readiness = Readiness()
-    app.state.metrics = ServerMetrics()
+    app.state.server = state  # read only through api/state.py's typed dependencies
     install_error_handlers(app)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     # Outermost, so every response (401s and 500s included) carries its request id and is logged.
-    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
+    app.add_middleware(RequestTelemetry, metrics=state.metrics)
     app.include_router(speech.router)
     app.include_router(live.router)
     app.include_router(voices.router)
@@ -85,6 +85,7 @@ def _document_what_is_sent(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .constants import MODEL_PATH_ENV, ModelKind
-from .engine.model_dir import ModelDirectoryError
-from .engine.model_source import resolve_sources
+from .engine.models.directory import ModelDirectoryError
+from .engine.models.source import resolve_sources
 from .settings import Settings
 
 
@@ -44,9 +44,9 @@ def serve(demo: bool = False) -> int:
     import uvicorn
 
     from .app import create_app
-    from .engine.jobs import EngineConfig
-    from .engine.loading import ModelLoadError, load_models
-    from .engine.synthesis import Engine
+    from .engine.models.loading import ModelLoadError, load_models
+    from .engine.runtime.engine import Engine
+    from .engine.runtime.jobs import EngineConfig
 
     try:
         engine = Engine(load_models(settings, sources), EngineConfig.from_settings(settings))
@@ -61,7 +61,7 @@ def serve(demo: bool = False) -> int:
         port=settings.port,
         log_level="info",
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]  # any seconds
     )
     return 0
 
@@ -69,7 +69,7 @@ def serve(demo: bool = False) -> int:
 def _with_demo_models(settings: Settings) -> Settings:
     """``serve --demo``: the demo models, built once into the data directory, instead of any
     configured model."""
-    from .engine.demo_models import build_demo_models
+    from .devtools.demo_models import build_demo_models
 
     directory = settings.data_dir / "demo-models"
     paths = {kind: directory / kind for kind in ModelKind}
@@ -85,7 +85,7 @@ def _with_demo_models(settings: Settings) -> Settings:
 def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_logs()
-    from .engine.demo_models import build_demo_models
+    from .devtools.demo_models import build_demo_models
 
     generation = None if max_frames is None else {"max_new_tokens": max_frames}
     paths = build_demo_models(directory, seed=seed, size=size, generation=generation)

@@ -4,6 +4,7 @@ variables that name their checkpoints, and the published speakers' spelling."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 SAMPLE_RATE = 24000  # Hz: what the 12 Hz codec decodes to and encodes from
 SAMPLES_PER_FRAME = 1920  # one codec frame
@@ -25,7 +26,12 @@ MODEL_PATH_ENV = {
     ModelKind.VOICEDESIGN: "VOICEDESIGN_MODEL_PATH",
 }
 # What the vLLM-Omni protocol (``task_type``) calls each family.
-TASK_TYPES = {ModelKind.CUSTOMVOICE: "CustomVoice", ModelKind.BASE: "Base", ModelKind.VOICEDESIGN: "VoiceDesign"}
+TaskType = Literal["CustomVoice", "Base", "VoiceDesign"]
+TASK_TYPES: dict[ModelKind, TaskType] = {
+    ModelKind.CUSTOMVOICE: "CustomVoice",
+    ModelKind.BASE: "Base",
+    ModelKind.VOICEDESIGN: "VoiceDesign",
+}
 
 # The nine speakers of the published CustomVoice checkpoints, spelled as documented.
 QWEN_SPEAKERS = ["Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"]

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     # --- models (specification) ---
-    # A model directory or a Hugging Face Hub repo id (engine/model_source.py).
+    # A model directory or a Hugging Face Hub repo id (engine/models/source.py).
     customvoice_model_path: str | None = Field(default=None, validation_alias=AliasChoices("CUSTOMVOICE_MODEL_PATH"))
     base_model_path: str | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
     # Ours: the third family, voices designed from a description (never served by default).

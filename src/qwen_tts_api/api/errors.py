@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..engine.admission import EngineBusy
-from ..engine.errors import EngineUnavailable, GenerationError
+from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
 from ..settings import Settings
 from .protocol import ErrorDetail, ErrorResponse
+from .state import server_state
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,29 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 def timeout_error(settings: Settings) -> APIError:
     """A request the engine did not finish within its deadline (SynthesisTimeout)."""
-    return APIError(
-        504,
-        f"Speech was not ready within {settings.request_timeout_seconds:g} s (QWEN_TTS_REQUEST_TIMEOUT)",
-        type="server_error",
-        code="timeout",
-    )
+    return engine_error(SynthesisTimeout(), settings.request_timeout_seconds)
+
+
+EngineFailure = EngineBusy | SynthesisTimeout | EngineUnavailable | GenerationError
+
+
+def engine_error(exc: EngineFailure, timeout_seconds: float) -> APIError:
+    """Each failure the engine reports, as the client is told it: one table for HTTP
+    responses and WebSocket ``error`` events."""
+    if isinstance(exc, EngineBusy):
+        return APIError(
+            429,
+            f"The server is busy with other requests; retry after {exc.retry_after} s",
+            code="server_busy",
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if isinstance(exc, SynthesisTimeout):
+        message = f"Speech was not ready within {timeout_seconds:g} s (QWEN_TTS_REQUEST_TIMEOUT)"
+        return APIError(504, message, type="server_error", code="timeout")
+    if isinstance(exc, EngineUnavailable):
+        message = f"The speech engine has stopped and this server must be restarted: {exc}"
+        return APIError(503, message, type="server_error", code="engine_unavailable")
+    return APIError(500, str(exc), type="server_error", code="generation_failed")
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -100,30 +117,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(_validation_to_error(exc))
 
     @app.exception_handler(EngineBusy)
-    async def _busy(_: Request, exc: EngineBusy) -> JSONResponse:
-        return error_response(
-            APIError(
-                429,
-                "The server is busy with other requests; retry after the time in Retry-After",
-                code="server_busy",
-                headers={"Retry-After": str(exc.retry_after)},
-            )
-        )
-
-    @app.exception_handler(GenerationError)
-    async def _generation(_: Request, exc: GenerationError) -> JSONResponse:
-        return error_response(APIError(500, str(exc), type="server_error", code="generation_failed"))
-
+    @app.exception_handler(SynthesisTimeout)
     @app.exception_handler(EngineUnavailable)
-    async def _unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
-        return error_response(
-            APIError(
-                503,
-                f"The speech engine has stopped and this server must be restarted: {exc}",
-                type="server_error",
-                code="engine_unavailable",
-            )
-        )
+    @app.exception_handler(GenerationError)
+    async def _engine(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EngineFailure)
+        return error_response(engine_error(exc, server_state(request).settings.request_timeout_seconds))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,6 +3,8 @@ same shape), with OpenAI-style errors naming the field."""
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 from starlette.datastructures import FormData
 
 from .errors import invalid_request
@@ -12,6 +14,14 @@ def is_sent(form: FormData, name: str) -> bool:
     """Whether the field is there and not blank (a file counts as sent)."""
     value = form.get(name)
     return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+@overload
+def text_field(form: FormData, name: str, required: Literal[True]) -> str: ...
+
+
+@overload
+def text_field(form: FormData, name: str, required: bool = False) -> str | None: ...
 
 
 def text_field(form: FormData, name: str, required: bool = False) -> str | None:

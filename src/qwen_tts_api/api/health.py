@@ -10,30 +10,30 @@ kernels, caches), and the engine has not failed since.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from .protocol import HealthStatus, ReadyStatus
+from .state import ServerState, StateDep
 
 router = APIRouter()
 
 
-def _engine_failure(request: Request) -> str | None:
-    engine = request.app.state.engine
-    return None if engine is None else engine.failure
+def _engine_failure(state: ServerState) -> str | None:
+    return None if state.engine is None else state.engine.failure
 
 
 @router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
-async def health(request: Request) -> JSONResponse:
-    failure = _engine_failure(request)
+async def health(state: StateDep) -> JSONResponse:
+    failure = _engine_failure(state)
     body = HealthStatus(status="failed", error=failure) if failure else HealthStatus(status="ok")
     return JSONResponse(body.model_dump(exclude_none=True), status_code=503 if failure else 200)
 
 
 @router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ReadyStatus}})
-async def ready(request: Request) -> JSONResponse:
-    readiness = request.app.state.readiness
-    failure = _engine_failure(request) or readiness.error
+async def ready(state: StateDep) -> JSONResponse:
+    readiness = state.readiness
+    failure = _engine_failure(state) or readiness.error
     body = ReadyStatus(
         status="ready" if readiness.ready else "starting", models=readiness.models, warmed_up=readiness.warmed_up
     )

@@ -6,13 +6,14 @@ The wire protocol is vLLM-Omni's for Qwen3-TTS (what LiveKit's Baseten plugin sp
 the socket open), ``session.close``; the server answers ``audio.start``, binary audio,
 ``audio.done`` per part, ``session.done`` per flush, and ``error``. Unlike vLLM-Omni, a
 turn does not wait for sentence ends: its first part starts at the first clause and reads
-the rest as it arrives (``engine/live.py``). One turn is one engine request: it takes a
+the rest as it arrives (``engine/runtime/live_turn.py``). One turn is one engine request: it takes a
 place in the queue (or a ``server_busy`` error), is logged and measured when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -24,15 +25,14 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ValidationError
 
 from ..audio.render import Renderer
-from ..engine.admission import EngineBusy, SynthesisTimeout
-from ..engine.errors import EngineUnavailable, GenerationError
-from ..engine.jobs import SamplingChoice
-from ..engine.live import LiveText
-from ..engine.stream import PartEnded, PartStarted, SynthesisStream
+from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
+from ..engine.runtime.jobs import SamplingChoice
+from ..engine.runtime.live_text import LiveText
+from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
 from ..text.prepare import PreparedText
-from .errors import APIError
+from .errors import APIError, engine_error
 from .protocol import (
     LiveAudioDone,
     LiveAudioStart,
@@ -42,7 +42,8 @@ from .protocol import (
     LiveSessionDone,
     SpeechUsage,
 )
-from .speech import VoiceAsk, VoicePlan, plan_voice
+from .state import ServerState, StateDep
+from .voice_plan import VoiceAsk, VoicePlan, plan_voice
 
 ROUTE = "/v1/audio/speech/stream"
 MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
@@ -51,9 +52,9 @@ router = APIRouter()
 
 
 @router.websocket(ROUTE)
-async def speech_stream(websocket: WebSocket) -> None:
+async def speech_stream(websocket: WebSocket, state: StateDep) -> None:
     await websocket.accept()
-    await LiveSession(websocket).run()
+    await LiveSession(websocket, state).run()
 
 
 class _Closed(Exception):
@@ -92,10 +93,10 @@ class _Queued:
 
 
 class LiveSession:
-    def __init__(self, websocket: WebSocket):
-        state = websocket.app.state
+    def __init__(self, websocket: WebSocket, state: ServerState):
         self.ws = websocket
-        self.engine, self.settings, self.store, self.metrics = state.engine, state.settings, state.voices, state.metrics
+        self.engine, self.settings = state.require_engine(), state.settings
+        self.store, self.metrics = state.require_voices(), state.metrics
         self.config: LiveSessionConfig | None = None
         self.voice: VoicePlan | None = None
         self.turn: _Turn | None = None
@@ -321,7 +322,8 @@ class LiveSession:
                     held.append(item)
             record.status = 499 if turn.abandoned else 200
         except (GenerationError, SynthesisTimeout, EngineUnavailable) as exc:
-            record.status, code, message = _failure(exc, self.settings.request_timeout_seconds)
+            failure = engine_error(exc, self.settings.request_timeout_seconds)
+            record.status = failure.status
             if part is not None:
                 done = LiveAudioDone(
                     utterance_index=turn.index,
@@ -331,7 +333,7 @@ class LiveSession:
                     error=True,
                 )
                 await self._send(done)
-            await self._error(message, code)
+            await self._error(failure.message, failure.code or "generation_failed")
         except Exception:  # the socket is gone (barge-in): stop generating
             turn.cancel()
             record.status = 499
@@ -342,21 +344,15 @@ class LiveSession:
             record.ended = time.monotonic()
             report(record, self.metrics)
 
-    async def _refused(self, turn: _Turn, exc: Exception) -> None:
-        try:
+    async def _refused(self, turn: _Turn, exc: EngineBusy | EngineUnavailable) -> None:
+        with contextlib.suppress(_Closed):
             await self._refuse(turn, exc)
-        except _Closed:
-            pass
 
-    async def _refuse(self, turn: _Turn, exc: Exception) -> None:
-        if isinstance(exc, EngineBusy):
-            turn.record.status = 429
-            await self._error(
-                f"The server is busy: retry after {exc.retry_after} s", "server_busy", retry_after=exc.retry_after
-            )
-        else:
-            turn.record.status, code, message = _failure(exc, self.settings.request_timeout_seconds)
-            await self._error(message, code)
+    async def _refuse(self, turn: _Turn, exc: EngineBusy | EngineUnavailable) -> None:
+        failure = engine_error(exc, self.settings.request_timeout_seconds)
+        turn.record.status = failure.status
+        retry_after = exc.retry_after if isinstance(exc, EngineBusy) else None
+        await self._error(failure.message, failure.code or "server_error", retry_after=retry_after)
         turn.record.ended = time.monotonic()
         report(turn.record, self.metrics)
         await self._end_turn_if_done(turn)
@@ -393,12 +389,3 @@ class LiveSession:
         await self._error(f"closing the socket: {reason}", code)
         await self.ws.close(1000, reason)
         raise _Closed
-
-
-def _failure(exc: Exception, timeout: float) -> tuple[int, str, str]:
-    """(status for the log, error code, message) of a turn that failed."""
-    if isinstance(exc, SynthesisTimeout):
-        return 504, "timeout", f"Speech was not ready within {timeout:g} s (QWEN_TTS_REQUEST_TIMEOUT)"
-    if isinstance(exc, EngineUnavailable):
-        return 503, "engine_unavailable", f"The engine has stopped: {exc}"
-    return 500, "generation_failed", str(exc)

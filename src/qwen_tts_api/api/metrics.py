@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
+
+from .state import MetricsDep
 
 router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics
+async def metrics(registry: MetricsDep) -> Response:
     return Response(registry.render(), media_type=registry.content_type)

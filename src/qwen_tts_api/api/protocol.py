@@ -4,12 +4,13 @@ the wire, errors included."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import models_json_schema
 
 from ..audio.encode import RESPONSE_FORMATS
+from ..constants import TaskType
 from ..voices.speakers import DEFAULT_VOICE
 
 MAX_INPUT_CHARS = 4096
@@ -31,8 +32,7 @@ LANGUAGES = [
 _LANGUAGE_BY_LOWER = {name.lower(): name for name in LANGUAGES}
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-assert set(RESPONSE_FORMATS) == set(ResponseFormat.__args__)  # one list of formats
-TaskType = Literal["CustomVoice", "Base", "VoiceDesign"]  # the model families, as vLLM-Omni names them
+assert set(RESPONSE_FORMATS) == set(get_args(ResponseFormat))  # one list of formats
 
 
 def canonical_language(value: str) -> str:

@@ -8,8 +8,8 @@ value is accepted for compatibility.
 from __future__ import annotations
 
 from ..constants import MODEL_PATH_ENV, ModelKind
-from ..engine.loading import LoadedModel
-from ..engine.synthesis import Engine
+from ..engine.interface import SpeechEngine
+from ..engine.models.loading import LoadedModel
 from .errors import invalid_request
 
 # What clients send as `model` in the specification's examples; always served.
@@ -24,7 +24,7 @@ _NEEDS = {
 }
 
 
-def require_model(engine: Engine, kind: ModelKind, param: str, needs: str | None = None) -> LoadedModel:
+def require_model(engine: SpeechEngine, kind: ModelKind, param: str, needs: str | None = None) -> LoadedModel:
     """The loaded model of ``kind``, or a 400 on ``param`` naming the variable that loads it
     (``needs``: what the request wanted it for, if not the family's usual use)."""
     model = engine.model(kind)
@@ -37,7 +37,7 @@ def require_model(engine: Engine, kind: ModelKind, param: str, needs: str | None
     return model
 
 
-def names_voicedesign(engine: Engine, model: str | None) -> bool:
+def names_voicedesign(engine: SpeechEngine, model: str | None) -> bool:
     """Whether ``model`` asks for VoiceDesign: the alias, the loaded VoiceDesign model's id,
     or any id whose name ends in VoiceDesign, bare or as a Hub id
     (``Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign``, as vLLM-Omni's clients send it). The last one

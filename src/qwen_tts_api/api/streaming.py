@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from ..audio.render import Renderer
 from ..engine.errors import GenerationError
-from ..engine.stream import SynthesisStream
+from ..engine.runtime.stream import SynthesisStream
 from .protocol import ErrorDetail, SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, SpeechUsage
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from fastapi import Request
 from starlette.datastructures import FormData
 
 from ..constants import SAMPLE_RATE, SAMPLES_PER_FRAME, ModelKind
-from ..engine.admission import SynthesisTimeout
-from ..engine.jobs import SamplingChoice, SpeechJob
-from ..engine.synthesis import Engine
+from ..engine.errors import SynthesisTimeout
+from ..engine.interface import SpeechEngine
+from ..engine.runtime.jobs import SamplingChoice, SpeechJob
 from ..settings import Settings
 from ..text.prepare import clean, prepare
 from ..text.segment import MAX_SEGMENT_WEIGHT, weight
@@ -96,7 +96,9 @@ def design_ask(form: FormData) -> DesignAsk:
     )
 
 
-async def design_voice(request: Request, ask: DesignAsk, engine: Engine, settings: Settings) -> tuple[ClonePrompt, str]:
+async def design_voice(
+    request: Request, ask: DesignAsk, engine: SpeechEngine, settings: Settings
+) -> tuple[ClonePrompt, str]:
     """Speak the sample in the described voice and clone it: the Base clone prompt, and the
     description as the model read it. Raises ClientGone when the client leaves meanwhile."""
     design = require_model(

@@ -18,8 +18,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from ..audio.reference import AudioSampleError, decode_reference
 from ..constants import ModelKind
-from ..engine.loading import LoadedModel
-from ..engine.synthesis import Engine
+from ..engine.interface import SpeechEngine
+from ..engine.models.loading import LoadedModel
 from ..settings import Settings
 from ..telemetry.record import record_of
 from ..text.prepare import clean
@@ -30,6 +30,7 @@ from .errors import APIError, invalid_request
 from .forms import text_field
 from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses, voice_creation_body
 from .routing import require_model
+from .state import EngineDep, SettingsDep, VoicesDep
 from .streaming import ClientGone
 from .voice_design import asks_for_design, design_ask, design_voice
 
@@ -93,7 +94,7 @@ async def _read_json(request: Request) -> FormData:
         raise invalid_request(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise invalid_request("the body must be a JSON object", code="invalid_json")
-    fields: list[tuple[str, str]] = []
+    fields: list[tuple[str, str | UploadFile]] = []
     for key, value in body.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise invalid_request(f"{key!r} must be a string or a number", param=key)
@@ -127,14 +128,13 @@ def _voice_type(form: FormData) -> str:
     responses=error_responses(400, 413, 429, 500, 503, 504),
     openapi_extra=voice_creation_body(),
 )
-async def create_voice(request: Request) -> VoiceCard:
+async def create_voice(
+    request: Request, engine: EngineDep, settings: SettingsDep, store: VoicesDep
+) -> VoiceCard | Response:
     """A saved voice from an uploaded sample (multipart: ``name``, ``audio_sample``,
     ``consent``, our ``audio_sample_text``), or designed from a description (``name``,
     ``prompt``/``description``, optional ``script_hint``/``sample_text``, ``language``,
     ``seed``: api/voice_design.py)."""
-    engine: Engine = request.app.state.engine
-    settings: Settings = request.app.state.settings
-    store: VoiceStore = request.app.state.voices
     form = await _read_form(request, settings.audio_sample_max_bytes)
     try:
         kind = _voice_type(form)
@@ -172,7 +172,7 @@ class _Upload:
     transcript: str | None
 
 
-def _upload_model(request: Request, engine: Engine) -> LoadedModel:
+def _upload_model(request: Request, engine: SpeechEngine) -> LoadedModel:
     """The Base model, for a voice cloned from an upload (which only multipart can carry)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid_request(
@@ -195,7 +195,7 @@ async def _read_upload(form: FormData, model: LoadedModel, limit: int) -> _Uploa
     return _Upload(data, clean(text_field(form, "audio_sample_text") or "", model.control_tokens) or None)
 
 
-async def _clone(upload: _Upload, engine: Engine, settings: Settings) -> ClonePrompt:
+async def _clone(upload: _Upload, engine: SpeechEngine, settings: Settings) -> ClonePrompt:
     try:
         waveform = await asyncio.to_thread(decode_reference, upload.data, settings.audio_sample_max_seconds)
     except AudioSampleError as exc:
@@ -227,11 +227,9 @@ def _check_new_name(store: VoiceStore, name: str) -> None:
 
 
 @router.get("/v1/audio/voices", response_model=VoiceList, response_model_exclude_none=True, responses=error_responses())
-async def list_voices(request: Request) -> VoiceList:
+async def list_voices(engine: EngineDep, store: VoicesDep) -> VoiceList:
     """Saved voices first, then the built-in speakers and the OpenAI names mapped onto them:
     every entry's ``id`` works as the ``voice`` of a speech request."""
-    engine: Engine = request.app.state.engine
-    store: VoiceStore = request.app.state.voices
     data = [_card(voice) for voice in await asyncio.to_thread(store.list)]
     customvoice = engine.model(ModelKind.CUSTOMVOICE)
     if customvoice is not None:
@@ -257,15 +255,15 @@ def _not_found(voice_id: str) -> APIError:
     response_model_exclude_none=True,
     responses=error_responses(404),
 )
-async def get_voice(voice_id: str, request: Request) -> VoiceCard:
-    voice = await asyncio.to_thread(request.app.state.voices.get, voice_id)
+async def get_voice(voice_id: str, store: VoicesDep) -> VoiceCard:
+    voice = await asyncio.to_thread(store.get, voice_id)
     if voice is None:
         raise _not_found(voice_id)
     return _card(voice)
 
 
 @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted, responses=error_responses(404))
-async def delete_voice(voice_id: str, request: Request) -> VoiceDeleted:
-    if not await asyncio.to_thread(request.app.state.voices.delete, voice_id):
+async def delete_voice(voice_id: str, store: VoicesDep) -> VoiceDeleted:
+    if not await asyncio.to_thread(store.delete, voice_id):
         raise _not_found(voice_id)
     return VoiceDeleted(id=voice_id)

@@ -96,7 +96,7 @@ class _Drain(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data) -> int:
         self._chunks.append(bytes(data))
         return len(data)
 
@@ -117,7 +117,9 @@ class PyAVEncoder:
         self._container = av.open(
             self._sink, mode="w", format=container_fmt, container_options=_CONTAINER_OPTIONS.get(container_fmt, {})
         )
-        self._stream = self._container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
+        stream = self._container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        self._stream = stream
         if bit_rate:
             self._stream.bit_rate = bit_rate
         self._pts = 0

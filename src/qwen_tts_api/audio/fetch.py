@@ -34,7 +34,7 @@ async def _resolve(host: str, port: int) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise AudioSampleError(f"audio_sample URL host {host!r} could not be resolved") from exc
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 async def _checked_address(url: httpx.URL, allow_private: bool) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,41 @@ _TTFA_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 _RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 _STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
+
+
+class StepFigures(Protocol):
+    """One batched step, as the engine reports it (``engine/runtime/runner.py`` StepStats)."""
+
+    @property
+    def kind(self) -> ModelKind: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def cache_positions(self) -> int: ...
+
+
+class _Occupancy(Protocol):
+    @property
+    def generating(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class WatchedEngine(Protocol):
+    """What the metrics read of the engine (telemetry sits below it and imports none of it)."""
+
+    @property
+    def models(self) -> Mapping[ModelKind, _Named]: ...
+    def occupancy(self) -> _Occupancy: ...
+    def prompt_cache_stats(self) -> tuple[int, int]: ...
+    def add_step_observer(self, observer: Callable[[StepFigures], None]) -> Callable[[], None]: ...
 
 
 class _PromptCacheCollector:
@@ -95,24 +131,20 @@ class ServerMetrics:
         self.queue_depth = Gauge("qwen_tts_queue_depth", "Requests waiting for a place in a batch", registry=r)
         self.active = Gauge("qwen_tts_requests_generating", "Requests in a batch now", registry=r)
 
-    def watch_engine(self, engine) -> None:
+    def watch_engine(self, engine: WatchedEngine) -> None:
         """Gauges and counters that read the engine when scraped; batch sizes as it steps."""
-
-        def generating() -> int:
-            return sum(len(batch) for batch in engine.scheduler.batches.values())
-
-        self.active.set_function(generating)
-        self.queue_depth.set_function(lambda: max(0, engine.admission.active - generating()))
-        cache = engine.scheduler.prompts
-        self.registry.register(_PromptCacheCollector(lambda: (cache.hits, cache.misses)))
+        self.active.set_function(lambda: engine.occupancy().generating)
+        self.queue_depth.set_function(lambda: engine.occupancy().queued)
+        self.registry.register(_PromptCacheCollector(engine.prompt_cache_stats))
         names = {kind: model.name for kind, model in engine.models.items()}
 
-        def on_step(kind: ModelKind, rows: int, seconds: float, cache_positions: int) -> None:
-            self.batch_size.labels(names[kind]).observe(rows)
-            self.step_seconds.labels(names[kind]).observe(seconds)
-            self.cache_positions.labels(names[kind]).set(cache_positions)
+        def on_step(step: StepFigures) -> None:
+            name = names[step.kind]
+            self.batch_size.labels(name).observe(step.rows)
+            self.step_seconds.labels(name).observe(step.seconds)
+            self.cache_positions.labels(name).set(step.cache_positions)
 
-        engine.scheduler.on_step = on_step
+        engine.add_step_observer(on_step)
 
     def observe(self, record: RequestRecord) -> None:
         model = record.model or ""
@@ -125,7 +157,7 @@ class ServerMetrics:
         if audio > 0:
             self.audio.labels(model).inc(audio)
             # A WebSocket turn's duration is paced by its client's text, not by synthesis.
-            if record.first_byte is not None and record.method != "WEBSOCKET":
+            if record.first_byte is not None and record.ended is not None and record.method != "WEBSOCKET":
                 self.rtf.labels(model).observe((record.ended - record.started) / audio)
 
     def render(self) -> bytes:

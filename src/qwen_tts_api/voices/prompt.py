@@ -1,6 +1,6 @@
 """What a cloned voice is to the Base model: a speaker embedding from reference audio and,
 for in-context cloning, the reference's codec frames and transcript. Saved voices store
-one; the engine computes them (``engine/clone.py``) and speaks with them."""
+one; the engine computes them (``engine/generation/clone.py``) and speaks with them."""
 
 from __future__ import annotations
 

@@ -174,20 +174,27 @@ class VoiceStore:
             entries = {}
         for gone in [name for name in self._seen if name not in entries]:
             del self._seen[gone]
-            self._voices.pop(_FILE.match(gone).group(1), None)
+            self._voices.pop(_voice_id(gone), None)
         for name, entry in entries.items():
             stat = entry.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
             if self._seen.get(name) == stamp or (name, *stamp) in self._skipped:
                 continue
             try:
-                voice = _read(Path(entry.path), _FILE.match(name).group(1))
+                voice = _read(Path(entry.path), _voice_id(name))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal
                 log.warning("skipping unreadable saved voice %s: %s", entry.path, exc)
                 self._skipped.add((name, *stamp))
                 continue
             self._seen[name] = stamp
             self._voices[voice.id] = voice
+
+
+def _voice_id(file_name: str) -> str:
+    """The voice id a saved voice's file name holds (the name matched ``_FILE``)."""
+    found = _FILE.match(file_name)
+    assert found is not None
+    return found.group(1)
 
 
 def _read(path: Path, voice_id: str) -> SavedVoice:

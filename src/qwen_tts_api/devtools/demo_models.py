@@ -32,7 +32,7 @@ SPEAKER_IDS: dict[str, int] = {
     "ono_anna": 2873,
     "sohee": 2864,
 }
-SPEAKER_DIALECTS: dict[str, str | bool] = {name: False for name in SPEAKER_IDS} | {
+SPEAKER_DIALECTS: dict[str, str | bool] = dict.fromkeys(SPEAKER_IDS, False) | {
     "eric": "sichuan_dialect",
     "dylan": "beijing_dialect",
 }
@@ -169,7 +169,9 @@ def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = N
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     _write_json(cfg_path, cfg)
-    return {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    assert all(isinstance(i, int) for i in ids.values())
+    return ids  # type: ignore[return-value]  # each one an int, checked above
 
 
 def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool) -> dict:

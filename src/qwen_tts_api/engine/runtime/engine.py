@@ -2,34 +2,49 @@
 
 All model work runs on the scheduler's thread (``scheduler.py``), never on the event loop,
 so the HTTP server (and `/health`) stays responsive. A request can be cancelled between
-any two frames, which frees its place in the batch.
+any two frames, which frees its slot in the batch. The API sees this class only through
+``engine/interface.py``'s ``SpeechEngine``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..constants import ModelKind
-from ..voices.prompt import ClonePrompt
+from ...constants import ModelKind
+from ...voices.prompt import ClonePrompt
+from ..errors import EngineUnavailable
+from ..models.loading import LoadedModel
 from .admission import Admission
-from .errors import EngineUnavailable
 from .jobs import EngineConfig, SpeechJob
-from .live import LiveText
-from .loading import LoadedModel
+from .live_text import LiveText
+from .runner import BatchRunner, StepObserver
 from .scheduler import Scheduler
 from .stream import SynthesisStream
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    generating: int  # rows in the batches now
+    admitted: int  # requests admitted (generating or queued)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.admitted - self.generating)
 
 
 class Engine:
     """Owns the loaded models, admission control and the batching scheduler."""
 
-    def __init__(self, models: dict[str, LoadedModel], config: EngineConfig | None = None):
-        self.models = models
+    def __init__(self, models: Mapping[ModelKind, LoadedModel], config: EngineConfig | None = None):
+        self.models: dict[ModelKind, LoadedModel] = dict(models)
         self.config = config or EngineConfig()
         self.admission = Admission(self.config.max_queue, workers=self.config.max_batch)
-        self.scheduler = Scheduler(models, self.config, self.admission)
+        self.runner = BatchRunner(self.models, self.config)
+        self.scheduler = Scheduler(self.runner, self.config, self.admission)
 
     def model(self, kind: ModelKind) -> LoadedModel | None:
         return self.models.get(kind)
@@ -39,13 +54,27 @@ class Engine:
         """Why this engine can no longer generate (the process should be restarted), or None."""
         return self.scheduler.failure
 
-    def start(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:
-        """Queue a request; raises EngineBusy when the queue is full, EngineUnavailable when
-        the engine has failed."""
+    def add_step_observer(self, observer: StepObserver) -> Callable[[], None]:
+        """``observer(StepStats)`` after each step (on the scheduler thread); returns its remover."""
+        return self.scheduler.add_step_observer(observer)
+
+    def occupancy(self) -> Occupancy:
+        return Occupancy(generating=self.runner.generating(), admitted=self.admission.active)
+
+    def prompt_cache_stats(self) -> tuple[int, int]:
+        """Clone-prompt cache (hits, misses) so far."""
+        return self.runner.prompts.hits, self.runner.prompts.misses
+
+    def _admit(self) -> SynthesisStream:
         if (failure := self.failure) is not None:
             raise EngineUnavailable(failure)
         self.admission.admit()
-        stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
+        return SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
+
+    def start(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:
+        """Queue a request; raises EngineBusy when the queue is full, EngineUnavailable when
+        the engine has failed."""
+        stream = self._admit()
         self.scheduler.submit(kind, job, stream)
         return stream
 
@@ -57,11 +86,8 @@ class Engine:
         """Queue a turn whose text arrives while it is spoken (``job.live``, from
         ``live_text``). Its stream carries PartStarted / audio / PartEnded per part. Raises as
         ``start``; cancel with ``stream.cancel()`` then ``job.live.wake()``."""
-        if (failure := self.failure) is not None:
-            raise EngineUnavailable(failure)
         assert job.live is not None
-        self.admission.admit()
-        stream = SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
+        stream = self._admit()
         self.scheduler.submit_live(kind, job, stream)
         return stream
 
@@ -81,7 +107,7 @@ class Engine:
         self.admission.admit()
         try:
             return await asyncio.wrap_future(
-                self.scheduler.call(lambda: self.scheduler.clone_prompt(ModelKind.BASE, waveform, transcript))
+                self.scheduler.call(lambda: self.runner.clone_prompt(ModelKind.BASE, waveform, transcript))
             )
         finally:
             self.admission.release(None)

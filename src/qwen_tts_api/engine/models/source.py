@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MODEL_PATH_ENV, ModelKind
-from .model_dir import ModelDirectoryError, check_model_dir
+from ...constants import MODEL_PATH_ENV, ModelKind
+from .directory import ModelDirectoryError, check_model_dir
 
 log = logging.getLogger(__name__)
 

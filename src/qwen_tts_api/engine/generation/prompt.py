@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..voices.prompt import ClonePrompt
+from ...voices.prompt import ClonePrompt
 
 
 @dataclass
@@ -124,7 +124,7 @@ def live_start_tokens(tts, clone_prompt: ClonePrompt | None) -> int:
     """How many text tokens a prompt whose text is still arriving needs before it can start:
     in-context cloning lays the text over the reference codes, and only text beyond them is
     read frame by frame."""
-    if clone_prompt is None or not clone_prompt.in_context:
+    if clone_prompt is None or clone_prompt.reference_codes is None:
         return 1
     reference_frames = int(clone_prompt.reference_codes.shape[0])
     return max(1, reference_frames + 2 - reference_text_tokens(tts, clone_prompt))
@@ -188,7 +188,7 @@ def _build(
     ending = [tts_eos] if text_final else []
 
     ref_codes = None
-    if clone_prompt is not None and clone_prompt.in_context:
+    if clone_prompt is not None and clone_prompt.reference_codes is not None:
         ref_codes = clone_prompt.reference_codes.to(device)
         ref_id = _tokens(tts, tts._build_ref_text(clone_prompt.reference_text))
         icl, trailing = _icl_prompt(model, text_id, ref_id[:, 3:-2], ref_codes, tts_pad, ending)

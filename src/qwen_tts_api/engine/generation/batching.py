@@ -13,14 +13,13 @@ leave at the next step; the rows after them move down a slot.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .errors import GenerationError
+from ..errors import GenerationError
 from .lean import DecoderStack, FrameCache, SlotCache
 from .prompt import TalkerPrompt
 from .sampling import RowSampling, SamplingParams, TalkerLogits, choose_rows
@@ -37,20 +36,60 @@ class BatchRow:
     token: torch.Tensor  # first-codebook token of the frame to make next
     hidden: torch.Tensor  # (1, 1, D) talker state that produced it
     sampling: RowSampling  # the request's own parameters and generator
+    owner: str | None = None  # the id of the request this row speaks for
     history: list[int] = field(default_factory=list)
     frames_made: int = 0
     error: GenerationError | None = None  # set when the row failed; it leaves at the next step
 
+    @property
+    def waiting_for_text(self) -> bool:
+        """Whether the row has read all the text it has (a live part whose text is arriving)."""
+        return not self.prompt.text_available(self.frames_made)
+
+    @property
+    def can_progress(self) -> bool:
+        """Whether a step would do something for this row without new text arriving."""
+        return self.error is not None or not self.waiting_for_text or self.should_stop()
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A row to add: its prompt, frame budget, cancellation check, sampling (None: the
+    batch's parameters and torch's own generator) and the id of the request it speaks for."""
+
+    prompt: TalkerPrompt
+    max_frames: int
+    should_stop: Callable[[], bool] | None = None
+    sampling: RowSampling | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """A model's compact talker forward and code-predictor loop, built once when the engine
+    takes the model (``build`` joins the q/k/v and gate/up weights in place, see
+    ``lean.join_weights``), then shared by every batch of that model."""
+
+    stack: DecoderStack
+    codebooks: CodebookFiller
+
+    @classmethod
+    def build(cls, talker, params: SamplingParams) -> StepParts:
+        return cls(DecoderStack(talker.model), CodebookFiller(talker, params))
+
 
 class FrameBatch:
-    def __init__(self, tts, params: SamplingParams):
+    """``parts``: the model's step parts (``StepParts.build``); None builds them for this batch."""
+
+    def __init__(self, tts, params: SamplingParams, parts: StepParts | None = None):
         self.talker = tts.model.talker
         self.params = params
         tcfg = tts.model.config.talker_config
         self.eos_id = tcfg.codec_eos_token_id
         self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
         self.rows: list[BatchRow] = []
-        self.stack, self.codebooks = _lean_parts(self.talker, params)
+        parts = parts or StepParts.build(self.talker, params)
+        self.stack, self.codebooks = parts.stack, parts.codebooks
         self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
 
     def __len__(self) -> int:
@@ -63,18 +102,15 @@ class FrameBatch:
         should_stop: Callable[[], bool] | None = None,
         sampling: RowSampling | None = None,
     ) -> BatchRow:
-        return self.add_many([(prompt, max_frames, should_stop, sampling)])[0]
+        return self.add_many([RowSpec(prompt, max_frames, should_stop, sampling)])[0]
 
     @torch.inference_mode()
-    def add_many(self, entries: list[tuple]) -> list[BatchRow]:
+    def add_many(self, specs: Sequence[RowSpec]) -> list[BatchRow]:
         """Prefill several joining prompts in one forward pass of the package's modules
         (left-padded to the longest, each with its own positions and a mask over the
-        padding), then copy each row's real positions into its slot. Each entry is
-        ``(prompt, max_frames, should_stop[, sampling])``; without ``sampling`` a row samples
-        with the batch's parameters and torch's own generator."""
-        entries = [(*entry, None)[:4] for entry in entries]
-        prompts = [prompt for prompt, _, _, _ in entries]
-        samplings = [sampling or RowSampling(self.params) for _, _, _, sampling in entries]
+        padding), then copy each row's real positions into its slot."""
+        prompts = [spec.prompt for spec in specs]
+        samplings = [spec.sampling or RowSampling(self.params) for spec in specs]
         lengths = [p.prefill.shape[1] for p in prompts]
         longest = max(lengths)
         device = self.talker.device
@@ -97,22 +133,20 @@ class FrameBatch:
         first_slot = len(self.rows)
         self.cache.reserve(first_slot + len(prompts), max([longest + 1, *(r.position + 1 for r in self.rows)]))
         for i, length in enumerate(lengths):
-            self.cache.load(
-                first_slot + i,
-                [layer.keys[i, :, longest - length :] for layer in prefill.layers],
-                [layer.values[i, :, longest - length :] for layer in prefill.layers],
-            )
+            keys, values = _prefilled(prefill, i, longest - length)
+            self.cache.load(first_slot + i, keys, values)
         rows = [
             BatchRow(
-                prompt=prompt,
-                max_frames=max_frames,
-                should_stop=should_stop or (lambda: False),
+                prompt=spec.prompt,
+                max_frames=spec.max_frames,
+                should_stop=spec.should_stop or _never,
                 position=length,
                 token=tokens[i],
                 hidden=hidden[i : i + 1],
                 sampling=samplings[i],
+                owner=spec.owner,
             )
-            for i, ((prompt, max_frames, should_stop, _), length) in enumerate(zip(entries, lengths))
+            for i, (spec, length) in enumerate(zip(specs, lengths))
         ]
         _mark_failed(rows, finite)
         self.rows.extend(rows)
@@ -126,7 +160,7 @@ class FrameBatch:
         batch); a finished row with ``error`` set failed."""
         finished = [r for r in self.rows if r.error is not None or int(r.token) == self.eos_id or r.should_stop()]
         self._drop(finished)
-        ready = [r.prompt.text_available(r.frames_made) for r in self.rows]
+        ready = [not r.waiting_for_text for r in self.rows]
         if not any(ready):
             return [], finished
         stepping = [r for r, on in zip(self.rows, ready) if on]
@@ -228,16 +262,18 @@ class FrameBatch:
         return max((r.position for r in self.rows), default=0)
 
 
-_LEAN_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _prefilled(prefill: DynamicCache, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One row's keys and values of a batched prefill, per layer, from ``start`` (past its padding)."""
+    keys, values = [], []
+    for layer in prefill.layers:
+        assert layer.keys is not None and layer.values is not None
+        keys.append(layer.keys[row, :, start:])
+        values.append(layer.values[row, :, start:])
+    return keys, values
 
 
-def _lean_parts(talker, params: SamplingParams) -> tuple[DecoderStack, CodebookFiller]:
-    """The talker's compact forward and code-predictor loop, made once per loaded model
-    (a new batch then costs nothing; the scheduler runs one model's steps one at a time)."""
-    parts = _LEAN_PARTS.get(talker)
-    if parts is None or parts[1].sampler != params.predictor:
-        parts = _LEAN_PARTS[talker] = (DecoderStack(talker.model), CodebookFiller(talker, params))
-    return parts
+def _never() -> bool:
+    return False
 
 
 def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -287,6 +323,7 @@ class CodebookFiller:
         first-codebook tokens, ``samplings`` each row's (default: this filler's sampler).
         Returns codes (B, 16), their input embeddings (B, 16, D) and whether each row's
         logits stayed finite (B,)."""
+        generators: list[torch.Generator | None]
         if samplings is None:
             samplers, generators = [self.sampler] * first.shape[0], [None] * first.shape[0]
         else:

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .quantize import Int8Linear
+from ..models.quantize import Int8Linear
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+# The package's transformer modules: attributes that torch's stubs cannot see (layers, self_attn...).
+PackageModule = Any
 
 
-def plain(layer: torch.nn.Module) -> Linear:
+def plain(layer: PackageModule) -> Linear:
     """A linear layer's own weight, called without the module machinery (other layers as they are)."""
     if type(layer) is not torch.nn.Linear:
         return layer
@@ -34,12 +37,14 @@ def plain(layer: torch.nn.Module) -> Linear:
     return lambda x: F.linear(x, weight, bias)
 
 
-def joined(*layers: torch.nn.Module) -> Linear:
+def join_weights(*layers: PackageModule) -> Linear:
     """One call for several projections of the same input, their outputs side by side.
 
-    Bias-free layers become one matrix product: their weights are concatenated once and
-    each module is re-pointed at its slice of the result, so the package's modules (still
-    used for prefill) and this path share one copy. Others are called one after another."""
+    Bias-free layers become one matrix product: their weights are concatenated and each
+    module is re-pointed, in place, at its slice of the result, so the package's modules
+    (still used for prefill) and this path share one copy. Weights already joined are used
+    as they are. Others are called one after another. ``DecoderStack`` does this once per
+    model, when the engine builds the model's ``StepParts``."""
     if all(type(layer) is Int8Linear and layer.bias is None for layer in layers):
         return Int8Linear.joined(list(layers))
     if not all(type(layer) is torch.nn.Linear and layer.bias is None for layer in layers):
@@ -67,15 +72,15 @@ class LayerWeights:
     down: Linear
 
     @classmethod
-    def of(cls, layer: torch.nn.Module, heads: int, kv_heads: int) -> LayerWeights:
+    def of(cls, layer: PackageModule, heads: int, kv_heads: int) -> LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         return cls(
             input_norm=layer.input_layernorm.weight,
-            qkv=joined(attn.q_proj, attn.k_proj, attn.v_proj),
+            qkv=join_weights(attn.q_proj, attn.k_proj, attn.v_proj),
             qk_norm=torch.cat([attn.q_norm.weight.expand(heads, -1), attn.k_norm.weight.expand(kv_heads, -1)]),
             o=plain(attn.o_proj),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=joined(mlp.gate_proj, mlp.up_proj),
+            gate_up=join_weights(mlp.gate_proj, mlp.up_proj),
             down=plain(mlp.down_proj),
         )
 
@@ -91,7 +96,7 @@ class DecoderStack:
     """The decoder layers and final norm of one of the package's transformer models
     (``Qwen3TTSTalkerModel`` or ``Qwen3TTSTalkerCodePredictorModel``)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: PackageModule):
         config = model.config
         self.eps = config.rms_norm_eps
         self.heads = config.num_attention_heads

@@ -9,34 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..constants import SAMPLE_RATE, ModelKind
-from ..text.prepare import PreparedText, prepare
-from ..voices.prompt import ClonePrompt
-from .clone import compute_clone_prompt
+from ...constants import SAMPLE_RATE, ModelKind
+from ...text.prepare import PreparedText, prepare
+from ...voices.prompt import ClonePrompt
+from ..generation.clone import compute_clone_prompt
+from ..models.loading import LoadedModel
+from .engine import Engine
 from .jobs import SpeechJob
-from .loading import LoadedModel
-from .synthesis import Engine
+from .readiness import Readiness
 
 log = logging.getLogger(__name__)
 
 WARMUP_TEXTS = ("Hello.", "Warming up a batch of two.")
 WARMUP_TRANSCRIPT = "A gliding tone."
 WARMUP_DESCRIPTION = "A calm, clear voice."  # VoiceDesign's instructions
-
-
-@dataclass
-class Readiness:
-    models: list[str] = field(default_factory=list)
-    warmed_up: bool = False
-    error: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.warmed_up and self.error is None
 
 
 def _warmup_reference() -> np.ndarray:
@@ -52,7 +41,7 @@ def _prepared(model: LoadedModel, text: str) -> PreparedText:
 
 async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[SpeechJob]:
     if kind == ModelKind.CUSTOMVOICE:
-        speakers = model.speakers or [None]
+        speakers: list[str | None] = [*model.speakers] or [None]
         return [
             SpeechJob(text=_prepared(model, text), language="Auto", speaker=speakers[i % len(speakers)])
             for i, text in enumerate(WARMUP_TEXTS)

@@ -8,11 +8,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
-from .app import create_app
-from .settings import Settings
+from ..app import create_app
+from ..settings import Settings
 
 
 def free_port() -> int:
@@ -41,7 +42,7 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
 
 def cpu_settings(**overrides) -> Settings:
     """CPU settings that do not depend on the environment they run in."""
-    values = dict(
+    values: dict[str, Any] = dict(
         device="cpu",
         dtype="float32",
         attn="",
@@ -76,7 +77,7 @@ class BackgroundServer:
         deadline = time.monotonic() + 600
         # Started, then warmed up (as a load balancer would wait for /ready), so the warm-up
         # synthesis never competes with what a test measures.
-        readiness = self.app.state.readiness
+        readiness = self.app.state.server.readiness
         while not (self.server.started and (readiness.ready or readiness.error)):
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("server did not start")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..constants import MODEL_PATH_ENV, ModelKind
+from ...constants import MODEL_PATH_ENV, ModelKind
 
 # config.json tts_model_type of each family
 EXPECTED_TYPES = {ModelKind.CUSTOMVOICE: "custom_voice", ModelKind.BASE: "base", ModelKind.VOICEDESIGN: "voice_design"}

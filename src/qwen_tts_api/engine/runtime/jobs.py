@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..settings import Settings
-from ..text.prepare import PreparedText
-from ..voices.prompt import ClonePrompt
-from .live import LiveText
+from ...settings import Settings
+from ...text.prepare import PreparedText
+from ...voices.prompt import ClonePrompt
+from .live_text import LiveText
 
 
 @dataclass(frozen=True)

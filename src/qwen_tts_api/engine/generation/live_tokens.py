@@ -1,7 +1,6 @@
-"""Text that arrives while it is being spoken: the engine's side of a voice agent's turn.
+"""Text that arrives while it is being spoken: which of its tokens the model may read.
 
-``LiveText`` carries fragments from the event loop to the scheduler thread. There, a
-``PartSplitter`` (``text/live.py``) cuts them into parts, and ``PartTokens`` decides which
+A ``PartSplitter`` (``text/live.py``) cuts them into parts, and ``PartTokens`` decides which
 of a part's tokens are final: the model reads each token once and cannot take it back, so a
 token is handed over only when no later text can change it. The tokenizer splits text into
 pieces (words with their leading space, runs of punctuation, ...) before merging within a
@@ -13,40 +12,12 @@ whole text, which is what lets a paused generation resume as if the text had all
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from ..text.prepare import clean
+from ...text.prepare import clean
 from .prompt import text_ids
 
 log = logging.getLogger(__name__)
-
-
-class LiveText:
-    """One turn's text as it arrives (appended on the event loop, taken on the scheduler
-    thread). ``wake`` tells the scheduler that there is something new to look at."""
-
-    def __init__(self, wake: Callable[[], None] = lambda: None):
-        self._lock = threading.Lock()
-        self._fragments: list[str] = []
-        self._done = False
-        self.wake = wake
-
-    def append(self, fragment: str) -> None:
-        with self._lock:
-            self._fragments.append(fragment)
-        self.wake()
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-        self.wake()
-
-    def take(self) -> tuple[str, bool]:
-        """The text that arrived since the last call, and whether the turn's text is complete."""
-        with self._lock:
-            text, self._fragments = "".join(self._fragments), []
-            return text, self._done
 
 
 class PartTokens:

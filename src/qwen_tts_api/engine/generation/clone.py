@@ -13,8 +13,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..constants import SAMPLE_RATE
-from ..voices.prompt import ClonePrompt
+from ...constants import SAMPLE_RATE
+from ...voices.prompt import ClonePrompt
 
 
 def compute_clone_prompt(tts, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
@@ -49,7 +49,10 @@ class PromptCache:
 
     def cached(self, waveform: np.ndarray, transcript: str | None) -> ClonePrompt | None:
         """The prompt for this reference if it is cached (a hit), else None (no encoder runs)."""
-        key = self.key(waveform, transcript)
+        return self.lookup(self.key(waveform, transcript))
+
+    def lookup(self, key: tuple[str, str | None]) -> ClonePrompt | None:
+        """``cached`` for a key made before (``key``)."""
         prompt = self._items.get(key)
         if prompt is not None:
             self._items.move_to_end(key)

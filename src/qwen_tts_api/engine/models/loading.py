@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..constants import ModelKind, display_speaker_name
-from ..settings import Settings
-from ..text.control_tokens import control_tokens_of
-from .model_source import ModelSource, resolve_sources
+from ...constants import ModelKind, display_speaker_name
+from ...settings import Settings
+from ...text.control_tokens import control_tokens_of
 from .precision import codec_dtype_for, resolve_dtype
 from .quantize import quantize_int8
+from .source import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,9 @@ def load_model(
     )
 
 
-def load_models(settings: Settings, sources: dict[ModelKind, ModelSource] | None = None) -> dict[str, LoadedModel]:
+def load_models(
+    settings: Settings, sources: dict[ModelKind, ModelSource] | None = None
+) -> dict[ModelKind, LoadedModel]:
     """Every configured model (``sources``: already resolved, else resolved here)."""
     settings = settings.model_copy(update={"device": resolve_device(settings.device)})
     _check_device(settings.device)

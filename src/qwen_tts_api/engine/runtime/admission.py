@@ -10,15 +10,7 @@ from __future__ import annotations
 import math
 import threading
 
-
-class EngineBusy(Exception):
-    def __init__(self, retry_after: int):
-        super().__init__(f"server busy, retry after {retry_after}s")
-        self.retry_after = retry_after
-
-
-class SynthesisTimeout(Exception):
-    """The request did not finish within QWEN_TTS_REQUEST_TIMEOUT."""
+from ..errors import EngineBusy
 
 
 class Admission:

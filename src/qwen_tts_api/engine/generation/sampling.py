@@ -133,7 +133,7 @@ class SamplingParams:
                 do_sample=sampler.do_sample if temperature is None else temperature > 0,
                 top_k=sampler.top_k if top_k is None else top_k,
                 top_p=sampler.top_p if top_p is None else top_p,
-                temperature=sampler.temperature if not temperature else temperature,
+                temperature=temperature or sampler.temperature,
             )
 
         penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty

@@ -10,10 +10,15 @@ under quantisation), as are the output heads and embeddings: logits keep the mod
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
 class Int8Linear(torch.nn.Module):
+    weight_int8: torch.Tensor  # (out, in) int8
+    scale: torch.Tensor  # (out,) bfloat16
+
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("weight_int8", weight)  # (out, in) int8
@@ -31,7 +36,15 @@ class Int8Linear(torch.nn.Module):
     @classmethod
     def joined(cls, layers: list[Int8Linear]) -> Int8Linear:
         """One layer for several bias-free ones over the same input; each keeps a view of
-        the joined buffers (one copy in memory)."""
+        the joined buffers (one copy in memory). Layers joined before are used as they are."""
+        base, scale_base = layers[0].weight_int8._base, layers[0].scale._base
+        if (
+            base is not None
+            and scale_base is not None
+            and all(layer.weight_int8._base is base and layer.scale._base is scale_base for layer in layers)
+            and base.shape[0] == sum(layer.weight_int8.shape[0] for layer in layers)
+        ):
+            return cls(base, scale_base)
         weight = torch.cat([layer.weight_int8 for layer in layers])
         scale = torch.cat([layer.scale for layer in layers])
         offset = 0
@@ -48,7 +61,7 @@ class Int8Linear(torch.nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-def quantize_int8(talker: torch.nn.Module) -> int:
+def quantize_int8(talker: Any) -> int:
     """Replace the linears inside the talker's and code predictor's decoder layers;
     returns how many were replaced."""
     replaced = 0

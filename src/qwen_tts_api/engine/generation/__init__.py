@@ -1,0 +1,1 @@
+"""Generation arithmetic: prompts, the batched frame step, sampling, streaming decoding."""

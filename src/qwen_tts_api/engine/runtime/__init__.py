@@ -1,0 +1,1 @@
+"""The runtime: requests, the scheduling policy, the runner that steps batches, the engine facade."""

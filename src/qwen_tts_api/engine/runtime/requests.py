@@ -1,0 +1,185 @@
+"""A request's life inside the engine: its state, why it finished, and what it carries.
+
+A request is found by its id (``Request.id``; a batch row names its owner by it). Its state
+moves only along ``TRANSITIONS``:
+
+    WAITING ──▶ RUNNING ◀──▶ WAITING_FOR_TEXT        (a live part's row has read all its text)
+       │          │  ▲               │
+       │          ▼  │               ▼
+       │       BETWEEN_PARTS ◀───────┘               (a live turn between two parts keeps its slot)
+       ▼          ▼
+    FINISHED (with a FinishReason) ◀── from any state
+
+A plain request runs its text segments one after another (RUNNING → RUNNING, a new row for
+each segment); a live turn (``live_turn.py``) runs its parts the same way, with the two
+live-only states in between.
+"""
+
+from __future__ import annotations
+
+import itertools
+from enum import Enum
+
+import numpy as np
+
+from ...constants import ModelKind
+from ...voices.prompt import ClonePrompt
+from ..generation.batching import BatchRow, RowSpec
+from ..generation.decoding import DecoderContext, StreamingDecoder
+from ..generation.joining import SegmentJoiner
+from ..generation.prompt import build_prompt
+from ..generation.sampling import RowSampling, SamplingParams
+from ..models.loading import LoadedModel
+from .jobs import EngineConfig, SpeechJob
+from .stream import SynthesisStream
+
+
+class RequestState(Enum):
+    WAITING = "waiting"  # queued until its model's batch has a free slot
+    RUNNING = "running"  # its row makes a frame at every step
+    WAITING_FOR_TEXT = "waiting_for_text"  # live: its row has read all the text that has arrived
+    BETWEEN_PARTS = "between_parts"  # live: a part ended and the next is not ready; it keeps its slot
+    FINISHED = "finished"
+
+
+class FinishReason(Enum):
+    DONE = "done"  # all its text was spoken
+    CANCELLED = "cancelled"  # the client went away (or barged in)
+    TIMED_OUT = "timed_out"  # QWEN_TTS_REQUEST_TIMEOUT passed
+    FAILED = "failed"  # its generation failed (the others went on)
+    ENGINE_STOPPED = "engine_stopped"  # the scheduler cannot go on
+
+
+_S = RequestState
+TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
+    _S.WAITING: frozenset({_S.RUNNING, _S.FINISHED}),
+    _S.RUNNING: frozenset({_S.RUNNING, _S.WAITING_FOR_TEXT, _S.BETWEEN_PARTS, _S.FINISHED}),
+    _S.WAITING_FOR_TEXT: frozenset({_S.RUNNING, _S.BETWEEN_PARTS, _S.FINISHED}),
+    _S.BETWEEN_PARTS: frozenset({_S.RUNNING, _S.FINISHED}),
+    _S.FINISHED: frozenset(),
+}
+HOLDS_SLOT = frozenset({_S.RUNNING, _S.WAITING_FOR_TEXT, _S.BETWEEN_PARTS})
+
+_ids = itertools.count(1)
+
+
+class IllegalTransition(RuntimeError):
+    """A request was moved along an edge its lifecycle does not have (a bug)."""
+
+
+class Request:
+    """One speech request: its text segments are generated one after another, each as a
+    row of its model's batch."""
+
+    def __init__(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream, admitted: bool = True):
+        self.id = f"req-{next(_ids)}"
+        self.kind, self.job, self.stream = kind, job, stream
+        self.state = RequestState.WAITING
+        self.finish_reason: FinishReason | None = None
+        self.admitted = admitted  # holds a place in admission control (the warm-up does not)
+        self.index = 0  # the segment (or live part) being spoken
+        self.joiner = SegmentJoiner(len(job.text.segments))
+        self.clone_prompt: ClonePrompt | None = job.voice_prompt  # a saved voice's, or computed on admission
+        self.reference_key: tuple[str, str | None] | None = None  # its inline reference in the prompt cache
+        self.decoder: StreamingDecoder | None = None
+        self.decoder_context: DecoderContext | None = None  # in-context cloning: the reference, decoded once
+        self.row: BatchRow | None = None
+        self.began: float | None = None  # when it left the queue
+        self._sampling: RowSampling | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.kind} {self.state.value}>"
+
+    # --- what the policy reads (no tensors) ---
+    @property
+    def stopping(self) -> bool:
+        """Cancelled by its client, or past its deadline."""
+        return self.stream.should_stop()
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Inline reference audio whose clone prompt is neither stored nor cached yet."""
+        return self.job.reference is not None and self.clone_prompt is None
+
+    @property
+    def might_start(self) -> bool:
+        """A cheap upper bound of ``ready`` (live turns: without tokenizing)."""
+        return True
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has something to speak now."""
+        return True
+
+    @property
+    def empty(self) -> bool:
+        """Whether it turned out to have nothing to speak at all (a live turn's text)."""
+        return False
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.state in HOLDS_SLOT
+
+    # --- the lifecycle ---
+    def move_to(self, state: RequestState, reason: FinishReason | None = None) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self!r} cannot become {state.value}")
+        self.state = state
+        if state is RequestState.FINISHED:
+            self.finish_reason = reason or FinishReason.DONE
+
+    # --- what the runner builds and feeds ---
+    def sampling(self, params: SamplingParams, device) -> RowSampling:
+        """The request's sampling, made once: its generator runs on across its segments."""
+        if self._sampling is None:
+            choice = self.job.sampling
+            params = params.overridden(choice.temperature, choice.top_p, choice.top_k, choice.repetition_penalty)
+            self._sampling = RowSampling.seeded(params, choice.seed, device)
+        return self._sampling
+
+    def next_row(self, model: LoadedModel, params: SamplingParams, config: EngineConfig) -> RowSpec:
+        """The prompt of the current segment as a row to add, with a fresh decoder for it."""
+        job, segment = self.job, self.job.text.segments[self.index]
+        prompt = build_prompt(
+            model.tts,
+            segment.text,
+            job.language,
+            speaker=job.speaker,
+            instructions=job.instructions,
+            clone_prompt=self.clone_prompt,
+        )
+        self.stream.usage.input_tokens += prompt.text_tokens
+        self._prime_decoder(model, prompt.ref_codes)
+        self.decoder = StreamingDecoder(
+            model.tts,
+            # Only the very first chunk of a request is small: it sets the time to first audio.
+            first_chunk=config.first_chunk_frames if self.index == 0 else config.max_chunk_frames,
+            max_chunk=config.max_chunk_frames,
+            context=self.decoder_context,
+        )
+        sampling = self.sampling(params, model.tts.model.talker.device)
+        return RowSpec(prompt, segment.max_frames, self.stream.should_stop, sampling, owner=self.id)
+
+    def _prime_decoder(self, model: LoadedModel, ref_codes) -> None:
+        if ref_codes is not None and self.decoder_context is None:
+            self.decoder_context = DecoderContext.prime(model.tts, ref_codes)
+
+    def emit_audio(self, audio: np.ndarray | None) -> None:
+        if audio is not None and audio.size:
+            self.stream.emit(audio)
+
+    def decoded(self, codes) -> None:
+        """A frame this request's row made: its audio, once a chunk is complete."""
+        assert self.decoder is not None
+        audio = self.decoder.push(codes)
+        if audio is not None:
+            self.emit_audio(self.joiner.feed(self.index, audio))
+
+    def end_segment(self) -> bool:
+        """Its row ended: the segment's last audio. True when another segment follows."""
+        assert self.decoder is not None
+        self.emit_audio(self.joiner.end_segment(self.index, self.decoder.flush()))
+        if self.index + 1 < len(self.job.text.segments):
+            self.index += 1
+            return True
+        return False
