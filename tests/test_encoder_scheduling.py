@@ -110,7 +110,8 @@ def test_an_upload_takes_a_place_in_the_queue(one_place):
             slowed_steps(one_place.app.state.server.engine, 0.02),
             http.stream("POST", "/v1/audio/speech", json=body) as r,
         ):
-            next(r.iter_bytes())  # generating: the only place is taken
+            chunks = r.iter_bytes()  # held: a dropped iterator closes the response, cancelling the stream
+            next(chunks)  # generating: the only place is taken
             assert len(runner.batches["customvoice"]) == 1
             busy = http.post(
                 "/v1/audio/voices",

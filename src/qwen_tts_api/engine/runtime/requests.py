@@ -17,7 +17,8 @@ live-only states in between.
 
 from __future__ import annotations
 
-import itertools
+import uuid
+from collections.abc import Mapping
 from enum import Enum
 
 import numpy as np
@@ -51,7 +52,7 @@ class FinishReason(Enum):
 
 
 _S = RequestState
-TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
+TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
     _S.WAITING: frozenset({_S.RUNNING, _S.FINISHED}),
     _S.RUNNING: frozenset({_S.RUNNING, _S.WAITING_FOR_TEXT, _S.BETWEEN_PARTS, _S.FINISHED}),
     _S.WAITING_FOR_TEXT: frozenset({_S.RUNNING, _S.BETWEEN_PARTS, _S.FINISHED}),
@@ -59,8 +60,6 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     _S.FINISHED: frozenset(),
 }
 HOLDS_SLOT = frozenset({_S.RUNNING, _S.WAITING_FOR_TEXT, _S.BETWEEN_PARTS})
-
-_ids = itertools.count(1)
 
 
 class IllegalTransition(RuntimeError):
@@ -72,7 +71,7 @@ class Request:
     row of its model's batch."""
 
     def __init__(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream, admitted: bool = True):
-        self.id = f"req-{next(_ids)}"
+        self.id = f"req-{uuid.uuid4().hex[:16]}"
         self.kind, self.job, self.stream = kind, job, stream
         self.state = RequestState.WAITING
         self.finish_reason: FinishReason | None = None
