@@ -12,7 +12,8 @@ AAC_PADDING = 2 * 1024 / SR
 
 
 def test_content_types_match_openai():
-    assert CONTENT_TYPES == OPENAI_CONTENT_TYPES
+    assert {fmt: CONTENT_TYPES[fmt] for fmt in OPENAI_CONTENT_TYPES} == OPENAI_CONTENT_TYPES
+    assert set(CONTENT_TYPES) - set(OPENAI_CONTENT_TYPES) == {"ulaw", "alaw"}  # ours: G.711 for telephony
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])

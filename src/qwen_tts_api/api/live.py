@@ -285,7 +285,7 @@ class LiveSession:
         config = self.config
         assert config is not None and turn.stream is not None
         fmt, record = config.response_format, turn.record
-        pcm = Renderer("pcm", 1.0)
+        pcm = Renderer("pcm", 1.0, config.output_rate)
         part: PartStarted | None = None
         held: list[np.ndarray] = []
         sent = 0
@@ -296,12 +296,17 @@ class LiveSession:
                     turn.parts += 1
                     await self._send(
                         LiveAudioStart(
-                            utterance_index=turn.index, sentence_index=item.index, sentence_text=item.text, format=fmt
+                            utterance_index=turn.index,
+                            sentence_index=item.index,
+                            sentence_text=item.text,
+                            format=fmt,
+                            sample_rate=config.output_rate,
                         )
                     )
                 elif isinstance(item, PartEnded):
                     if not config.stream_audio and held:
-                        body = await asyncio.to_thread(Renderer(fmt, config.speed).whole, np.concatenate(held))
+                        whole = Renderer(fmt, config.speed, config.output_rate).whole
+                        body = await asyncio.to_thread(whole, np.concatenate(held))
                         await self.ws.send_bytes(body)
                         sent += len(body)
                     part = None

@@ -9,8 +9,9 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import models_json_schema
 
-from ..audio.encode import RESPONSE_FORMATS
-from ..constants import TaskType
+from ..audio.encode import DEFAULT_SAMPLE_RATES, RESPONSE_FORMATS, UNSUPPORTED_RATES
+from ..audio.resample import SAMPLE_RATES
+from ..constants import SAMPLE_RATE, TaskType
 from ..voices.speakers import DEFAULT_VOICE
 
 MAX_INPUT_CHARS = 4096
@@ -31,7 +32,7 @@ LANGUAGES = [
 ]
 _LANGUAGE_BY_LOWER = {name.lower(): name for name in LANGUAGES}
 
-ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm", "ulaw", "alaw"]
 assert set(RESPONSE_FORMATS) == set(get_args(ResponseFormat))  # one list of formats
 
 
@@ -40,6 +41,22 @@ def canonical_language(value: str) -> str:
     if canonical is None:
         raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
     return canonical
+
+
+def checked_sample_rate(value: int | None, response_format: str | None) -> int | None:
+    """``sample_rate``: one of SAMPLE_RATES, and one the format's encoder can take."""
+    if value is None:
+        return None
+    if value not in SAMPLE_RATES:
+        raise ValueError(f"must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    if value in UNSUPPORTED_RATES.get(response_format or "", ()):
+        raise ValueError(f"{response_format} cannot be encoded at {value} Hz")
+    return value
+
+
+def output_rate(response_format: str, sample_rate: int | None) -> int:
+    """The rate a response is sent at: as asked, else the format's own (G.711: 8 kHz), else 24 kHz."""
+    return sample_rate or DEFAULT_SAMPLE_RATES.get(response_format, SAMPLE_RATE)
 
 
 class VoiceRef(BaseModel):
@@ -75,6 +92,8 @@ class SpeechRequest(SamplingFields):
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     voice: str | VoiceRef = DEFAULT_VOICE
     response_format: ResponseFormat = "mp3"
+    # Ours and vLLM-Omni's: the output's sample rate (unset: 24000, or 8000 for ulaw and alaw).
+    sample_rate: int | None = None
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     language: str = "Auto"
     instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
@@ -98,6 +117,15 @@ class SpeechRequest(SamplingFields):
     @classmethod
     def _known_language(cls, value: str) -> str:
         return canonical_language(value)
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _supported_rate(cls, value: int | None, info) -> int | None:
+        return checked_sample_rate(value, info.data.get("response_format"))
+
+    @property
+    def output_rate(self) -> int:
+        return output_rate(self.response_format, self.sample_rate)
 
 
 class ModelCard(BaseModel):
@@ -302,6 +330,7 @@ class LiveSessionConfig(SamplingFields):
     language: str = "Auto"
     instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     response_format: ResponseFormat = "wav"
+    sample_rate: int | None = None  # as on HTTP: unset, 24000 (8000 for ulaw and alaw)
     stream_audio: bool = False
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_LIVE_FIRST_CHUNK)
@@ -314,6 +343,15 @@ class LiveSessionConfig(SamplingFields):
     @classmethod
     def _known_language(cls, value: str) -> str:
         return canonical_language(value)
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _supported_rate(cls, value: int | None, info) -> int | None:
+        return checked_sample_rate(value, info.data.get("response_format"))
+
+    @property
+    def output_rate(self) -> int:
+        return output_rate(self.response_format, self.sample_rate)
 
     @field_validator("stream_audio")
     @classmethod

@@ -98,7 +98,7 @@ async def create_speech(
         if body.stream_format == "audio" and not body.stream:
             # Whole body: exact length, and mp3 carries its gapless header.
             waveform = await until_ready(request, asyncio.ensure_future(stream.collect()), stream)
-            audio = await asyncio.to_thread(Renderer(fmt, body.speed).whole, waveform)
+            audio = await asyncio.to_thread(Renderer(fmt, body.speed, body.output_rate).whole, waveform)
             return Response(content=audio, media_type=CONTENT_TYPES[fmt], headers=plan.headers)
         # Wait for the first audio before answering, so a failure up to then is a proper error status.
         chunks = aiter(stream)
@@ -112,10 +112,12 @@ async def create_speech(
         raise
     if body.stream_format == "sse":
         return StreamingResponse(
-            sse_body(first, chunks, stream, fmt, body.speed),
+            sse_body(first, chunks, stream, fmt, body.speed, body.output_rate),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", **plan.headers},
         )
     return StreamingResponse(
-        audio_body(first, chunks, stream, fmt, body.speed), media_type=CONTENT_TYPES[fmt], headers=plan.headers
+        audio_body(first, chunks, stream, fmt, body.speed, body.output_rate),
+        media_type=CONTENT_TYPES[fmt],
+        headers=plan.headers,
     )

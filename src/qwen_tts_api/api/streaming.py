@@ -16,6 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from ..audio.render import Renderer
+from ..constants import SAMPLE_RATE
 from ..engine.errors import GenerationError
 from ..engine.runtime.stream import SynthesisStream
 from .protocol import ErrorDetail, SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, SpeechUsage
@@ -48,8 +49,8 @@ async def until_ready(request: Request, work: asyncio.Future | asyncio.Task, str
     return work.result()
 
 
-async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fmt: str, speed: float):
-    renderer = Renderer(fmt, speed)
+async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fmt: str, speed: float, rate: int):
+    renderer = Renderer(fmt, speed, rate)
     if first is not None:
         yield await asyncio.to_thread(renderer.chunk, first)
         async for chunk in rest:
@@ -57,9 +58,11 @@ async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fm
     yield await asyncio.to_thread(renderer.finish)
 
 
-async def audio_body(first, rest, stream: SynthesisStream, fmt: str, speed: float) -> AsyncIterator[bytes]:
+async def audio_body(
+    first, rest, stream: SynthesisStream, fmt: str, speed: float, rate: int = SAMPLE_RATE
+) -> AsyncIterator[bytes]:
     try:
-        async for data in _encoded(first, rest, fmt, speed):
+        async for data in _encoded(first, rest, fmt, speed, rate):
             if data:
                 yield data
     except Exception:
@@ -73,9 +76,11 @@ def _event(payload: BaseModel) -> bytes:
     return f"data: {payload.model_dump_json()}\n\n".encode()
 
 
-async def sse_body(first, rest, stream: SynthesisStream, fmt: str, speed: float) -> AsyncIterator[bytes]:
+async def sse_body(
+    first, rest, stream: SynthesisStream, fmt: str, speed: float, rate: int = SAMPLE_RATE
+) -> AsyncIterator[bytes]:
     try:
-        async for data in _encoded(first, rest, fmt, speed):
+        async for data in _encoded(first, rest, fmt, speed, rate):
             if data:
                 yield _event(SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii")))
         usage = stream.usage
