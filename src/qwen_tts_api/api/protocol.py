@@ -66,6 +66,7 @@ class VoiceRef(BaseModel):
 
 
 SEED_MAX = 2**63 - 1
+MAX_FIRST_CHUNK = 96  # initial_codec_chunk_frames: frames of the first audio chunk, at most
 
 
 class SamplingFields(BaseModel):
@@ -82,8 +83,9 @@ class SamplingFields(BaseModel):
 
 
 class SpeechRequest(SamplingFields):
-    # Unknown fields are ignored, as OpenAI clients send extras over time.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are accepted (clients send extras over time) and named in the response's
+    # X-Unused-Fields header, never dropped in silence.
+    model_config = ConfigDict(extra="allow")
 
     # Required by the OpenAI contract. The specification accepts any value for compatibility and
     # routes by voice / audio_sample; only the VoiceDesign model's id or alias picks a model
@@ -105,6 +107,14 @@ class SpeechRequest(SamplingFields):
     task_type: TaskType | None = None
     # Ours: false waits for the whole utterance and answers with one complete body.
     stream: bool = True
+    # vLLM-Omni's names, as its clients send them (the same meaning as on our WebSocket).
+    speaker: str | None = None  # `voice`
+    ref_audio: str | None = None  # `audio_sample`
+    ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)  # `audio_sample_text`
+    x_vector_only_mode: bool | None = None  # true: clone from the speaker embedding alone, ignoring ref_text
+    max_new_tokens: int | None = Field(default=None, ge=1)  # frames per generation, below the model's limit
+    initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_FIRST_CHUNK)  # 0: the server's
+    speaker_embedding: list[float] | None = None  # refused: not supported yet (a 400 says so)
 
     @field_validator("input")
     @classmethod
@@ -313,7 +323,6 @@ def stream_event_schemas() -> dict[str, dict]:
 # plugin speaks; docs/CLIENTS.md ("Voice agents") describes it.
 
 LIVE_SAMPLE_RATE = 24000
-MAX_LIVE_FIRST_CHUNK = 96
 
 
 class LiveSessionConfig(SamplingFields):
@@ -333,7 +342,7 @@ class LiveSessionConfig(SamplingFields):
     sample_rate: int | None = None  # as on HTTP: unset, 24000 (8000 for ulaw and alaw)
     stream_audio: bool = False
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_LIVE_FIRST_CHUNK)
+    initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_FIRST_CHUNK)
     max_new_tokens: int | None = Field(default=None, ge=1)
     ref_audio: str | None = None
     ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)

@@ -27,6 +27,8 @@ from .voice_plan import VoiceAsk, plan_voice
 
 router = APIRouter()
 
+UNUSED_FIELDS_HEADER = "X-Unused-Fields"  # request fields this server does not know, so did not use
+
 
 @dataclass
 class SpeechPlan:
@@ -48,20 +50,53 @@ def _speakable(model: LoadedModel, body: SpeechRequest) -> PreparedText:
     return prepared
 
 
-async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> SpeechPlan:
-    ask = VoiceAsk(
-        voice=body.voice,
+def _one_of(body: SpeechRequest, ours: str, theirs: str):
+    """A field sent under our name or vLLM-Omni's (``theirs``); both, and different, is a 400."""
+    mine, other = getattr(body, ours), getattr(body, theirs)
+    if ours in body.model_fields_set and other is not None and mine != other:
+        raise invalid_request(f"'{theirs}' is vLLM-Omni's name for '{ours}'; send one of them", param=theirs)
+    return other if other is not None else mine
+
+
+def _voice_ask(body: SpeechRequest) -> VoiceAsk:
+    if body.speaker_embedding is not None:
+        raise invalid_request(
+            "speaker_embedding is not supported yet; send the reference audio as ref_audio (or audio_sample)",
+            param="speaker_embedding",
+            code="unsupported_parameter",
+        )
+    audio_sample = _one_of(body, "audio_sample", "ref_audio")
+    transcript = None if body.x_vector_only_mode else _one_of(body, "audio_sample_text", "ref_text")
+    named = "ref_audio" if body.ref_audio is not None else "audio_sample"
+    text_named = "ref_text" if body.ref_text is not None else "audio_sample_text"
+    return VoiceAsk(
+        voice=_one_of(body, "voice", "speaker"),
         language=body.language,
         instructions=body.instructions,
-        audio_sample=body.audio_sample,
-        audio_sample_text=body.audio_sample_text,
+        audio_sample=audio_sample,
+        audio_sample_text=transcript,
         task_type=body.task_type,
         model=body.model,
-        voice_given="voice" in body.model_fields_set,
+        voice_given="voice" in body.model_fields_set or body.speaker is not None,
+        param={
+            "audio_sample": named,
+            "audio_sample_text": text_named,
+        },
     )
-    voice = await plan_voice(ask, engine, settings, store)
-    job = voice.job(_speakable(voice.model, body), sampling=SamplingChoice(**body.sampling_choice()))
-    return SpeechPlan(voice.kind, job, voice.voice_kind, voice.headers)
+
+
+async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> SpeechPlan:
+    voice = await plan_voice(_voice_ask(body), engine, settings, store)
+    job = voice.job(
+        _speakable(voice.model, body),
+        sampling=SamplingChoice(**body.sampling_choice()),
+        max_frames=body.max_new_tokens,
+        first_chunk_frames=body.initial_codec_chunk_frames or None,
+    )
+    headers = dict(voice.headers)
+    if body.model_extra:  # never dropped in silence: the client learns what was not used
+        headers[UNUSED_FIELDS_HEADER] = ", ".join(sorted(body.model_extra))
+    return SpeechPlan(voice.kind, job, voice.voice_kind, headers)
 
 
 @router.post(

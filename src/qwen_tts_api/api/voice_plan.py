@@ -156,6 +156,10 @@ async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, st
             if instructions
             else {}
         )
+        if ask.voice_given:
+            headers[VOICE_IGNORED_HEADER] = (
+                f"voice cloning ({ask.name('audio_sample')}) speaks in the reference's voice"
+            )
         reference = await _reference(ask, settings, model)
         return VoicePlan(ModelKind.BASE, model, ask.language, "clone", reference=reference, headers=headers)
 

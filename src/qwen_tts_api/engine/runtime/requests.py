@@ -149,15 +149,17 @@ class Request:
         )
         self.stream.usage.input_tokens += prompt.text_tokens
         self._prime_decoder(model, prompt.ref_codes)
+        # Only the very first chunk of a request is small: it sets the time to first audio.
+        first_chunk = (job.first_chunk_frames or config.first_chunk_frames) if self.index == 0 else None
         self.decoder = StreamingDecoder(
             model.tts,
-            # Only the very first chunk of a request is small: it sets the time to first audio.
-            first_chunk=config.first_chunk_frames if self.index == 0 else config.max_chunk_frames,
+            first_chunk=first_chunk or config.max_chunk_frames,
             max_chunk=config.max_chunk_frames,
             context=self.decoder_context,
         )
         sampling = self.sampling(params, model.tts.model.talker.device)
-        return RowSpec(prompt, segment.max_frames, self.stream.should_stop, sampling, owner=self.id)
+        frames = min(segment.max_frames, job.max_frames or segment.max_frames)  # max_new_tokens caps each segment
+        return RowSpec(prompt, frames, self.stream.should_stop, sampling, owner=self.id)
 
     def _prime_decoder(self, model: LoadedModel, ref_codes) -> None:
         if ref_codes is not None and self.decoder_context is None:
