@@ -188,14 +188,14 @@ class BatchRunner:
     def renew(self) -> None:
         """A fresh batch for each one ``reset``. If not even that works (the device is gone),
         the engine cannot go on: EngineUnavailable."""
-        while self._broken:
-            kind = self._broken.pop()
+        for kind in list(self._broken):
             try:
                 self.batches[kind] = self.new_batch(kind)
-            except Exception as fatal:
+            except Exception as fatal:  # it stays broken: every later renew says so again
                 raise EngineUnavailable(
                     f"the {kind} model cannot start a new batch after a failed step ({type(fatal).__name__}: {fatal})"
                 ) from fatal
+            self._broken.discard(kind)
 
     def rows_can_progress(self) -> bool:
         """Whether a step would do something without new text arriving."""

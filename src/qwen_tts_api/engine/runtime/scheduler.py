@@ -221,6 +221,8 @@ class Scheduler:
                     self._finish(request)
                 else:
                     self._next_part(request)
+            except EngineUnavailable:
+                raise
             except Exception as exc:
                 log.exception("advancing a live turn failed")
                 self._fail(request, generation_error("live text", exc))
@@ -256,6 +258,8 @@ class Scheduler:
                     self._finish(request)
                 elif not request.ready:
                     joining.remove(request)
+        except EngineUnavailable:
+            raise
         except Exception as exc:
             log.exception("admitting a request failed")
             joining.remove(request)
@@ -295,6 +299,8 @@ class Scheduler:
                     self._start(request.kind, [request])
                 else:
                     self._finish(request)
+            except EngineUnavailable:
+                raise
             except Exception as exc:
                 log.exception("finishing a segment failed")
                 self._fail(request, generation_error("decoding", exc))
