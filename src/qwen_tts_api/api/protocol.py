@@ -82,7 +82,22 @@ class SamplingFields(BaseModel):
         return self.model_dump(include={"seed", "temperature", "top_p", "top_k", "repetition_penalty"})
 
 
-class SpeechRequest(SamplingFields):
+class SpeechChecks(BaseModel):
+    """Checks that speech on HTTP and on the WebSocket share: the language, and a sample rate
+    the response format can take (``response_format`` is declared before ``sample_rate``)."""
+
+    @field_validator("language", check_fields=False)
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        return canonical_language(value)
+
+    @field_validator("sample_rate", check_fields=False)
+    @classmethod
+    def _supported_rate(cls, value: int | None, info) -> int | None:
+        return checked_sample_rate(value, info.data.get("response_format"))
+
+
+class SpeechRequest(SamplingFields, SpeechChecks):
     # Unknown fields are accepted (clients send extras over time) and named in the response's
     # X-Unused-Fields header, never dropped in silence.
     model_config = ConfigDict(extra="allow")
@@ -122,16 +137,6 @@ class SpeechRequest(SamplingFields):
         if not value.strip():
             raise ValueError("must contain text to speak, not only whitespace")
         return value
-
-    @field_validator("language")
-    @classmethod
-    def _known_language(cls, value: str) -> str:
-        return canonical_language(value)
-
-    @field_validator("sample_rate")
-    @classmethod
-    def _supported_rate(cls, value: int | None, info) -> int | None:
-        return checked_sample_rate(value, info.data.get("response_format"))
 
     @property
     def output_rate(self) -> int:
@@ -325,7 +330,7 @@ def stream_event_schemas() -> dict[str, dict]:
 LIVE_SAMPLE_RATE = 24000
 
 
-class LiveSessionConfig(SamplingFields):
+class LiveSessionConfig(SamplingFields, SpeechChecks):
     """``session.config``: sticky for the socket until the next one. Unknown fields are an
     error (the event names them), unlike HTTP: a misspelt field here would go unnoticed
     for the whole session."""
@@ -347,16 +352,6 @@ class LiveSessionConfig(SamplingFields):
     ref_audio: str | None = None
     ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     x_vector_only_mode: bool | None = None
-
-    @field_validator("language")
-    @classmethod
-    def _known_language(cls, value: str) -> str:
-        return canonical_language(value)
-
-    @field_validator("sample_rate")
-    @classmethod
-    def _supported_rate(cls, value: int | None, info) -> int | None:
-        return checked_sample_rate(value, info.data.get("response_format"))
 
     @property
     def output_rate(self) -> int:

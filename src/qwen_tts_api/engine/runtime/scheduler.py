@@ -25,8 +25,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
 from ...constants import ModelKind
@@ -213,7 +214,7 @@ class Scheduler:
                 if not request.needs_encoder:
                     request.prepare_start(self.runner.models[request.kind])
         for request in self._live_active():
-            try:
+            with self._contained(request, "live text"):
                 request.take_text()
                 if request.row is not None:
                     self.runner.feed_live(request)
@@ -221,11 +222,6 @@ class Scheduler:
                     self._finish(request)
                 else:
                     self._next_part(request)
-            except EngineUnavailable:
-                raise
-            except Exception as exc:
-                log.exception("advancing a live turn failed")
-                self._fail(request, generation_error("live text", exc))
 
     def _live_active(self) -> list[LiveRequest]:
         return [r for r in self._active.values() if isinstance(r, LiveRequest)]
@@ -288,7 +284,7 @@ class Scheduler:
         for request, row in outcome.ended:
             if request.state is RequestState.FINISHED:
                 continue
-            try:
+            with self._contained(request, "decoding"):
                 if request.stopping:  # cancelled or out of time: nobody hears the rest
                     self._finish(request)
                 elif isinstance(request, LiveRequest):
@@ -299,11 +295,18 @@ class Scheduler:
                     self._start(request.kind, [request])
                 else:
                     self._finish(request)
-            except EngineUnavailable:
-                raise
-            except Exception as exc:
-                log.exception("finishing a segment failed")
-                self._fail(request, generation_error("decoding", exc))
+
+    @contextmanager
+    def _contained(self, request: Request, stage: str) -> Iterator[None]:
+        """A failure inside fails this request alone (the client is told ``stage``); one that
+        stops the engine goes on up."""
+        try:
+            yield
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("%s failed for %s", stage, request.id)
+            self._fail(request, generation_error(stage, exc))
 
     def _next_part(self, request: LiveRequest) -> None:
         """Between two parts: start the next one if it is ready, or end the turn if it is over."""
