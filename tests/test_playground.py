@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 
+import numpy as np
 import pytest
 from helpers import SR
 
@@ -112,6 +113,27 @@ def test_pcm_synthesis_streams_and_plays(page, http):
     assert state["download"]["name"] == "speech.wav" and page.is_visible("#download")
     saved = download_bytes(page)
     assert saved[:4] == b"RIFF" and len(saved) == 44 + len(expected)
+    assert page.problems == []
+
+
+def test_ssml_at_another_sample_rate_and_the_sections_the_models_allow(page, http):
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    assert page.evaluate("window.playground.families") == ["Base", "CustomVoice", "VoiceDesign"]
+    assert page.is_visible("#clone-section") and page.is_visible("#design-section")
+    text = '<speak>Rates <break time="400ms"/> and breaks.</speak>'
+    page.select_option("#rate", "16000")
+    state = run_synthesis(page, "pcm", text)
+    assert state["status"] == "done", state
+    expected = http.post(
+        "/v1/audio/speech",
+        json={"model": "qwen3-tts", "voice": "alloy", "response_format": "pcm", "input": text, "sample_rate": 16000},
+    ).content
+    assert state["bytes"] == len(expected) and abs(state["seconds"] - len(expected) / 2 / 16000) < 1e-3
+    saved = download_bytes(page)
+    assert int.from_bytes(saved[24:28], "little") == 16000 and len(saved) == 44 + len(expected)
+    # The page scales by 32768 one way and 32767 back: one step of difference at most.
+    page_samples, sent = np.frombuffer(saved[44:], "<i2").astype(int), np.frombuffer(expected, "<i2").astype(int)
+    assert np.abs(page_samples - sent).max() <= 1
     assert page.problems == []
 
 
@@ -236,6 +258,9 @@ def test_page_with_api_keys_asks_for_one(browser, demo_models):
         page.fill("#key", "sk-page")
         page.dispatch_event("#key", "change")
         page.wait_for_selector("#voice option[value='alloy']", state="attached", timeout=30_000)
+        # Only CustomVoice is loaded: no cloning, no designing.
+        assert page.evaluate("window.playground.families") == ["CustomVoice"]
+        assert not page.is_visible("#clone-section") and not page.is_visible("#design-section")
         page.fill("#input", "With a key.")
         page.click("#speak")
         page.wait_for_selector("#status:has-text('Done')", timeout=120_000)

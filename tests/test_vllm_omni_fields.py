@@ -10,6 +10,10 @@ import json
 import numpy as np
 from helpers import error_of, tone_wav
 
+from qwen_tts_api.audio.reference import decode_reference
+from qwen_tts_api.constants import ModelKind
+from qwen_tts_api.engine.generation.clone import compute_clone_prompt
+
 BASE = {"model": "qwen3-tts", "input": "Hello from a vLLM-Omni client.", "language": "English", "stream": False}
 PCM = {**BASE, "response_format": "pcm", "seed": 7}
 SAMPLES_PER_FRAME = 1920
@@ -81,9 +85,27 @@ def test_an_unknown_field_is_named_not_dropped(http):
     assert r.status_code == 200 and r.headers["x-unused-fields"] == "emotion, pitch"
 
 
-def test_speaker_embedding_is_refused_plainly(http):
-    r = http.post("/v1/audio/speech", json={**PCM, "speaker_embedding": [0.0] * 8})
-    assert r.status_code == 400 and error_of(r)["param"] == "speaker_embedding"
+def test_speaker_embedding_is_the_x_vector_of_the_same_reference(server, http):
+    base = server.app.state.server.engine.models[ModelKind.BASE]
+    waveform = decode_reference(tone_wav(1.5, 210.0), 60.0)
+    x_vector = compute_clone_prompt(base.tts, waveform, None).speaker_embedding.tolist()
+    assert len(x_vector) == base.speaker_embedding_width
+    ours = http.post("/v1/audio/speech", json={**PCM, "audio_sample": data_url()})
+    theirs = http.post("/v1/audio/speech", json={**PCM, "speaker_embedding": x_vector, "voice": "vivian"})
+    assert theirs.status_code == 200 and theirs.content == ours.content
+    assert "speaker_embedding" in theirs.headers["x-voice-ignored"]
+
+
+def test_bad_speaker_embeddings_are_400s_naming_it(server, http):
+    width = server.app.state.server.engine.models[ModelKind.BASE].speaker_embedding_width
+    for extra in (
+        {"speaker_embedding": [0.1] * (width - 1)},  # not the model's width
+        {"speaker_embedding": [0.1] * width, "ref_audio": data_url()},  # two voices
+        {"speaker_embedding": [0.1] * width, "task_type": "CustomVoice"},
+        {"speaker_embedding": [1e39] * width},  # inf once it is a float32
+    ):
+        r = http.post("/v1/audio/speech", json={**PCM, **extra})
+        assert r.status_code == 400 and error_of(r)["param"] == "speaker_embedding", (extra, r.text)
 
 
 def test_bad_values_name_vllm_fields(http):

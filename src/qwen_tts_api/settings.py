@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         default=30.0, ge=0, validation_alias=AliasChoices("QWEN_TTS_SHUTDOWN_TIMEOUT")
     )
     log_input: bool = Field(default=False, validation_alias=AliasChoices("QWEN_TTS_LOG_INPUT"))
+    # Numbers, dates, money and units written out in the request's language (text/normalize.py),
+    # unless a request says `normalize: false`.
+    normalize: bool = Field(default=True, validation_alias=AliasChoices("QWEN_TTS_NORMALIZE"))
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,12 +28,13 @@ from pydantic import BaseModel, ValidationError
 
 from ..audio.render import Renderer
 from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
-from ..engine.runtime.jobs import SamplingChoice
+from ..engine.runtime.jobs import SamplingChoice, SpeechJob
 from ..engine.runtime.live_text import LiveText
 from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
-from ..text.prepare import PreparedText
+from ..text.markup import MarkupError, is_ssml
+from ..text.prepare import PreparedText, prepare, read_markup
 from .errors import APIError, engine_error
 from .protocol import (
     LiveAudioDone,
@@ -49,6 +52,7 @@ ROUTE = "/v1/audio/speech/stream"
 MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @router.websocket(ROUTE)
@@ -75,6 +79,7 @@ class _Turn:
         self.parts = 0
         self.chars = 0
         self.abandoned = False  # the client left mid-turn
+        self.ssml: list[str] | None = None  # an SSML turn's text, spoken whole at input.done
 
     def cancel(self) -> None:
         self.abandoned = True
@@ -216,41 +221,92 @@ class LiveSession:
         await self._append(text)
 
     async def _append(self, text: str) -> None:
-        turn = self.turn or self._start_turn()
-        if turn.live is None:
+        turn = self.turn or self._start_turn(text)
+        if turn.live is None and turn.ssml is None:
             return  # the turn was refused or failed: its text is dropped until input.done
         if turn.chars + len(text) > MAX_TURN_CHARS:
             await self._error(f"a turn holds at most {MAX_TURN_CHARS} characters", "input_too_long", "text")
             return
         turn.chars += len(text)
         turn.record.input_chars = turn.chars
-        turn.live.append(text)
+        if turn.ssml is not None:
+            turn.ssml.append(text)
+        elif turn.live is not None:
+            turn.live.append(text)
 
-    def _start_turn(self) -> _Turn:
+    @property
+    def _normalize(self) -> bool:
+        config = self.config
+        assert config is not None
+        return self.settings.normalize if config.normalize is None else config.normalize
+
+    def _job(self, text: PreparedText, **extra) -> SpeechJob:
+        config, voice = self.config, self.voice
+        assert config is not None and voice is not None
+        return voice.job(
+            text,
+            max_frames=config.max_new_tokens,
+            first_chunk_frames=config.initial_codec_chunk_frames or None,
+            sampling=SamplingChoice(**config.sampling_choice()),
+            **extra,
+        )
+
+    def _start_turn(self, first: str) -> _Turn:
         config, voice = self.config, self.voice
         assert config is not None and voice is not None
         record = RequestRecord(request_id=uuid.uuid4().hex, method="WEBSOCKET", path=ROUTE, route=ROUTE)
         record.model, record.voice_kind = voice.model.name, voice.voice_kind
         record.response_format, record.speed, record.input_chars = config.response_format, config.speed, 0
         turn = self.turn = _Turn(self.utterances, record)
+        if is_ssml(first):  # read whole at input.done (a document cannot be spoken before it is complete)
+            turn.ssml = []
+            return turn
         live = self.engine.live_text()
-        job = voice.job(
-            PreparedText("", ()),
-            live=live,
-            max_frames=config.max_new_tokens,
-            first_chunk_frames=config.initial_codec_chunk_frames or None,
-            sampling=SamplingChoice(**config.sampling_choice()),
-        )
+        job = self._job(PreparedText("", ()), live=live, normalize=self._normalize)
+        self._run(turn, lambda: self.engine.start_live(voice.kind, job))
+        if turn.stream is not None:
+            turn.live = live
+        return turn
+
+    def _run(self, turn: _Turn, start: Callable[[], SynthesisStream]) -> None:
+        """Start the turn's engine request and its pump (or the refusal, when busy)."""
         try:
-            turn.stream = self.engine.start_live(voice.kind, job)
+            turn.stream = start()
         except (EngineBusy, EngineUnavailable) as exc:
             turn.ended = True
             turn.pump = asyncio.ensure_future(self._refused(turn, exc))
-            return turn
-        turn.live = live
-        record.stream = turn.stream
+            return
+        turn.record.stream = turn.stream
         turn.pump = asyncio.ensure_future(self._pump(turn))
-        return turn
+
+    async def _start_ssml(self, turn: _Turn) -> None:
+        """An SSML turn, complete: read, prepared like ``/v1/audio/speech``'s input, and spoken
+        as one request whose segments are the turn's parts."""
+        config, voice = self.config, self.voice
+        assert config is not None and voice is not None and turn.ssml is not None
+        document, turn.ssml = "".join(turn.ssml), None
+        model = voice.model
+        try:
+            markup = read_markup(document)
+            prepared = prepare(
+                markup, model.control_tokens, model.max_new_tokens, config.language, self._normalize, config.speed
+            )
+            if prepared is None:
+                raise MarkupError("nothing left to speak")
+            unspoken = {
+                s.language for s in prepared.segments if s.language and s.language.lower() not in model.languages
+            }
+            if unspoken:
+                raise MarkupError(f"<lang> {', '.join(sorted(unspoken))} is not spoken by model {model.name}")
+        except MarkupError as exc:
+            turn.ended = True
+            turn.record.status = 400
+            await self._error(f"Invalid 'text': {exc}", "invalid_markup", "text")
+            return
+        if markup.ignored:
+            log.info("SSML turn: elements kept as text only: %s", ", ".join(markup.ignored))
+        job = self._job(prepared, announce_parts=True)
+        self._run(turn, lambda: self.engine.start(voice.kind, job))
 
     async def _flush(self) -> None:
         if self.queued or (self.turn is not None and self.turn.flushed):
@@ -268,6 +324,8 @@ class LiveSession:
             self.utterances += 1
             return
         turn.flushed = True
+        if turn.ssml is not None:
+            await self._start_ssml(turn)
         if turn.live is not None and not turn.ended:
             turn.live.finish()
         await self._end_turn_if_done(turn)

@@ -129,7 +129,10 @@ class SpeechRequest(SamplingFields, SpeechChecks):
     x_vector_only_mode: bool | None = None  # true: clone from the speaker embedding alone, ignoring ref_text
     max_new_tokens: int | None = Field(default=None, ge=1)  # frames per generation, below the model's limit
     initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=MAX_FIRST_CHUNK)  # 0: the server's
-    speaker_embedding: list[float] | None = None  # refused: not supported yet (a 400 says so)
+    # A raw x-vector (the Base model's width): that voice, as from a reference's embedding alone.
+    speaker_embedding: list[float] | None = Field(default=None, max_length=8192)
+    # Ours: numbers, dates, money and units written out in `language` (unset: QWEN_TTS_NORMALIZE).
+    normalize: bool | None = None
 
     @field_validator("input")
     @classmethod
@@ -352,6 +355,7 @@ class LiveSessionConfig(SamplingFields, SpeechChecks):
     ref_audio: str | None = None
     ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     x_vector_only_mode: bool | None = None
+    normalize: bool | None = None  # as on HTTP (unset: QWEN_TTS_NORMALIZE)
 
     @property
     def output_rate(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
@@ -17,7 +18,8 @@ from ..engine.models.loading import LoadedModel
 from ..engine.runtime.jobs import SamplingChoice, SpeechJob
 from ..settings import Settings
 from ..telemetry.record import record_of
-from ..text.prepare import PreparedText, prepare
+from ..text.markup import Markup, MarkupError
+from ..text.prepare import PreparedText, prepare, read_markup
 from ..voices.store import VoiceStore
 from .errors import invalid_request, timeout_error
 from .protocol import STREAM_EVENTS, SpeechRequest, error_responses
@@ -28,6 +30,9 @@ from .voice_plan import VoiceAsk, plan_voice
 router = APIRouter()
 
 UNUSED_FIELDS_HEADER = "X-Unused-Fields"  # request fields this server does not know, so did not use
+SSML_IGNORED_HEADER = "X-SSML-Ignored"  # SSML elements kept as text only
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,16 +43,28 @@ class SpeechPlan:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _speakable(model: LoadedModel, body: SpeechRequest) -> PreparedText:
-    """The input, cleaned and cut into segments with their frame budgets (text/prepare.py)."""
-    prepared = prepare(body.input, model.control_tokens, model.max_new_tokens)
+def _speakable(model: LoadedModel, body: SpeechRequest, settings: Settings) -> tuple[PreparedText, Markup]:
+    """The input's markup read (pauses, SSML), then cleaned, normalised and cut into segments
+    with their frame budgets (text/prepare.py)."""
+    try:
+        markup = read_markup(body.input)
+    except MarkupError as exc:
+        raise invalid_request(f"Invalid 'input': {exc}", param="input", code="invalid_markup") from exc
+    normalized = settings.normalize if body.normalize is None else body.normalize
+    prepared = prepare(markup, model.control_tokens, model.max_new_tokens, body.language, normalized, body.speed)
     if prepared is None:
         raise invalid_request(
-            "Invalid 'input': nothing left to speak once the model's control tokens are removed",
+            "Invalid 'input': nothing left to speak once the markup and the model's control tokens are removed",
             param="input",
             code="invalid_value",
         )
-    return prepared
+    for segment in prepared.segments:
+        if segment.language is not None and segment.language.lower() not in model.languages:
+            raise invalid_request(
+                f"Invalid 'input': <lang> {segment.language} is not spoken by model {model.name}", param="input"
+            )
+    log.debug("speaking: %s", prepared.text)
+    return prepared, markup
 
 
 def _one_of(body: SpeechRequest, ours: str, theirs: str):
@@ -59,12 +76,6 @@ def _one_of(body: SpeechRequest, ours: str, theirs: str):
 
 
 def _voice_ask(body: SpeechRequest) -> VoiceAsk:
-    if body.speaker_embedding is not None:
-        raise invalid_request(
-            "speaker_embedding is not supported yet; send the reference audio as ref_audio (or audio_sample)",
-            param="speaker_embedding",
-            code="unsupported_parameter",
-        )
     audio_sample = _one_of(body, "audio_sample", "ref_audio")
     transcript = None if body.x_vector_only_mode else _one_of(body, "audio_sample_text", "ref_text")
     named = "ref_audio" if body.ref_audio is not None else "audio_sample"
@@ -78,22 +89,27 @@ def _voice_ask(body: SpeechRequest) -> VoiceAsk:
         task_type=body.task_type,
         model=body.model,
         voice_given="voice" in body.model_fields_set or body.speaker is not None,
+        speaker_embedding=body.speaker_embedding,
         param={
             "audio_sample": named,
             "audio_sample_text": text_named,
+            "speaker_embedding": "speaker_embedding",
         },
     )
 
 
 async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> SpeechPlan:
     voice = await plan_voice(_voice_ask(body), engine, settings, store)
+    prepared, markup = _speakable(voice.model, body, settings)
     job = voice.job(
-        _speakable(voice.model, body),
+        prepared,
         sampling=SamplingChoice(**body.sampling_choice()),
         max_frames=body.max_new_tokens,
         first_chunk_frames=body.initial_codec_chunk_frames or None,
     )
     headers = dict(voice.headers)
+    if markup.ignored:  # SSML elements whose text was spoken but whose meaning was not applied
+        headers[SSML_IGNORED_HEADER] = ", ".join(markup.ignored)
     if body.model_extra:  # never dropped in silence: the client learns what was not used
         headers[UNUSED_FIELDS_HEADER] = ", ".join(sorted(body.model_extra))
     return SpeechPlan(voice.kind, job, voice.voice_kind, headers)

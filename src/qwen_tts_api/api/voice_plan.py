@@ -4,6 +4,7 @@ WebSocket ``session.config`` alike (``VoiceAsk`` names each field as its route c
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 from ..audio.reference import AudioSampleError, decode_reference
@@ -64,6 +65,7 @@ class VoiceAsk:
     task_type: str | None = None  # CustomVoice | Base | VoiceDesign, or None: routed by model and voice
     model: str | None = None  # picks VoiceDesign by its id or alias (api/routing.py)
     voice_given: bool = True  # False: ``voice`` is the default, not the client's
+    speaker_embedding: list[float] | None = None  # vLLM-Omni's: a raw x-vector for the Base model
     param: dict[str, str] = field(default_factory=dict)
 
     def name(self, field_name: str) -> str:
@@ -137,11 +139,40 @@ def _design_plan(ask: VoiceAsk, engine: SpeechEngine) -> VoicePlan:
     )
 
 
+def _embedding_plan(ask: VoiceAsk, engine: SpeechEngine, instructions: str | None) -> VoicePlan:
+    """vLLM-Omni's ``speaker_embedding``: the Base model speaks with that x-vector, as it
+    would with the embedding of a reference (x_vector_only_mode)."""
+    param = ask.name("speaker_embedding")
+    if ask.audio_sample is not None:
+        raise invalid_request(
+            f"send either {param} or {ask.name('audio_sample')}, not both: each is a whole voice", param=param
+        )
+    if ask.task_type == "CustomVoice":
+        raise invalid_request(f"task_type CustomVoice speaks built-in voices; {param} is a Base voice", param=param)
+    model = require_model(engine, ModelKind.BASE, param)
+    _check_language(model, ask)
+    values = ask.speaker_embedding or []
+    if len(values) != model.speaker_embedding_width:
+        raise invalid_request(
+            f"{param} has {len(values)} values; model {model.name} takes {model.speaker_embedding_width}",
+            param=param,
+        )
+    if not all(math.isfinite(v) and abs(v) < 3e38 for v in values):  # finite in float32 too
+        raise invalid_request(f"{param} must hold finite numbers only", param=param)
+    headers = {INSTRUCTIONS_IGNORED_HEADER: "voice cloning does not use instructions"} if instructions else {}
+    if ask.voice_given:
+        headers[VOICE_IGNORED_HEADER] = f"{param} is the voice"
+    prompt = ClonePrompt.from_embedding(values)
+    return VoicePlan(ModelKind.BASE, model, ask.language, "embedding", voice_prompt=prompt, headers=headers)
+
+
 async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> VoicePlan:
     if ask.task_type == "VoiceDesign" or names_voicedesign(engine, ask.model):
         return _design_plan(ask, engine)
     instructions = (ask.instructions or "").strip() or None
 
+    if ask.speaker_embedding is not None:
+        return _embedding_plan(ask, engine, instructions)
     if ask.audio_sample is not None:
         # Specification: audio_sample routes to Base; voice and instructions are ignored.
         if ask.task_type == "CustomVoice":

@@ -15,6 +15,11 @@ class ClonePrompt:
     reference_codes: torch.Tensor | None = None  # (T, 16): in-context cloning only
     reference_text: str | None = None  # the transcript that goes with reference_codes
 
+    @classmethod
+    def from_embedding(cls, values: list[float]) -> ClonePrompt:
+        """A voice from a raw x-vector (vLLM-Omni's ``speaker_embedding``)."""
+        return cls(torch.tensor(values, dtype=torch.float32))
+
     @property
     def in_context(self) -> bool:
         return self.reference_codes is not None

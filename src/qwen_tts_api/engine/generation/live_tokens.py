@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from ...text.normalize import normalize
 from ...text.prepare import clean
 from .prompt import text_ids
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 class PartTokens:
     """The final token ids of one part's text, as the text grows."""
 
-    def __init__(self, tts, control_tokens: Sequence[str]):
+    def __init__(self, tts, control_tokens: Sequence[str], normalize_in: str | None = None):
         self.tts = tts
         self.control_tokens = control_tokens
+        self.normalize_in = normalize_in  # a language: numbers are written out in it
         self.ids: list[int] = []
         self.closed = False
         self._seen: tuple[str, bool] | None = None
@@ -38,7 +40,7 @@ class PartTokens:
         if self._seen == (text, closed):
             return []
         self._seen = (text, closed)
-        cleaned = clean(text, self.control_tokens)
+        cleaned = self.spoken(text, closed)
         final = cleaned if closed else cleaned[: self._final_length(cleaned)]
         ids = text_ids(self.tts, final) if final.strip() else []
         known = len(self.ids)
@@ -48,6 +50,15 @@ class PartTokens:
         self.ids.extend(fresh)
         self.closed = closed
         return fresh
+
+    def spoken(self, text: str, closed: bool) -> str:
+        """The text as the model reads it. Normalised, only whole words are read: a number
+        is written out once the space after it has arrived."""
+        cleaned = clean(text, self.control_tokens)
+        if self.normalize_in is None or not any(ch.isdigit() for ch in cleaned):
+            return cleaned
+        complete = cleaned if closed else cleaned[: max(cleaned.rfind(" "), 0)]
+        return normalize(complete, self.normalize_in)
 
     def _final_length(self, text: str) -> int:
         """How much of ``text`` no later text can re-tokenize: all but its last piece."""

@@ -38,6 +38,11 @@ class LoadedModel:
     control_tokens: list[str] = field(default_factory=list)  # removed from user text (text/control_tokens.py)
 
     @property
+    def speaker_embedding_width(self) -> int:
+        """The x-vector's width: it takes the place of a speaker's row in the talker's input."""
+        return int(self.tts.model.talker.config.hidden_size)
+
+    @property
     def supports_instructions(self) -> bool:
         # Mirrors qwen_tts: the 0.6B checkpoints drop `instruct` before generation.
         return self.size_tag not in "0b6"

@@ -44,6 +44,8 @@ class SpeechJob:
     max_frames: int | None = None  # a cap on each segment's frames below the model's own
     first_chunk_frames: int | None = None  # frames of the first audio chunk (else the engine's setting)
     sampling: SamplingChoice = SamplingChoice()
+    normalize: bool = False  # live text: numbers written out in ``language`` as they arrive
+    announce_parts: bool = False  # each segment's start and end in the stream (a WebSocket SSML turn)
 
 
 @dataclass(frozen=True)

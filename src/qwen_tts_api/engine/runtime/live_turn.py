@@ -14,6 +14,7 @@ import numpy as np
 from ...constants import ModelKind
 from ...text.budget import frame_budget
 from ...text.live import Part, PartSplitter
+from ...text.normalize import normalize
 from ..generation.batching import RowSpec
 from ..generation.decoding import StreamingDecoder
 from ..generation.joining import SegmentJoiner
@@ -87,6 +88,10 @@ class LiveRequest(Request):
             pass
         self._ready = not self.done and self.can_start(model)
 
+    def spoken(self, text: str) -> str:
+        """A part's text as reported and budgeted: with its numbers written out, if asked."""
+        return normalize(text, self.job.language) if self.job.normalize else text
+
     # --- tokens ---
     def sync_tokens(self, model: LoadedModel) -> list[int]:
         """The current part's ids that became final since the last call."""
@@ -94,7 +99,8 @@ class LiveRequest(Request):
         if part is None:
             return []
         if self.tokens is None:
-            self.tokens = PartTokens(model.tts, model.control_tokens)
+            language = self.job.language if self.job.normalize else None
+            self.tokens = PartTokens(model.tts, model.control_tokens, language)
         return self.tokens.update(part.text, part.closed)
 
     def can_start(self, model: LoadedModel) -> bool:
@@ -137,8 +143,8 @@ class LiveRequest(Request):
         self.decoder = StreamingDecoder(
             model.tts, first_chunk=self.first_chunk, max_chunk=config.max_chunk_frames, context=self.decoder_context
         )
-        self.stream.emit(PartStarted(self.index, part.text))
-        budget = frame_budget(part.text, self.frame_limit)
+        self.stream.emit(PartStarted(self.index, self.spoken(part.text)))
+        budget = frame_budget(self.spoken(part.text), self.frame_limit)
         sampling = self.sampling(params, model.tts.model.talker.device)
         return RowSpec(prompt, budget, self.stream.should_stop, sampling, owner=self.id)
 
@@ -153,7 +159,7 @@ class LiveRequest(Request):
         if ending:
             row.prompt.finish()
         if fresh or ending:  # the budget grows with the text (not recounted on every loop)
-            row.max_frames = frame_budget(part.text, self.frame_limit)
+            row.max_frames = frame_budget(self.spoken(part.text), self.frame_limit)
         self.flush_if_waiting()
 
     def flush_if_waiting(self) -> None:
@@ -181,6 +187,6 @@ class LiveRequest(Request):
         self.emit_audio(self.joiner.end_segment(self.index, tail))
         if not part.closed:  # the model ended before its text did: what follows is a new part
             self.splitter.close_current()
-        self.stream.emit(PartEnded(self.index, part.text))
+        self.stream.emit(PartEnded(self.index, self.spoken(part.text)))
         self.index += 1
         self.tokens = None

@@ -23,7 +23,8 @@ from enum import Enum
 
 import numpy as np
 
-from ...constants import ModelKind
+from ...audio.tempo import TempoFilter
+from ...constants import SAMPLE_RATE, ModelKind
 from ...voices.prompt import ClonePrompt
 from ..generation.batching import BatchRow, RowSpec
 from ..generation.decoding import DecoderContext, StreamingDecoder
@@ -32,7 +33,7 @@ from ..generation.prompt import build_prompt
 from ..generation.sampling import RowSampling, SamplingParams
 from ..models.loading import LoadedModel
 from .jobs import EngineConfig, SpeechJob
-from .stream import SynthesisStream
+from .stream import PartEnded, PartStarted, SynthesisStream
 
 
 class RequestState(Enum):
@@ -83,6 +84,7 @@ class Request:
         self.decoder: StreamingDecoder | None = None
         self.decoder_context: DecoderContext | None = None  # in-context cloning: the reference, decoded once
         self.row: BatchRow | None = None
+        self.stretch: TempoFilter | None = None  # the current segment's own rate (SSML prosody)
         self.began: float | None = None  # when it left the queue
         self._sampling: RowSampling | None = None
 
@@ -142,7 +144,7 @@ class Request:
         prompt = build_prompt(
             model.tts,
             segment.text,
-            job.language,
+            segment.language or job.language,
             speaker=job.speaker,
             instructions=job.instructions,
             clone_prompt=self.clone_prompt,
@@ -158,6 +160,10 @@ class Request:
             context=self.decoder_context,
         )
         sampling = self.sampling(params, model.tts.model.talker.device)
+        self.stretch = TempoFilter(segment.rate) if segment.rate != 1.0 else None
+        if job.announce_parts:
+            self.stream.emit(PartStarted(self.index, segment.text))
+        self.emit_silence(segment.pause_before)
         frames = min(segment.max_frames, job.max_frames or segment.max_frames)  # max_new_tokens caps each segment
         return RowSpec(prompt, frames, self.stream.should_stop, sampling, owner=self.id)
 
@@ -166,8 +172,16 @@ class Request:
             self.decoder_context = DecoderContext.prime(model.tts, ref_codes)
 
     def emit_audio(self, audio: np.ndarray | None) -> None:
+        if audio is not None and audio.size and self.stretch is not None:
+            audio = self.stretch.process(audio)
         if audio is not None and audio.size:
             self.stream.emit(audio)
+
+    def emit_silence(self, seconds: float) -> None:
+        """A pause: real samples, as long as asked (not stretched by the segment's rate)."""
+        samples = round(seconds * SAMPLE_RATE)
+        if samples > 0:
+            self.stream.emit(np.zeros(samples, np.float32))
 
     def decoded(self, codes) -> None:
         """A frame this request's row made: its audio, once a chunk is complete."""
@@ -180,6 +194,13 @@ class Request:
         """Its row ended: the segment's last audio. True when another segment follows."""
         assert self.decoder is not None
         self.emit_audio(self.joiner.end_segment(self.index, self.decoder.flush()))
+        if self.stretch is not None:
+            tail, self.stretch = self.stretch.flush(), None
+            self.emit_audio(tail)
+        segment = self.job.text.segments[self.index]
+        self.emit_silence(segment.pause_after)
+        if self.job.announce_parts:
+            self.stream.emit(PartEnded(self.index, segment.text))
         if self.index + 1 < len(self.job.text.segments):
             self.index += 1
             return True
