@@ -9,12 +9,20 @@ throughput batching can reach against the serial baseline, before any scheduling
     serial   = one request at a time: step(1) + decode per frame
     batched  = C requests: step(C) + C x decode per frame, prefills amortised over the frames
 
+It also times one decoder layer's linears (q/k/v/o, gate/up/down of the talker's first
+layer) at 1, 4 and 8 rows in each kernel: float32, int8 weight-only, our batch-invariant
+int8 (per-row activation scales), and fbgemm's plain dynamic int8 (one scale for all rows,
+not batch-invariant: the reference for what the pinning costs). ``--quantize`` times the
+step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would.
+
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels
+    uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -32,11 +40,45 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(runs)
 
 
+LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def kernel_rows(talker, repeat: int) -> dict[str, float]:
+    """One talker layer's seven linears (float, before any quantising), per kernel and rows."""
+    from qwen_tts_api.engine.models.quantize import Int8Linear
+
+    layer = talker.model.layers[0]
+    floats = [getattr(layer.self_attn, n, None) or getattr(layer.mlp, n) for n in LAYER_LINEARS]
+    torch.backends.quantized.engine = "fbgemm"
+    plain_dynamic = torch.ao.nn.quantized.dynamic.Linear.from_float
+    kernels = {
+        "float32": [copy.deepcopy(f).float() for f in floats],
+        "int8 weight-only": [Int8Linear.of(f, "weight-only") for f in floats],
+        "int8 per-row dynamic (ours)": [Int8Linear.of(f, "dynamic") for f in floats],
+        "int8 fbgemm dynamic, one scale": [plain_dynamic(_qconfigured(copy.deepcopy(f).float())) for f in floats],
+    }
+    figures = {}
+    weights = sum(f.weight.numel() for f in floats)
+    for rows in (1, 4, 8):
+        inputs = [torch.randn(rows, f.weight.shape[1]) for f in floats]
+        for name, modules in kernels.items():
+            figures[f"layer linears ({weights / 1e6:.1f} M weights) {name} x{rows}"] = timed(
+                lambda modules=modules, inputs=inputs: [m(x) for m, x in zip(modules, inputs)], repeat * 5
+            )
+    return figures
+
+
+def _qconfigured(linear: torch.nn.Linear) -> torch.nn.Linear:
+    linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
+    return linear
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, default_model="0.6b")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quantize", choices=["none", "int8", "int8-weight-only"], default="none")
     args = parser.parse_args()
     _, tts = load_official(args)
 
@@ -52,6 +94,11 @@ def main() -> int:
     figures: dict[str, float] = {}
 
     with torch.inference_mode():
+        figures.update(kernel_rows(talker, args.repeat))
+        if args.quantize != "none":
+            from qwen_tts_api.engine.models.quantize import QUANTIZE_MODES, quantize_int8
+
+            quantize_int8(talker, QUANTIZE_MODES[args.quantize])
         figures["prefill x1"] = timed(lambda: talker.model(inputs_embeds=prompt.prefill, use_cache=True), args.repeat)
         together = torch.cat([prompt.prefill] * c)
         figures[f"prefill x{c} together"] = timed(
@@ -68,15 +115,22 @@ def main() -> int:
                 lambda batch=batch, hidden=hidden, tokens=tokens: batch.codebooks.fill(hidden, tokens), args.repeat
             )
         codes = torch.randint(0, 1000, (c, 16, 48))
+        package_decoder = tts.model.speech_tokenizer.model.decoder
+        figures["decode 48 frames, per frame x1, the package's one pass"] = (
+            timed(lambda: package_decoder(codes[:1]), args.repeat) / 48
+        )
         for n in (3, 48):
             one = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
             many = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
             figures[f"decode {n} frames, per frame x1"] = one / n
             figures[f"decode {n} frames, per frame per row x{c} batched"] = many / n / c
 
-    print(f"\n{args.model}, {args.device} {args.dtype}, {torch.get_num_threads()} threads, concurrency {c}")
+    print(
+        f"\n{args.model}, {args.device} {args.dtype}, quantize {args.quantize}, "
+        f"{torch.get_num_threads()} threads, concurrency {c}"
+    )
     for name, seconds in figures.items():
-        print(f"  {name:45s} {seconds * 1000:9.1f} ms")
+        print(f"  {name:70s} {seconds * 1000:9.2f} ms")
     decode = figures["decode 48 frames, per frame x1"]
     serial_frame = figures["step x1"] + decode
     batched_frame = (figures[f"step x{c}"] + c * decode) / c + figures[f"prefill x{c} together"] / c / args.frames

@@ -1,4 +1,4 @@
-"""What QWEN_TTS_QUANTIZE=int8 changes in the model's decisions, against bfloat16.
+"""What QWEN_TTS_QUANTIZE (int8, int8-weight-only) changes in the model's decisions, against bfloat16.
 
 The model (random weights of a published size) first generates --frames frames in
 bfloat16, sampling as published. Then both variants are teacher-forced along those same
@@ -18,6 +18,7 @@ speech sounds; with real weights, listening is the user's to do.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 
@@ -28,7 +29,7 @@ from qwen_tts_api.engine.generation.batching import FrameBatch
 from qwen_tts_api.engine.generation.lean import DecoderStack, FrameCache, SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
 from qwen_tts_api.engine.generation.sampling import SamplingParams
-from qwen_tts_api.engine.models.quantize import quantize_int8
+from qwen_tts_api.engine.models.quantize import QUANTIZE_MODES, quantize_int8
 
 
 @torch.inference_mode()
@@ -96,12 +97,17 @@ def main() -> int:
     prompt = build_prompt(tts, TEXT, "English", speaker="Vivian")
     codes = generate(tts, prompt, args.frames)
     reference = forced_logits(tts, prompt, codes)
-    quantize_int8(tts.model.talker)
-    quantised = forced_logits(tts, prompt, codes)
+    original, quantised = tts.model.talker, {}
+    for mode, kernel in QUANTIZE_MODES.items():  # each on its own copy of the talker
+        tts.model.talker = copy.deepcopy(original)
+        quantize_int8(tts.model.talker, kernel)
+        quantised[mode] = forced_logits(tts, prompt, codes)
+    tts.model.talker = original
     print(f"\nmodel={args.model} frames={len(codes)} reference={args.dtype} cpu={cpu_model()}")
-    print(f"  {'int8 against ' + args.dtype:<28}{'median err':>12}{'p95 err':>10}{'agreement':>12}{'n':>8}")
-    compare("talker (codebook 1)", reference[0], quantised[0])
-    compare("code predictor (2-16)", reference[1], quantised[1])
+    for mode, logits in quantised.items():
+        print(f"  {mode + ' against ' + args.dtype:<28}{'median err':>12}{'p95 err':>10}{'agreement':>12}{'n':>8}")
+        compare("talker (codebook 1)", reference[0], logits[0])
+        compare("code predictor (2-16)", reference[1], logits[1])
     return 0
 
 

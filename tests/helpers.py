@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -46,6 +47,10 @@ __all__ = [
 
 
 # What OpenAI sends for each response_format (written out here, not read from the server).
+# Where the model-level tests (equivalence, batching) load their models: a GPU check runs
+# them with QWEN_TTS_TEST_DEVICE=cuda:0 (bench/gpu_check.sh); CI runs them on the CPU.
+TEST_DEVICE = os.environ.get("QWEN_TTS_TEST_DEVICE", "cpu")
+
 OPENAI_CONTENT_TYPES = {
     "mp3": "audio/mpeg",
     "opus": "audio/opus",

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import TEST_DEVICE
 from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
@@ -9,6 +10,7 @@ from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.lean import SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
 from qwen_tts_api.engine.generation.sampling import SamplingParams
+from qwen_tts_api.engine.models.quantize import quantize_int8
 
 REQUESTS = [  # text, speaker, language, frames, joins before step
     ("Hello there.", "Vivian", "English", 12, 0),
@@ -20,10 +22,29 @@ REQUESTS = [  # text, speaker, language, frames, joins before step
 
 @pytest.fixture(scope="module")
 def customvoice(demo_models):
-    return Qwen3TTSModel.from_pretrained(str(demo_models["customvoice"]), device_map="cpu", dtype=torch.float32)
+    return Qwen3TTSModel.from_pretrained(str(demo_models["customvoice"]), device_map=TEST_DEVICE, dtype=torch.float32)
 
 
-def test_batched_codes_equal_solo_codes(customvoice):
+@pytest.fixture(scope="module")
+def customvoice_int8(demo_models):
+    """QWEN_TTS_QUANTIZE=int8: int8 weights and per-row int8 activations (fbgemm)."""
+    tts = Qwen3TTSModel.from_pretrained(str(demo_models["customvoice"]), device_map=TEST_DEVICE, dtype=torch.float32)
+    quantize_int8(tts.model.talker, "dynamic")
+    return tts
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "customvoice",
+        pytest.param(
+            "customvoice_int8",
+            marks=pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel runs on the CPU"),
+        ),
+    ],
+)
+def test_batched_codes_equal_solo_codes(model, request):
+    customvoice = request.getfixturevalue(model)
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS]
     solo = [

@@ -6,7 +6,7 @@ The package's codes are captured where it hands them to its speech tokenizer.
 import numpy as np
 import pytest
 import torch
-from helpers import first_fast
+from helpers import TEST_DEVICE, first_fast
 from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.devtools.demo_models import ModelShape, build_model
@@ -18,7 +18,7 @@ FRAMES = 14
 
 
 def load(path) -> Qwen3TTSModel:
-    return Qwen3TTSModel.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
+    return Qwen3TTSModel.from_pretrained(str(path), device_map=TEST_DEVICE, dtype=torch.float32)
 
 
 def package_codes(tts, call) -> tuple[torch.Tensor, np.ndarray]:

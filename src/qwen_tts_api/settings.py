@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
     )
-    quantize: Literal["none", "int8"] = Field(default="none", validation_alias=AliasChoices("QWEN_TTS_QUANTIZE"))
+    # int8: weights and (per row) activations in int8 (fbgemm); int8-weight-only: int8 weights,
+    # bfloat16 activations (engine/models/quantize.py).
+    quantize: Literal["none", "int8", "int8-weight-only"] = Field(
+        default="none", validation_alias=AliasChoices("QWEN_TTS_QUANTIZE")
+    )
     attn: str = Field(default="flash_attention_2", validation_alias=AliasChoices("QWEN_TTS_ATTN"))
 
     # --- network (specification) ---

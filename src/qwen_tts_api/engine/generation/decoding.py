@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
+MATRIX = "_qwen_tts_api_matrix"  # a transposed convolution's weight as a matrix (see _overlap_add)
+
 
 class _LayerStates:
     """Left context per convolution module, created as zeros (the original zero padding)."""
@@ -52,8 +54,37 @@ class _LayerStates:
             tail = x.new_zeros(x.shape[0], x.shape[1], keep)
         joined = torch.cat([tail, x], dim=-1)
         self._tails[id(module)] = joined[..., -keep:]
+        if kernel == 2 * stride and not conv.padding[0] and conv.groups == 1:
+            return self._overlap_add(conv, joined)
         out = conv(joined)
         return out[..., keep * stride : (keep + x.shape[-1]) * stride]
+
+    def _overlap_add(self, conv, joined: torch.Tensor) -> torch.Tensor:
+        """The codec's transposed convolutions (kernel twice the stride) as one matrix product
+        and an overlap-add: each input frame makes two strides of output, the second of which
+        lands on the next frame's first. PyTorch runs ConvTranspose1d without oneDNN on a CPU;
+        the product runs in BLAS. Same output, up to the order of float sums."""
+        weight = getattr(conv, MATRIX, None)
+        if weight is None:  # (in, out, 2s) -> (out * 2s, in), once per model: kept on the module
+            weight = conv.weight.detach().permute(1, 2, 0).reshape(-1, conv.weight.shape[0]).contiguous()
+            setattr(conv, MATRIX, weight)
+        stride, batch, frames = conv.stride[0], joined.shape[0], joined.shape[-1]
+        spans = torch.matmul(weight, joined).view(batch, -1, 2 * stride, frames)
+        out = spans[:, :, :stride, 1:] + spans[:, :, stride:, :-1]  # (B, out, s, frames - 1)
+        out = out.transpose(2, 3).reshape(batch, out.shape[1], -1)
+        return out if conv.bias is None else out + conv.bias[None, :, None]
+
+
+def snake_beta(module, x: torch.Tensor) -> torch.Tensor:
+    """The codec's SnakeBeta activation, x + sin²(αx) / β, as the package computes it but in
+    place on one buffer: at 24 kHz its tensors are the decoder's largest, and the package's
+    form makes five of them per call."""
+    alpha = module.alpha.exp()[None, :, None]
+    inverse_beta = 1.0 / (module.beta.exp() + module.no_div_by_zero)[None, :, None]
+    out = x * alpha
+    out.sin_()
+    out.mul_(out).mul_(inverse_beta)
+    return out.add_(x)
 
 
 @dataclass(frozen=True)
@@ -135,10 +166,11 @@ class StreamingDecoder:
         wav = states.conv(first, hidden)
         for block in blocks:
             snake, transposed, *units = block.block
-            wav = states.transposed(transposed, snake(wav))
+            wav = states.transposed(transposed, snake_beta(snake, wav))
             for unit in units:
-                wav = wav + states.conv(unit.conv2, unit.act2(states.conv(unit.conv1, unit.act1(wav))))
-        wav = states.conv(last, act(wav))
+                inner = states.conv(unit.conv1, snake_beta(unit.act1, wav))
+                wav = states.conv(unit.conv2, snake_beta(unit.act2, inner)).add_(wav)
+        wav = states.conv(last, snake_beta(act, wav))
         return wav.clamp(min=-1, max=1)[:, 0]
 
     def _convnext(self, block, x: torch.Tensor) -> torch.Tensor:

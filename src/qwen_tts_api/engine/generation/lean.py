@@ -30,7 +30,10 @@ PackageModule = Any
 
 
 def plain(layer: PackageModule) -> Linear:
-    """A linear layer's own weight, called without the module machinery (other layers as they are)."""
+    """A linear layer's own weight, called without the module machinery (int8 layers: their
+    forward, without the module call's hooks; other layers as they are)."""
+    if type(layer) is Int8Linear:
+        return layer.forward
     if type(layer) is not torch.nn.Linear:
         return layer
     weight, bias = layer.weight, layer.bias
@@ -46,7 +49,7 @@ def join_weights(*layers: PackageModule) -> Linear:
     as they are. Others are called one after another. ``DecoderStack`` does this once per
     model, when the engine builds the model's ``StepParts``."""
     if all(type(layer) is Int8Linear and layer.bias is None for layer in layers):
-        return Int8Linear.joined(list(layers))
+        return Int8Linear.joined(list(layers)).forward
     if not all(type(layer) is torch.nn.Linear and layer.bias is None for layer in layers):
         return lambda x: torch.cat([layer(x) for layer in layers], dim=-1)
     weights = [layer.weight for layer in layers]

@@ -14,7 +14,7 @@ from ...constants import ModelKind, display_speaker_name
 from ...settings import Settings
 from ...text.control_tokens import control_tokens_of
 from .precision import codec_dtype_for, resolve_dtype
-from .quantize import quantize_int8
+from .quantize import QUANTIZE_MODES, dynamic_kernel_available, quantize_int8
 from .source import ModelSource, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,13 @@ def load_model(
     if codec_dtype != dtype:
         model.speech_tokenizer.model.to(getattr(torch, codec_dtype))
         log.info("%s: the codec runs in %s, the talker and code predictor in %s", kind, codec_dtype, dtype)
-    if settings.quantize == "int8":
-        replaced = quantize_int8(model.talker)
-        log.info("%s: %d talker and code-predictor linears quantised to int8 (weight-only)", kind, replaced)
+    if settings.quantize != "none":
+        kernel = QUANTIZE_MODES[settings.quantize]
+        if kernel == "dynamic" and not (settings.device == "cpu" and dynamic_kernel_available()):
+            log.warning("QWEN_TTS_QUANTIZE=int8 runs fbgemm on a CPU; on %s: int8-weight-only", settings.device)
+            kernel = "weight-only"
+        replaced = quantize_int8(model.talker, kernel)
+        log.info("%s: %d talker and code-predictor linears quantised to int8 (%s)", kind, replaced, kernel)
     speakers = [display_speaker_name(s) for s in (model.get_supported_speakers() or [])]
     languages = [str(lang).lower() for lang in (model.get_supported_languages() or ["auto"])]
     max_new = int((model.generate_config or {}).get("max_new_tokens", 2048))
