@@ -115,6 +115,29 @@ def test_say_as_expands_even_without_normalising():
     )
 
 
+@pytest.mark.parametrize(
+    ("language", "ssml", "spoken"),
+    [
+        ("French", '<say-as interpret-as="ordinal">2</say-as>', "deuxième"),
+        (
+            "French",
+            '<say-as interpret-as="date" format="ymd">2024-03-15</say-as>',
+            "quinze mars deux mille vingt-quatre",
+        ),
+        ("German", '<say-as interpret-as="cardinal">21</say-as>', "einundzwanzig"),
+        ("German", '<say-as interpret-as="time">14:30</say-as>', "vierzehn Uhr dreißig"),
+        ("Spanish", '<say-as interpret-as="digits">42</say-as>', "cuatro dos"),
+        ("Chinese", '<say-as interpret-as="cardinal">25</say-as>', "二十五"),
+        ("Chinese", '<say-as interpret-as="ordinal">3</say-as>', "第三"),
+        ("Japanese", '<say-as interpret-as="date" format="ymd">2024-03-15</say-as>', "二千二十四年三月十五日"),
+        ("Russian", '<say-as interpret-as="telephone">555-12</say-as>', "пять пять пять, один два"),
+    ],
+)
+def test_say_as_in_each_language(language, ssml, spoken):
+    prepared = prepare(read_markup(f"<speak>{ssml}</speak>", language), [], 100, language, normalized=False)
+    assert prepared is not None and prepared.text == spoken
+
+
 # --- on a live server ---
 
 BODY = {**MARKUP_BODY, "max_new_tokens": 8}  # greedy, seeded length

@@ -287,7 +287,7 @@ class LiveSession:
         document, turn.ssml = "".join(turn.ssml), None
         model = voice.model
         try:
-            markup = read_markup(document)
+            markup = read_markup(document, config.language)
             prepared = prepare(
                 markup, model.control_tokens, model.max_new_tokens, config.language, self._normalize, config.speed
             )

@@ -47,7 +47,7 @@ def _speakable(model: LoadedModel, body: SpeechRequest, settings: Settings) -> t
     """The input's markup read (pauses, SSML), then cleaned, normalised and cut into segments
     with their frame budgets (text/prepare.py)."""
     try:
-        markup = read_markup(body.input)
+        markup = read_markup(body.input, body.language)
     except MarkupError as exc:
         raise invalid_request(f"Invalid 'input': {exc}", param="input", code="invalid_markup") from exc
     normalized = settings.normalize if body.normalize is None else body.normalize

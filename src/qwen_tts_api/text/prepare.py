@@ -32,10 +32,10 @@ class PreparedText:
     segments: tuple[Segment, ...]  # generated one after another
 
 
-def read_markup(text: str) -> Markup:
+def read_markup(text: str, language: str = "Auto") -> Markup:
     """The input's pieces: SSML when it starts with ``<speak``, else text with pause tags
-    (``MarkupError`` says what cannot be read)."""
-    return read_ssml(text) if is_ssml(text) else pause_tags(text)
+    (``MarkupError`` says what cannot be read). ``language``: the request's."""
+    return read_ssml(text, language) if is_ssml(text) else pause_tags(text)
 
 
 def clean(text: str, control_tokens: Sequence[str]) -> str:

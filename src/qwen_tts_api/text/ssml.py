@@ -58,9 +58,9 @@ def _rate(value: str) -> float:
     return amount if not sign else 1.0 + (amount if sign == "+" else -amount)
 
 
-def _say_as(element: Element, text: str, language: str | None) -> str:
+def _say_as(element: Element, text: str, language: str) -> str:
     kind = (element.get("interpret-as") or "").lower()
-    locale = words.locale_of(language or "Auto", text) or "en"
+    locale = words.locale_of(language, text) or "en"
     stripped = text.strip()
     try:
         if kind in ("characters", "spell-out", "letters"):
@@ -90,7 +90,8 @@ def _date(text: str, order: str) -> datetime.date:
 
 
 class _Reader:
-    def __init__(self) -> None:
+    def __init__(self, language: str) -> None:
+        self.language = language  # the request's: what say-as reads in outside any <lang>
         self.pieces: list[Piece] = []
         self.ignored: list[str] = []
 
@@ -110,7 +111,7 @@ class _Reader:
         elif name == "sub":
             self.speak(element.get("alias", element.text or ""), language, rate)
         elif name == "say-as":
-            self.speak(_say_as(element, "".join(element.itertext()), language), language, rate)
+            self.speak(_say_as(element, "".join(element.itertext()), language or self.language), language, rate)
         else:
             if name == "prosody" and element.get("rate"):
                 rate *= _rate(element.get("rate", ""))
@@ -140,7 +141,8 @@ class _Reader:
         return BREAK_STRENGTHS[strength]
 
 
-def read_ssml(text: str) -> Markup:
+def read_ssml(text: str, language: str = "Auto") -> Markup:
+    """``language``: the request's (say-as expands in it outside any ``<lang>``)."""
     try:
         root = SafeXML.fromstring(text.strip(), forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except ParseError as exc:
@@ -149,7 +151,7 @@ def read_ssml(text: str) -> Markup:
         raise MarkupError("SSML may not declare a document type or entities") from exc
     if _name(root) != "speak":
         raise MarkupError("SSML must have <speak> as its root element")
-    reader = _Reader()
+    reader = _Reader(language)
     reader.walk(root, None, 1.0)
     markup = Markup(tuple(reader.pieces), tuple(reader.ignored))
     check_total(markup.pieces)
