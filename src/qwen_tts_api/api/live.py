@@ -33,8 +33,8 @@ from ..engine.runtime.live_text import LiveText
 from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
-from ..text.markup import MarkupError, is_ssml
-from ..text.prepare import PreparedText, prepare, read_markup
+from ..text.markup import is_ssml
+from ..text.prepare import PreparedText
 from .errors import APIError, engine_error
 from .protocol import (
     LiveAudioDone,
@@ -45,6 +45,7 @@ from .protocol import (
     LiveSessionDone,
     SpeechUsage,
 )
+from .speech import speakable_input
 from .state import ServerState, StateDep
 from .voice_plan import VoiceAsk, VoicePlan, plan_voice
 
@@ -285,23 +286,14 @@ class LiveSession:
         config, voice = self.config, self.voice
         assert config is not None and voice is not None and turn.ssml is not None
         document, turn.ssml = "".join(turn.ssml), None
-        model = voice.model
         try:
-            markup = read_markup(document, config.language)
-            prepared = prepare(
-                markup, model.control_tokens, model.max_new_tokens, config.language, self._normalize, config.speed
+            prepared, markup = speakable_input(
+                voice.model, document, config.language, self._normalize, config.speed, param="text"
             )
-            if prepared is None:
-                raise MarkupError("nothing left to speak")
-            unspoken = {
-                s.language for s in prepared.segments if s.language and s.language.lower() not in model.languages
-            }
-            if unspoken:
-                raise MarkupError(f"<lang> {', '.join(sorted(unspoken))} is not spoken by model {model.name}")
-        except MarkupError as exc:
+        except APIError as exc:
             turn.ended = True
-            turn.record.status = 400
-            await self._error(f"Invalid 'text': {exc}", "invalid_markup", "text")
+            turn.record.status = exc.status
+            await self._error(exc.message, exc.code or "invalid_markup", exc.param)
             return
         if markup.ignored:
             log.info("SSML turn: elements kept as text only: %s", ", ".join(markup.ignored))

@@ -43,25 +43,27 @@ class SpeechPlan:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _speakable(model: LoadedModel, body: SpeechRequest, settings: Settings) -> tuple[PreparedText, Markup]:
-    """The input's markup read (pauses, SSML), then cleaned, normalised and cut into segments
-    with their frame budgets (text/prepare.py)."""
+def speakable_input(
+    model: LoadedModel, text: str, language: str, normalized: bool, speed: float, param: str = "input"
+) -> tuple[PreparedText, Markup]:
+    """Input's markup read (pauses, SSML), then cleaned, normalised and cut into segments
+    with their frame budgets (text/prepare.py); a 400 on ``param`` when it cannot be spoken.
+    For ``/v1/audio/speech`` and a WebSocket SSML turn alike."""
     try:
-        markup = read_markup(body.input, body.language)
+        markup = read_markup(text, language)
     except MarkupError as exc:
-        raise invalid_request(f"Invalid 'input': {exc}", param="input", code="invalid_markup") from exc
-    normalized = settings.normalize if body.normalize is None else body.normalize
-    prepared = prepare(markup, model.control_tokens, model.max_new_tokens, body.language, normalized, body.speed)
+        raise invalid_request(f"Invalid '{param}': {exc}", param=param, code="invalid_markup") from exc
+    prepared = prepare(markup, model.control_tokens, model.max_new_tokens, language, normalized, speed)
     if prepared is None:
         raise invalid_request(
-            "Invalid 'input': nothing left to speak once the markup and the model's control tokens are removed",
-            param="input",
+            f"Invalid '{param}': nothing left to speak once the markup and the model's control tokens are removed",
+            param=param,
             code="invalid_value",
         )
     for segment in prepared.segments:
         if segment.language is not None and segment.language.lower() not in model.languages:
             raise invalid_request(
-                f"Invalid 'input': <lang> {segment.language} is not spoken by model {model.name}", param="input"
+                f"Invalid '{param}': <lang> {segment.language} is not spoken by model {model.name}", param=param
             )
     log.debug("speaking: %s", prepared.text)
     return prepared, markup
@@ -100,7 +102,8 @@ def _voice_ask(body: SpeechRequest) -> VoiceAsk:
 
 async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> SpeechPlan:
     voice = await plan_voice(_voice_ask(body), engine, settings, store)
-    prepared, markup = _speakable(voice.model, body, settings)
+    normalized = settings.normalize if body.normalize is None else body.normalize
+    prepared, markup = speakable_input(voice.model, body.input, body.language, normalized, body.speed)
     job = voice.job(
         prepared,
         sampling=SamplingChoice(**body.sampling_choice()),

@@ -143,8 +143,9 @@ class LiveRequest(Request):
         self.decoder = StreamingDecoder(
             model.tts, first_chunk=self.first_chunk, max_chunk=config.max_chunk_frames, context=self.decoder_context
         )
-        self.stream.emit(PartStarted(self.index, self.spoken(part.text)))
-        budget = frame_budget(self.spoken(part.text), self.frame_limit)
+        spoken = self.spoken(part.text)
+        self.stream.emit(PartStarted(self.index, spoken))
+        budget = frame_budget(spoken, self.frame_limit)
         sampling = self.sampling(params, model.tts.model.talker.device)
         return RowSpec(prompt, budget, self.stream.should_stop, sampling, owner=self.id)
 
