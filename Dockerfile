@@ -10,7 +10,11 @@ ENV PYTHONUNBUFFERED=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1 \
     UV_PYTHON_DOWNLOADS=never
-RUN pip install --no-cache-dir uv \
+# g++: QWEN_TTS_COMPILE=on compiles the step's graphs to C++ at start (torch.compile on a CPU).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-cache-dir uv \
  && useradd --create-home --uid 1000 app \
  && mkdir /data && chown app /data
 WORKDIR /app

@@ -13,10 +13,13 @@ It also times one decoder layer's linears (q/k/v/o, gate/up/down of the talker's
 layer) at 1, 4 and 8 rows in each kernel: float32, int8 weight-only, our batch-invariant
 int8 (per-row activation scales), and fbgemm's plain dynamic int8 (one scale for all rows,
 not batch-invariant: the reference for what the pinning costs). ``--quantize`` times the
-step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would.
+step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would; ``--compile``
+adds the step rows of the compiled forwards (``QWEN_TTS_COMPILE=on``) beside the eager ones,
+and the time their graphs took to compile.
 
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8
+    uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8 --compile
 """
 
 from __future__ import annotations
@@ -79,10 +82,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quantize", choices=["none", "int8", "int8-weight-only"], default="none")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled step")
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.generation.batching import FrameBatch
+    from qwen_tts_api.engine.generation.batching import FrameBatch, StepParts
     from qwen_tts_api.engine.generation.decoding import StreamingDecoder
     from qwen_tts_api.engine.generation.prompt import build_prompt
     from qwen_tts_api.engine.generation.sampling import SamplingParams
@@ -104,16 +108,27 @@ def main() -> int:
         figures[f"prefill x{c} together"] = timed(
             lambda: talker.model(inputs_embeds=together, use_cache=True), args.repeat
         )
+        variants = {"": StepParts.build(talker, params)}
+        if args.compile:
+            started = time.perf_counter()
+            variants[" compiled"] = compiled = StepParts.build(talker, params, compiled=True)
+            for rows in (2, 1):  # every graph: several rows and one
+                batch = FrameBatch(tts, params, compiled)
+                for _ in range(rows):
+                    batch.add(prompt, max_frames=10_000)
+                batch.step()
+            figures["compiling the step's graphs (once; cached on disk)"] = time.perf_counter() - started
         for rows in (1, c):
-            batch = FrameBatch(tts, params)
-            for _ in range(rows):
-                batch.add(prompt, max_frames=10_000)
-            figures[f"step x{rows}"] = timed(batch.step, args.repeat)
-            hidden = torch.cat([r.hidden for r in batch.rows])
-            tokens = torch.stack([r.token for r in batch.rows])
-            figures[f"code predictor x{rows}"] = timed(
-                lambda batch=batch, hidden=hidden, tokens=tokens: batch.codebooks.fill(hidden, tokens), args.repeat
-            )
+            for suffix, parts in variants.items():
+                batch = FrameBatch(tts, params, parts)
+                for _ in range(rows):
+                    batch.add(prompt, max_frames=10_000)
+                figures[f"step x{rows}{suffix}"] = timed(batch.step, args.repeat)
+                hidden = torch.cat([r.hidden for r in batch.rows])
+                tokens = torch.stack([r.token for r in batch.rows])
+                figures[f"code predictor x{rows}{suffix}"] = timed(
+                    lambda batch=batch, hidden=hidden, tokens=tokens: batch.codebooks.fill(hidden, tokens), args.repeat
+                )
         codes = torch.randint(0, 1000, (c, 16, 48))
         package_decoder = tts.model.speech_tokenizer.model.decoder
         figures["decode 48 frames, per frame x1, the package's one pass"] = (

@@ -3,7 +3,8 @@
   serial     the official qwen_tts package, one request at a time (the specification's
              design: a lock around generate_custom_voice), N requests back to back
   server@C   our server (its own process, continuous batching), C clients at once, each
-             streaming one request; C in --concurrency
+             streaming one request; C in --concurrency. With several --server variants, each
+             in turn (one server process at a time), its rows named after it
 
 Every request makes exactly --frames frames (random weights never end early). Throughput is
 audio seconds per wall second; TTFA percentiles are over the C requests of a level (for
@@ -68,30 +69,34 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     path, official = load_official(args)
-    rows = []
-    variant = (args.servers or ["auto"])[0]
-    with server_process(
-        path, args.device, variant, ATTN, extra_env={"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
-    ) as url:
-        serial(official, args.frames, 1)  # warm-up
-        run_server(url, True)
-        base = serial(official, args.frames, args.serial_requests)
-        rows.append(("serial", base))
-        rows.extend((f"server@{level}", concurrent(url, level)) for level in args.concurrency)
+    variants = args.servers or ["auto"]
+    serial(official, args.frames, 1)  # warm-up
+    base = serial(official, args.frames, args.serial_requests)
+    rows = [("serial", base)]
+    singles: dict[str, float] = {}  # per variant: a lone request's median TTFA
+    for variant in variants:
+        extra = {"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
+        with server_process(path, args.device, variant, ATTN, extra_env=extra) as url:
+            run_server(url, True)
+            for level in args.concurrency:
+                rows.append((f"{variant}@{level}", concurrent(url, level)))
+                if level == 1:
+                    singles[variant] = statistics.median(rows[-1][1]["ttfa"])
 
-    single_ttfa = statistics.median(rows[1][1]["ttfa"]) if args.concurrency[0] == 1 else None
     print(
-        f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} server={variant} "
-        f"torch_threads={torch.get_num_threads()} cpu={cpu_model()}"
+        f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} "
+        f"servers={','.join(variants)} torch_threads={torch.get_num_threads()} cpu={cpu_model()}"
     )
-    print(f"{'path':<12}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
+    width = max(12, *(len(name) + 2 for name, _ in rows))
+    print(f"{'path':<{width}}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
     out = []
     for name, r in rows:
         p50, p95 = percentile(r["ttfa"], 0.5), percentile(r["ttfa"], 0.95)
-        ratio = f"{p95 / single_ttfa:>12.2f}" if single_ttfa and name != "serial" else f"{'':>12}"
+        single = singles.get(name.rpartition("@")[0])
+        ratio = f"{p95 / single:>12.2f}" if single else f"{'':>12}"
         print(
-            f"{name:<12}{r['throughput']:>11.3f}{r['throughput'] / base['throughput']:>10.2f}{p50:>10.3f}{p95:>10.3f}"
-            + ratio
+            f"{name:<{width}}{r['throughput']:>11.3f}{r['throughput'] / base['throughput']:>10.2f}"
+            f"{p50:>10.3f}{p95:>10.3f}" + ratio
         )
         out.append({"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]})
     if args.json:

@@ -2,8 +2,9 @@
 # The GPU check: on a fresh machine with one NVIDIA GPU, in about 8 minutes, install, build the
 # 0.6B and 1.7B benchmark models (random weights, the published configurations), run the
 # equivalence and batching tests on cuda:0, and print time to first audio, real-time factor
-# and throughput at 1/8/16 concurrent requests for the package, our server, and
-# faster-qwen3-tts (in its own venv) side by side. Nothing here runs in CI.
+# and throughput at 1/8/16 concurrent requests for the package, our server (compiled step with
+# CUDA graphs, what QWEN_TTS_COMPILE=auto gives on CUDA, and eager), and faster-qwen3-tts (in
+# its own venv) side by side. Nothing here runs in CI.
 #
 #   bash bench/gpu_check.sh [frames]      (from the repository root; results in $OUT or /tmp/gpu-check)
 set -euo pipefail
@@ -29,14 +30,15 @@ log "faster-qwen3-tts in its own venv (in the background)"
 FQ_INSTALL=$!
 
 for size in 0.6b 1.7b; do
-  log "$size: package vs our server, one stream ($FRAMES frames, bfloat16)"
+  log "$size: package vs our server (CUDA graphs, then eager), one stream ($FRAMES frames, bfloat16)"
   uv run python bench/latency.py --model "$size" --device cuda:0 --dtype bfloat16 --frames "$FRAMES" --runs 3 \
-    --server bfloat16 --model-dir "$MODELS" 2>&1 | tail -12 | tee "$RESULTS/latency-$size.txt"
+    --server bfloat16 --server bfloat16+eager --model-dir "$MODELS" 2>&1 | tail -14 | tee "$RESULTS/latency-$size.txt"
 done
 
-log "0.6b: throughput and TTFA at 1/8/16 concurrent"
+log "0.6b: throughput and TTFA at 1/8/16 concurrent (CUDA graphs, then eager)"
 uv run python bench/concurrency.py --model 0.6b --device cuda:0 --dtype bfloat16 --frames "$FRAMES" \
-  --concurrency 1 8 16 --model-dir "$MODELS" 2>&1 | tail -15 | tee "$RESULTS/concurrency-0.6b.txt"
+  --concurrency 1 8 16 --server bfloat16 --server bfloat16+eager --model-dir "$MODELS" 2>&1 | tail -15 \
+  | tee "$RESULTS/concurrency-0.6b.txt"
 
 log "faster-qwen3-tts, same models"
 wait "$FQ_INSTALL" || { echo "faster-qwen3-tts did not install (see fq-install.txt)"; exit 0; }

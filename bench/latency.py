@@ -10,7 +10,10 @@ Ways to get the same utterance (a fixed number of frames) from the same model:
   whole      our server with each --server variant, one complete response (pcm, "stream": false)
 
 A --server variant is a QWEN_TTS_DTYPE value (default "auto", what a user gets without
-setting anything), optionally with "+int8" for QWEN_TTS_QUANTIZE=int8.
+setting anything), optionally followed by "+" options: "+int8" / "+int8-weight-only"
+(QWEN_TTS_QUANTIZE), "+compile" / "+eager" (QWEN_TTS_COMPILE=on / off), "+nographs"
+(QWEN_TTS_CUDA_GRAPHS=off). A compiled server compiles during its warm-up, before it is
+measured.
 
 Models are random-weight checkpoints built on the spot by `qwen-tts-api demo-models`' code:
 "demo" (tiny) or "0.6b" / "1.7b" (the published configurations). All generate exactly
@@ -97,9 +100,20 @@ def load_official(args: argparse.Namespace):
 
 
 def server_env(variant: str) -> dict[str, str]:
-    """A --server variant ("auto", "float32", "bfloat16+int8", ...) as environment variables."""
-    dtype, _, quantize = variant.partition("+")
-    return {"QWEN_TTS_DTYPE": dtype, "QWEN_TTS_QUANTIZE": quantize or "none"}
+    """A --server variant ("auto", "float32", "bfloat16+int8", "auto+int8+compile", ...) as
+    environment variables."""
+    dtype, *options = variant.split("+")
+    env = {"QWEN_TTS_DTYPE": dtype, "QWEN_TTS_QUANTIZE": "none"}
+    for option in options:
+        if option in ("int8", "int8-weight-only"):
+            env["QWEN_TTS_QUANTIZE"] = option
+        elif option in ("compile", "eager"):
+            env["QWEN_TTS_COMPILE"] = "on" if option == "compile" else "off"
+        elif option == "nographs":
+            env["QWEN_TTS_CUDA_GRAPHS"] = "off"
+        else:
+            raise SystemExit(f"unknown --server option {option!r} in {variant!r}")
+    return env
 
 
 @contextmanager
@@ -127,7 +141,7 @@ def server_process(model: Path, device: str, variant: str, attn: str, extra_env:
     url = f"http://127.0.0.1:{port}"
     try:
         # /ready: loaded and warmed up, so the warm-up is not part of any measurement.
-        wait_until_ready(proc, url, timeout=900)
+        wait_until_ready(proc, url, timeout=1800)  # a compiled step compiles first
         yield url
     finally:
         proc.terminate()

@@ -5,7 +5,7 @@ import torch
 from helpers import TEST_DEVICE
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
+from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec, StepParts
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.lean import SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
@@ -33,17 +33,21 @@ def customvoice_int8(demo_models):
     return tts
 
 
+INT8 = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel runs on the CPU")
+
+
 @pytest.mark.parametrize(
-    "model",
+    ("model", "compiled"),
     [
-        "customvoice",
-        pytest.param(
-            "customvoice_int8",
-            marks=pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel runs on the CPU"),
-        ),
+        ("customvoice", False),
+        pytest.param("customvoice_int8", False, marks=INT8),
+        # QWEN_TTS_COMPILE: the talker step and predictor passes as torch.compile graphs
+        # (fullgraph: a graph break fails the test) give the eager solo codes, batched.
+        pytest.param("customvoice", True, marks=pytest.mark.slow),
+        pytest.param("customvoice_int8", True, marks=[INT8, pytest.mark.slow]),
     ],
 )
-def test_batched_codes_equal_solo_codes(model, request):
+def test_batched_codes_equal_solo_codes(model, compiled, request):
     customvoice = request.getfixturevalue(model)
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS]
@@ -51,7 +55,8 @@ def test_batched_codes_equal_solo_codes(model, request):
         torch.stack(list(FrameGenerator(customvoice, p, params, max_frames=r[3]))) for p, r in zip(prompts, REQUESTS)
     ]
 
-    batch = FrameBatch(customvoice, params)
+    parts = StepParts.build(customvoice.model.talker, params, compiled=compiled)
+    batch = FrameBatch(customvoice, params, parts)
     rows, made = {}, {i: [] for i in range(len(REQUESTS))}
     widest = 0
     for step in range(40):

@@ -117,3 +117,29 @@ def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
         assert r.status_code == 200
         audio = decode_audio(r.content, "flac")
         assert audio.rate == SR and audio.duration > 0.2 and np.abs(audio.samples).max() > 0
+
+
+def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkeypatch):
+    """QWEN_TTS_COMPILE=on: the step's graphs are compiled during warm-up (before /ready) and
+    kept in the data directory; requests then give the eager server's audio, alone and batched."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    seeded = {"model": "qwen3-tts", "voice": "vivian", "input": "Compiled or not.", "stream": False}
+    seeded |= {"response_format": "pcm", "seed": 7, "temperature": 0.9}
+    base = dict(customvoice_model_path=demo_models["customvoice"], quantize="int8", dtype="auto")
+    with LiveServer(cpu_settings(**base)) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        eager = http.post("/v1/audio/speech", json=seeded).content
+    compiled_settings = cpu_settings(**base, compile="on", data_dir=tmp_path)
+    with LiveServer(compiled_settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        assert server.app.state.server.engine.runner.parts["customvoice"].talker_graph is not None
+        assert http.get("/ready").status_code == 200
+        assert any((tmp_path / "compile-cache").iterdir()), "compiled graphs are kept in the data directory"
+        compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert compiles >= 4, "the talker and predictor forwards, one row and several"
+        assert http.post("/v1/audio/speech", json=seeded).content == eager
+        with batch_sizes(server.app.state.server.engine) as rows, ThreadPoolExecutor(3) as pool:
+            together = pool.submit(http.post, "/v1/audio/speech", json=seeded)
+            for text in ("Another one.", "And a third, a little longer than the others."):
+                pool.submit(http.post, "/v1/audio/speech", json={**seeded, "input": text, "seed": 5})
+            assert together.result().content == eager
+        assert max(rows) > 1
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles, "warm-up compiled every graph"

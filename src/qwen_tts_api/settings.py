@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default="none", validation_alias=AliasChoices("QWEN_TTS_QUANTIZE")
     )
     attn: str = Field(default="flash_attention_2", validation_alias=AliasChoices("QWEN_TTS_ATTN"))
+    # The talker step and code predictor as torch.compile graphs (engine/generation/compiled.py):
+    # auto = on CUDA only (on a CPU it is compiled slowly and gains little, see BENCHMARKS).
+    compile: Literal["auto", "on", "off"] = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_COMPILE"))
+    # With the compiled step on CUDA, replay it as CUDA graphs (torch.compile's "reduce-overhead").
+    cuda_graphs: Literal["auto", "off"] = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_CUDA_GRAPHS"))
 
     # --- network (specification) ---
     host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("HOST"))
@@ -130,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def voices_dir(self) -> Path:
         return self.data_dir / "voices"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """Where compiled graphs are kept, so that a restart does not compile them again."""
+        return self.data_dir / "compile-cache"
 
     @property
     def attn_implementation(self) -> str | None:

@@ -20,6 +20,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from ..errors import GenerationError
+from .compiled import CompiledPredictor, CompiledTalker, CompileMode
 from .lean import DecoderStack, FrameCache, SlotCache
 from .prompt import TalkerPrompt
 from .sampling import RowSampling, SamplingParams, TalkerLogits, choose_rows
@@ -68,14 +69,20 @@ class RowSpec:
 class StepParts:
     """A model's compact talker forward and code-predictor loop, built once when the engine
     takes the model (``build`` joins the q/k/v and gate/up weights in place, see
-    ``lean.join_weights``), then shared by every batch of that model."""
+    ``lean.join_weights``), then shared by every batch of that model. With ``compiled``, both
+    forwards run as compiled graphs (``compiled.py``; ``mode`` is torch.compile's)."""
 
     stack: DecoderStack
     codebooks: CodebookFiller
+    talker_graph: CompiledTalker | None = None
 
     @classmethod
-    def build(cls, talker, params: SamplingParams) -> StepParts:
-        return cls(DecoderStack(talker.model), CodebookFiller(talker, params))
+    def build(cls, talker, params: SamplingParams, compiled: bool = False, mode: CompileMode = None) -> StepParts:
+        stack, codebooks = DecoderStack(talker.model), CodebookFiller(talker, params)
+        if not compiled:
+            return cls(stack, codebooks)
+        codebooks.graph = CompiledPredictor(codebooks.stack, codebooks.project, codebooks.heads, mode)
+        return cls(stack, codebooks, CompiledTalker(stack, mode))
 
 
 class FrameBatch:
@@ -89,7 +96,7 @@ class FrameBatch:
         self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
         self.rows: list[BatchRow] = []
         parts = parts or StepParts.build(self.talker, params)
-        self.stack, self.codebooks = parts.stack, parts.codebooks
+        self.stack, self.codebooks, self.talker_graph = parts.stack, parts.codebooks, parts.talker_graph
         self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
 
     def __len__(self) -> int:
@@ -205,12 +212,15 @@ class FrameBatch:
         length = max(written) + 1
         self.cache.reserve(len(rows), length)
         positions = torch.tensor(written, device=step_input.device)
-        self.cache.prepare_step(positions, length)
-        mask = None
-        if min(written) != max(written):  # each row attends to its own positions only
-            span = torch.arange(length, device=positions.device)
-            mask = (span[None, :] <= positions[:, None]).view(len(rows), 1, 1, length)
-        hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
+        if self.talker_graph is not None:
+            hidden = self.talker_graph(step_input, positions, self.cache)
+        else:
+            self.cache.prepare_step(positions, length)
+            mask = None
+            if min(written) != max(written):  # each row attends to its own positions only
+                span = torch.arange(length, device=positions.device)
+                mask = (span[None, :] <= positions[:, None]).view(len(rows), 1, 1, length)
+            hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
         if len(stepping) < len(rows):
             hidden = hidden[[rows.index(r) for r in stepping]]
         histories, frames = [r.history for r in stepping], [r.frames_made for r in stepping]
@@ -316,6 +326,7 @@ class CodebookFiller:
         self.sampler = params.predictor
         self.stack = DecoderStack(predictor.model)
         self.cache = FrameCache(self.stack, positions=self.groups + 2)
+        self.graph: CompiledPredictor | None = None  # set by StepParts.build(compiled=True)
 
     @torch.inference_mode()
     def fill(self, hidden: torch.Tensor, first: torch.Tensor, samplings: list[RowSampling] | None = None):
@@ -336,14 +347,22 @@ class CodebookFiller:
         step_input = torch.cat([hidden, first_embed], dim=1)
         all_finite = torch.ones(rows, dtype=torch.bool, device=first.device)
         for group in range(self.groups):
-            start, end = self.cache.start, self.cache.start + step_input.shape[1]
-            rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
-            out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
-            self.cache.start = end
-            logits = self.heads[group](out[:, -1]).float()
+            logits = self._logits(group, step_input)
             all_finite &= _finite_rows(logits)
             code = choose_rows(logits, samplers, generators)
             codes.append(code)
             step_input = self.embeddings[group](code.view(-1, 1))
             embeds.append(step_input)
         return torch.stack(codes, dim=1), torch.cat(embeds, dim=1), all_finite
+
+    def _logits(self, group: int, step_input: torch.Tensor) -> torch.Tensor:
+        """One pass over the frame's next position(s): that group's logits (B, V) in float32."""
+        start, end = self.cache.start, self.cache.start + step_input.shape[1]
+        if self.graph is not None:
+            logits = self.graph(group, step_input, self.cache)
+        else:
+            rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
+            out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
+            logits = self.heads[group](out[:, -1]).float()
+        self.cache.start = end
+        return logits

@@ -95,6 +95,26 @@ class KVWriter:
         raise NotImplementedError
 
 
+class WholeCacheWriter(KVWriter):
+    """Writes each row's new keys and values at its own positions and attends over the whole
+    cache (the caller's mask hides what is not yet written), so that shapes do not change
+    from step to step: what a compiled graph needs (``compiled.py``).
+
+    ``positions`` (B, T): where row b's t-th new position goes."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], positions: torch.Tensor):
+        self.keys, self.values, self.positions = keys, values, positions
+        self.rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = keys.shape[0]
+        cached_keys, cached_values = self.keys[layer], self.values[layer]
+        # (B, kv, T, hd) new entries -> indexed as (B, T, kv, hd) at [row, :, position]
+        cached_keys[self.rows, :, self.positions] = keys.transpose(1, 2)
+        cached_values[self.rows, :, self.positions] = values.transpose(1, 2)
+        return cached_keys[:rows], cached_values[:rows]
+
+
 class DecoderStack:
     """The decoder layers and final norm of one of the package's transformer models
     (``Qwen3TTSTalkerModel`` or ``Qwen3TTSTalkerCodePredictorModel``)."""
@@ -108,7 +128,6 @@ class DecoderStack:
         self.intermediate = config.intermediate_size
         self.layers = [LayerWeights.of(layer, self.heads, self.kv_heads) for layer in model.layers]
         self.final_norm = model.norm.weight
-        self.groups = self.heads // self.kv_heads
         self.scaling = self.head_dim**-0.5
         self.dtype = self.final_norm.dtype
         self.device = self.final_norm.device
@@ -154,14 +173,9 @@ class DecoderStack:
             q, k = qk[:, :heads], qk[:, heads:]
             v = qkv[:, :, heads + kv_heads :].transpose(1, 2)
             keys, values = cache.write(index, k, v)
-            if mask is None:
-                attended = F.scaled_dot_product_attention(
-                    q, keys, values, is_causal=causal, scale=self.scaling, enable_gqa=True
-                )
-            else:  # the package repeats keys and values when it passes a mask; so do we
-                attended = F.scaled_dot_product_attention(
-                    q, _repeat(keys, self.groups), _repeat(values, self.groups), attn_mask=mask, scale=self.scaling
-                )
+            attended = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, is_causal=causal, scale=self.scaling, enable_gqa=True
+            )
             hidden = residual + layer.o(attended.transpose(1, 2).reshape(batch, length, -1))
             residual = hidden
             gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm, self.eps)).split(self.intermediate, dim=-1)
@@ -183,13 +197,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
-
-
-def _repeat(x: torch.Tensor, groups: int) -> torch.Tensor:
-    if groups == 1:
-        return x
-    batch, heads, length, dim = x.shape
-    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
 
 
 class SlotCache(KVWriter):

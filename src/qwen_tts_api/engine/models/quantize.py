@@ -22,6 +22,8 @@ keep the model dtype.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -33,6 +35,22 @@ MAX_KEPT_ROWS = 16  # input buffers kept per layer: one per batch size up to thi
 
 def dynamic_kernel_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+# A compiled graph cannot hold fbgemm's packed weights (a TorchScript object), so under
+# torch.compile the dynamic kernel is an opaque operator that names its layer by a number.
+_COMPILED_LAYERS: weakref.WeakValueDictionary[int, Int8Linear] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("qwen_tts_api::int8_dynamic_linear", mutates_args=())
+def _int8_dynamic_linear(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(pinned, _COMPILED_LAYERS[handle].packed(), True)
+
+
+@_int8_dynamic_linear.register_fake
+def _(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return pinned.new_empty(pinned.shape[0], out_features)
 
 
 class Int8Linear(torch.nn.Module):
@@ -53,6 +71,7 @@ class Int8Linear(torch.nn.Module):
         self.kernel: Kernel = kernel
         self._packed: Any = None  # fbgemm's packed weights (dynamic kernel), made on first use
         self._pinned: dict[int, torch.Tensor] = {}  # per batch size: the input buffer, its last columns +1, -1
+        self._handle: int | None = None  # its number for compiled graphs (``compilable``)
 
     @classmethod
     def of(cls, linear: torch.nn.Linear, kernel: Kernel = "weight-only") -> Int8Linear:
@@ -91,6 +110,18 @@ class Int8Linear(torch.nn.Module):
         out = out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
         return out if self.bias is None else out + self.bias
 
+    def packed(self) -> Any:
+        if self._packed is None:
+            self._packed = self._pack()
+        return self._packed
+
+    def compilable(self) -> None:
+        """Ready the layer to be traced by torch.compile: weights packed and a number given."""
+        if self.kernel == "dynamic" and self._handle is None:
+            self.packed()
+            self._handle = next(_HANDLES)
+            _COMPILED_LAYERS[self._handle] = self
+
     def _pack(self) -> Any:
         """fbgemm's packed weights, with two zero columns for the range-pinning inputs."""
         weight = torch.cat([self.weight_int8, self.weight_int8.new_zeros(self.weight_int8.shape[0], 2)], dim=1)
@@ -111,6 +142,8 @@ class Int8Linear(torch.nn.Module):
         return buffer
 
     def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._dynamic_traced(x)
         if self._packed is None:
             self._packed = self._pack()
         width = x.shape[-1]
@@ -121,6 +154,19 @@ class Int8Linear(torch.nn.Module):
         # reduce_range: 7-bit activations, so that AVX2's int16 pair sums cannot saturate.
         out = torch.ops.quantized.linear_dynamic(pinned, self._packed, True).mul_(peak)
         out = out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
+        return out if self.bias is None else out + self.bias
+
+    def _dynamic_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """The same arithmetic as ``_dynamic`` in operators a graph can hold (no buffers
+        reused in place); the compiler fuses the scaling around the opaque product."""
+        assert self._handle is not None, "call compilable() before tracing an int8 layer"
+        width, out_features = x.shape[-1], self.weight_int8.shape[0]
+        rows = x.reshape(-1, width).float()
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+        pins = torch.tensor([1.0, -1.0], device=rows.device).expand(rows.shape[0], 2)
+        pinned = torch.cat([rows / peak, pins], dim=1)
+        out = torch.ops.qwen_tts_api.int8_dynamic_linear(pinned, self._handle, out_features) * peak
+        out = out.to(x.dtype).view(*x.shape[:-1], out_features)
         return out if self.bias is None else out + self.bias
 
 

@@ -4,6 +4,7 @@ engine's own configuration (built from the settings, by name)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,9 @@ class EngineConfig:
     request_timeout: float = 300.0  # seconds from admission to the last audio
     max_batch: int = 8  # requests generated together, per model
     prompt_cache_size: int = 32  # clone prompts of inline reference audio kept for reuse
+    compile: str = "off"  # QWEN_TTS_COMPILE: auto | on | off (generation/compiled.py)
+    cuda_graphs: str = "auto"  # QWEN_TTS_CUDA_GRAPHS: auto | off
+    compile_cache_dir: Path | None = None  # where compiled graphs persist (None: torch's default)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -66,4 +70,7 @@ class EngineConfig:
             request_timeout=settings.request_timeout_seconds,
             max_batch=settings.max_batch,
             prompt_cache_size=settings.prompt_cache_size,
+            compile=settings.compile,
+            cuda_graphs=settings.cuda_graphs,
+            compile_cache_dir=settings.compile_cache_dir,
         )

@@ -18,6 +18,7 @@ from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable, GenerationError
 from ..generation.batching import BatchRow, FrameBatch, StepParts
 from ..generation.clone import PromptCache
+from ..generation.compiled import compile_choice, keep_compiled_graphs_in
 from ..generation.sampling import SamplingParams
 from ..models.loading import LoadedModel
 from .jobs import EngineConfig
@@ -55,9 +56,17 @@ class BatchRunner:
         self.prompts = PromptCache(config.prompt_cache_size)
         self.params = {kind: SamplingParams.from_generate_config(m.tts.generate_defaults) for kind, m in models.items()}
         # The compact step of each model, built now (this joins its projection weights in place).
-        self.parts = {kind: StepParts.build(m.tts.model.talker, self.params[kind]) for kind, m in models.items()}
+        self.parts = {kind: self._step_parts(kind, m) for kind, m in models.items()}
         self.batches = {kind: self.new_batch(kind) for kind in models}
         self._broken: set[ModelKind] = set()  # batches reset, to be renewed
+
+    def _step_parts(self, kind: ModelKind, model: LoadedModel) -> StepParts:
+        talker = model.tts.model.talker
+        compiled, mode = compile_choice(self.config.compile, self.config.cuda_graphs, talker.device)
+        if compiled:
+            keep_compiled_graphs_in(self.config.compile_cache_dir)
+            log.info("%s: compiled step (%s); graphs are compiled during warm-up", kind, mode or "default mode")
+        return StepParts.build(talker, self.params[kind], compiled=compiled, mode=mode)
 
     def new_batch(self, kind: ModelKind) -> FrameBatch:
         return FrameBatch(self.models[kind].tts, self.params[kind], self.parts[kind])

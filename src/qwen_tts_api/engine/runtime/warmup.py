@@ -3,7 +3,8 @@ batched prefill of two prompts of different lengths (VoiceDesign's with a descri
 two-row generation step, streaming decoding and, for Base, a clone prompt from reference
 audio (speaker and codec encoders) spoken both ways (x-vector and in-context). The first
 user request is otherwise the one that pays for allocator growth, kernel selection and
-first-use caches on each path."""
+first-use caches on each path. With the compiled step (``QWEN_TTS_COMPILE``), a lone request
+follows, so that both of its graphs (one row, several rows) are compiled here too."""
 
 from __future__ import annotations
 
@@ -65,8 +66,11 @@ async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[Spe
 async def warm_up(engine: Engine, readiness: Readiness) -> None:
     try:
         for kind, model in engine.models.items():
-            streams = engine.start_together(kind, await _jobs(engine, kind, model))
+            jobs = await _jobs(engine, kind, model)
+            streams = engine.start_together(kind, jobs)
             audio = await asyncio.gather(*(stream.collect() for stream in streams))
+            if engine.runner.parts[kind].talker_graph is not None:
+                audio.append(await engine.start_together(kind, jobs[:1])[0].collect())
             log.info(
                 "warm-up of %s done (%s s of audio)",
                 model.name,

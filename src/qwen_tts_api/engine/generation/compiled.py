@@ -1,0 +1,147 @@
+"""The talker step and the code predictor's passes as compiled graphs (``QWEN_TTS_COMPILE``).
+
+``torch.compile(fullgraph=True)`` captures each whole forward of ``lean.DecoderStack`` (every
+layer's norms, rotary embedding, attention, residuals, and the int8 row scaling around
+fbgemm's product) as one graph: a step then costs a few graph calls instead of thousands of
+operator dispatches from Python, and the compiler fuses the small element-wise work.
+
+Shapes must not change from step to step, or each step would compile anew: attention spans
+the whole preallocated cache under a mask (``lean.WholeCacheWriter``), and the number of rows
+and the cache length are marked dynamic, so new batch sizes and a cache that grows reuse the
+graph (one row is a shape of its own to the compiler: two graphs per forward in all). The
+predictor's first pass (two positions) and the others (one) are two graphs as well. Token
+choice stays outside, unchanged: the graphs return hidden states or logits.
+
+On CUDA, ``mode="reduce-overhead"`` records CUDA graphs (``QWEN_TTS_CUDA_GRAPHS``); the caches
+are then fixed addresses, recorded again when they are reallocated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models.quantize import Int8Linear
+from .lean import DecoderStack, FrameCache, SlotCache, WholeCacheWriter
+
+CompileMode = str | None  # torch.compile's mode: None (default) or "reduce-overhead" (CUDA graphs)
+# Graphs per forward: one row and many, two predictor input lengths, per model served (each
+# model's forwards are the same code to the compiler); past the limit it would run eagerly.
+RECOMPILE_LIMIT = 64
+log = logging.getLogger(__name__)
+
+
+def compile_choice(setting: str, cuda_graphs: str, device: torch.device) -> tuple[bool, CompileMode]:
+    """``QWEN_TTS_COMPILE`` and ``QWEN_TTS_CUDA_GRAPHS`` on this device -> (compile?, mode).
+    auto compiles on CUDA only: on a CPU the compiled step gains little for minutes of
+    compiling (docs/BENCHMARKS.md)."""
+    compiled = setting == "on" or (setting == "auto" and device.type == "cuda")
+    graphs = compiled and device.type == "cuda" and cuda_graphs == "auto"
+    return compiled, "reduce-overhead" if graphs else None
+
+
+def keep_compiled_graphs_in(directory: Path | None) -> None:
+    """Inductor's caches (compiled kernels, graphs) under ``directory``, unless the
+    environment already names one: a restart then loads them instead of compiling again."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    if directory is None or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    log.info("compiled graphs are cached in %s", directory)
+
+
+def _compilable(stack: DecoderStack) -> None:
+    """Every int8 layer the stack calls gets ready to be traced (``Int8Linear.compilable``)."""
+    for layer in stack.layers:
+        for name in ("qkv", "o", "gate_up", "down"):
+            owner = getattr(getattr(layer, name), "__self__", None)
+            if isinstance(owner, Int8Linear):
+                owner.compilable()
+
+
+def _mark(tensors: list[torch.Tensor], dims: tuple[int, ...], static_address: bool) -> None:
+    for tensor in tensors:
+        if static_address:  # CUDA graphs replay on fixed addresses
+            torch._dynamo.mark_static_address(tensor)
+            continue
+        for dim in dims:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+class CompiledTalker:
+    """One talker step for every row: ``(step input (B, 1, D), positions (B,), cache) -> final
+    hidden states (B, 1, D)``, each row writing and attending over its own positions."""
+
+    def __init__(self, stack: DecoderStack, mode: CompileMode = None):
+        _compilable(stack)
+        self.stack = stack
+        self.cuda_graphs = mode == "reduce-overhead"
+        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+
+    def _forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        span = torch.arange(keys[0].shape[2], device=hidden.device)
+        mask = (span[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
+        rotary = cos[positions].view(rows, 1, 1, -1), sin[positions].view(rows, 1, 1, -1)
+        return self.stack.forward(hidden, rotary, WholeCacheWriter(keys, values, positions[:, None]), mask)
+
+    def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        stack = self.stack
+        _mark(cache.keys + cache.values, (0, 2), self.cuda_graphs)
+        _mark([hidden, positions], (0,), False)
+        _mark([stack.cos, stack.sin], (0,), False)
+        return self._graph(hidden, positions, stack.cos, stack.sin, cache.keys, cache.values)
+
+
+class CompiledPredictor:
+    """One code-predictor pass for every row in lock-step: ``(group, input (B, T, D), frame
+    cache) -> that group's logits (B, V)`` in float32, as ``CodebookFiller`` computes them."""
+
+    def __init__(self, stack: DecoderStack, project: Any, heads: Any, mode: CompileMode = None):
+        _compilable(stack)
+        self.stack, self.project = stack, project
+        self.head_weights = [head.weight for head in heads]
+        self.head_biases = [head.bias for head in heads]
+        self.cuda_graphs = mode == "reduce-overhead"
+        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+
+    def _forward(
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        head_weight: torch.Tensor,
+        head_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        rows, length = inputs.shape[:2]
+        stack = self.stack
+        span = torch.arange(keys[0].shape[2], device=inputs.device)
+        mask = (span[None, :] <= positions[:, None]).view(1, 1, length, -1)
+        rotary = stack.cos[positions][None, None], stack.sin[positions][None, None]
+        writer = WholeCacheWriter(keys, values, positions[None, :].expand(rows, -1))
+        out = stack.forward(self.project(inputs), rotary, writer, mask)
+        return F.linear(out[:, -1], head_weight, head_bias).float()
+
+    def __call__(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor:
+        positions = torch.arange(cache.start, cache.start + inputs.shape[1], device=inputs.device)
+        _mark(cache.keys + cache.values, (0,), self.cuda_graphs)
+        _mark([inputs], (0,), False)
+        return self._graph(
+            inputs, positions, cache.keys, cache.values, self.head_weights[group], self.head_biases[group]
+        )
