@@ -169,3 +169,33 @@ def test_non_finite_predictor_logits_fail_their_row_only(customvoice):
     assert poisoned.error is not None and "non-finite" in str(poisoned.error)
     assert len(failed_frames) == 2, "the poisoned frame itself is never emitted"
     assert torch.equal(torch.stack(got), expected)
+
+
+@pytest.mark.slow  # compiles the step's graphs
+def test_compiled_step_does_not_recompile_as_the_cache_grows(customvoice):
+    """The compiled step's graphs take any number of rows and any cache length: a row that
+    outgrows the first cache bucket (256 positions), and rows joining and leaving, never make
+    the compiler run again mid-request (minutes on a CPU), and the codes stay the solo codes."""
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    parts = StepParts.build(customvoice.model.talker, params, compiled=True)
+    prompt = build_prompt(customvoice, "A long one, to outgrow the first cache bucket.", "English", speaker="Ryan")
+    short = build_prompt(customvoice, "Short.", "English", speaker="Eric")
+    batch = FrameBatch(customvoice, params, parts)
+    batch.add_many([RowSpec(prompt, 4), RowSpec(short, 3)])  # every graph: two rows, then one
+    while len(batch):
+        batch.step()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    frames = SlotCache.LENGTH_STEP + 20 - prompt.prefill.shape[1]
+    long_row = batch.add(prompt, max_frames=frames)
+    made, capacity = [], 0
+    for step in range(frames + 1):
+        if step in (10, 40):
+            batch.add(short, max_frames=6)  # a second row for a while: the batch grows and shrinks
+        for row, codes in batch.step()[0]:
+            if row is long_row:
+                made.append(codes)
+        capacity = max(capacity, batch.cache.capacity)
+    assert capacity == 2 * SlotCache.LENGTH_STEP, "the cache outgrew its first bucket"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    solo = torch.stack(list(FrameGenerator(customvoice, prompt, params, max_frames=frames)))
+    assert torch.equal(torch.stack(made), solo)

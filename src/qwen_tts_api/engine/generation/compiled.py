@@ -101,11 +101,13 @@ class CompiledTalker:
         return self.stack.forward(hidden, rotary, WholeCacheWriter(keys, values, positions[:, None]), mask)
 
     def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor:
-        stack = self.stack
-        _mark(cache.keys + cache.values, (0, 2), self.cuda_graphs)
+        stack, rows = self.stack, hidden.shape[0]
+        # The rows' slots only: one row is then one shape to the compiler, whatever the slots.
+        keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
+        _mark(keys + values, (0, 2), self.cuda_graphs)
         _mark([hidden, positions], (0,), False)
         _mark([stack.cos, stack.sin], (0,), False)
-        return self._graph(hidden, positions, stack.cos, stack.sin, cache.keys, cache.values)
+        return self._graph(hidden, positions, stack.cos, stack.sin, keys, values)
 
 
 class CompiledPredictor:
@@ -139,9 +141,9 @@ class CompiledPredictor:
         return F.linear(out[:, -1], head_weight, head_bias).float()
 
     def __call__(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor:
+        rows = inputs.shape[0]
         positions = torch.arange(cache.start, cache.start + inputs.shape[1], device=inputs.device)
-        _mark(cache.keys + cache.values, (0,), self.cuda_graphs)
+        keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
+        _mark(keys + values, (0,), self.cuda_graphs)
         _mark([inputs], (0,), False)
-        return self._graph(
-            inputs, positions, cache.keys, cache.values, self.head_weights[group], self.head_biases[group]
-        )
+        return self._graph(inputs, positions, keys, values, self.head_weights[group], self.head_biases[group])

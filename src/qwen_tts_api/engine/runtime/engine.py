@@ -9,6 +9,7 @@ any two frames, which frees its slot in the batch. The API sees this class only 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -93,9 +94,10 @@ class Engine:
 
     def start_together(self, kind: ModelKind, jobs: list[SpeechJob]) -> list[SynthesisStream]:
         """Requests of the server's own (the warm-up), outside admission control, that join
-        the batch at the same step."""
+        the batch at the same step. They have no deadline: with the compiled step, the first
+        of them waits while its graphs compile, which can take minutes."""
         loop = asyncio.get_running_loop()
-        streams = [SynthesisStream(loop, self.config.request_timeout) for _ in jobs]
+        streams = [SynthesisStream(loop, math.inf) for _ in jobs]
         self.scheduler.submit_together(kind, list(zip(jobs, streams)))
         return streams
 
