@@ -75,6 +75,9 @@ def test_batched_codes_equal_solo_codes(model, compiled, request):
     assert prompts[0].prefill.shape[1] != prompts[1].prefill.shape[1]  # so their joint prefill was padded
     for i, expected in enumerate(solo):
         assert torch.equal(torch.stack(made[i]), expected), f"request {i}"
+    if compiled:  # and the graphs ran: none failed over to the eager forward
+        assert parts.talker_graph is not None and not parts.talker_graph.broken
+        assert parts.codebooks.graph is not None and not parts.codebooks.graph.broken
 
 
 def test_cancelled_row_leaves_and_others_continue(customvoice):
@@ -199,3 +202,30 @@ def test_compiled_step_does_not_recompile_as_the_cache_grows(customvoice):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     solo = torch.stack(list(FrameGenerator(customvoice, prompt, params, max_frames=frames)))
     assert torch.equal(torch.stack(made), solo)
+
+
+def test_a_failing_compiled_step_falls_back_to_the_eager_one(customvoice, caplog):
+    """A compiled forward that raises (no compiler, a CUDA-graph limitation...) is logged
+    once; the eager forward takes over for good and the codes are the solo codes."""
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    parts = StepParts.build(customvoice.model.talker, params, compiled=True)
+    calls = []
+
+    def failing(*args):
+        calls.append(len(args))
+        raise RuntimeError("no C++ compiler")
+
+    assert parts.talker_graph is not None and parts.codebooks.graph is not None
+    parts.talker_graph._graph = parts.codebooks.graph._graph = failing
+    text, speaker, language, frames, _ = REQUESTS[0]
+    prompt = build_prompt(customvoice, text, language, speaker=speaker)
+    batch = FrameBatch(customvoice, params, parts)
+    row = batch.add(prompt, max_frames=frames)
+    made = []
+    while len(batch):
+        made += [codes for r, codes in batch.step()[0] if r is row]
+    solo = torch.stack(list(FrameGenerator(customvoice, prompt, params, max_frames=frames)))
+    assert torch.equal(torch.stack(made), solo)
+    assert parts.talker_graph.broken and parts.codebooks.graph.broken
+    assert len(calls) == 2, "each compiled forward was tried once"
+    assert sum("runs eagerly from now on" in r.getMessage() for r in caplog.records) == 2

@@ -212,9 +212,8 @@ class FrameBatch:
         length = max(written) + 1
         self.cache.reserve(len(rows), length)
         positions = torch.tensor(written, device=step_input.device)
-        if self.talker_graph is not None:
-            hidden = self.talker_graph(step_input, positions, self.cache)
-        else:
+        hidden = None if self.talker_graph is None else self.talker_graph.attempt(step_input, positions, self.cache)
+        if hidden is None:
             self.cache.prepare_step(positions, length)
             mask = None
             if min(written) != max(written):  # each row attends to its own positions only
@@ -358,9 +357,8 @@ class CodebookFiller:
     def _logits(self, group: int, step_input: torch.Tensor) -> torch.Tensor:
         """One pass over the frame's next position(s): that group's logits (B, V) in float32."""
         start, end = self.cache.start, self.cache.start + step_input.shape[1]
-        if self.graph is not None:
-            logits = self.graph(group, step_input, self.cache)
-        else:
+        logits = None if self.graph is None else self.graph.attempt(group, step_input, self.cache)
+        if logits is None:
             rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
             out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
             logits = self.heads[group](out[:, -1]).float()

@@ -13,7 +13,11 @@ predictor's first pass (two positions) and the others (one) are two graphs as we
 choice stays outside, unchanged: the graphs return hidden states or logits.
 
 On CUDA, ``mode="reduce-overhead"`` records CUDA graphs (``QWEN_TTS_CUDA_GRAPHS``); the caches
-are then fixed addresses, recorded again when they are reallocated.
+are then fixed addresses, recorded again when they are reallocated, and outputs are copied
+out of the graphs' memory before the next replay.
+
+A compiled forward that fails (no C++ compiler, a compiler error, a CUDA-graph limitation)
+is logged once and the eager forward takes over for good: ``attempt`` returns None.
 """
 
 from __future__ import annotations
@@ -75,15 +79,37 @@ def _mark(tensors: list[torch.Tensor], dims: tuple[int, ...], static_address: bo
             torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
 
-class CompiledTalker:
+class _CompiledForward:
+    def __init__(self, stack: DecoderStack, mode: CompileMode):
+        _compilable(stack)
+        self.stack = stack
+        self.cuda_graphs = mode == "reduce-overhead"
+        self.broken = False  # set when the compiled forward failed: callers run eagerly
+        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+
+    def _forward(self, *args: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _run(self, *args: Any) -> torch.Tensor | None:
+        if self.broken:
+            return None
+        try:
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self._graph(*args)
+        except Exception:  # noqa: BLE001 - contained: the eager forward computes the same
+            log.exception("the compiled %s failed; it runs eagerly from now on", type(self).__name__)
+            self.broken = True
+            return None
+        return out.clone() if self.cuda_graphs else out  # the next replay overwrites a graph's output
+
+
+class CompiledTalker(_CompiledForward):
     """One talker step for every row: ``(step input (B, 1, D), positions (B,), cache) -> final
     hidden states (B, 1, D)``, each row writing and attending over its own positions."""
 
     def __init__(self, stack: DecoderStack, mode: CompileMode = None):
-        _compilable(stack)
-        self.stack = stack
-        self.cuda_graphs = mode == "reduce-overhead"
-        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+        super().__init__(stack, mode)
 
     def _forward(
         self,
@@ -100,27 +126,25 @@ class CompiledTalker:
         rotary = cos[positions].view(rows, 1, 1, -1), sin[positions].view(rows, 1, 1, -1)
         return self.stack.forward(hidden, rotary, WholeCacheWriter(keys, values, positions[:, None]), mask)
 
-    def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+    def attempt(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor | None:
         stack, rows = self.stack, hidden.shape[0]
         # The rows' slots only: one row is then one shape to the compiler, whatever the slots.
         keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
         _mark(keys + values, (0, 2), self.cuda_graphs)
         _mark([hidden, positions], (0,), False)
         _mark([stack.cos, stack.sin], (0,), False)
-        return self._graph(hidden, positions, stack.cos, stack.sin, keys, values)
+        return self._run(hidden, positions, stack.cos, stack.sin, keys, values)
 
 
-class CompiledPredictor:
+class CompiledPredictor(_CompiledForward):
     """One code-predictor pass for every row in lock-step: ``(group, input (B, T, D), frame
     cache) -> that group's logits (B, V)`` in float32, as ``CodebookFiller`` computes them."""
 
     def __init__(self, stack: DecoderStack, project: Any, heads: Any, mode: CompileMode = None):
-        _compilable(stack)
-        self.stack, self.project = stack, project
+        self.project = project
         self.head_weights = [head.weight for head in heads]
         self.head_biases = [head.bias for head in heads]
-        self.cuda_graphs = mode == "reduce-overhead"
-        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+        super().__init__(stack, mode)
 
     def _forward(
         self,
@@ -140,10 +164,10 @@ class CompiledPredictor:
         out = stack.forward(self.project(inputs), rotary, writer, mask)
         return F.linear(out[:, -1], head_weight, head_bias).float()
 
-    def __call__(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor:
+    def attempt(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor | None:
         rows = inputs.shape[0]
         positions = torch.arange(cache.start, cache.start + inputs.shape[1], device=inputs.device)
         keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
         _mark(keys + values, (0,), self.cuda_graphs)
         _mark([inputs], (0,), False)
-        return self._graph(inputs, positions, keys, values, self.head_weights[group], self.head_biases[group])
+        return self._run(inputs, positions, keys, values, self.head_weights[group], self.head_biases[group])
