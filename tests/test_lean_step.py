@@ -66,6 +66,19 @@ def test_the_dynamic_int8_kernel_is_batch_invariant():
     assert torch.equal(layer(loud)[:5], alone[:5])
 
 
+def batched(server: LiveServer, http: httpx.Client, seeded: dict, *more: str) -> bytes:
+    """The audio of ``seeded`` sent together with other requests, checked to have been
+    generated in one batch with them."""
+    others = ("Another one.", "And a third, a little longer than the others.", *more)
+    with batch_sizes(server.app.state.server.engine) as rows, ThreadPoolExecutor(1 + len(others)) as pool:
+        together = pool.submit(http.post, "/v1/audio/speech", json=seeded)
+        for text in others:
+            pool.submit(http.post, "/v1/audio/speech", json={**seeded, "input": text, "seed": 5})
+        audio = together.result().content
+    assert max(rows) > 1
+    return audio
+
+
 @pytest.mark.parametrize("quantize", ["int8", "int8-weight-only"])
 def test_a_server_quantised_to_int8_speaks(demo_models, quantize):
     settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], quantize=quantize, dtype="auto")
@@ -89,12 +102,7 @@ def test_a_server_quantised_to_int8_speaks(demo_models, quantize):
         seeded = {"model": "qwen3-tts", "voice": "vivian", "input": "Seeded and quantised.", "stream": False}
         seeded |= {"response_format": "pcm", "seed": 99, "temperature": 0.9}
         alone = http.post("/v1/audio/speech", json=seeded).content
-        with batch_sizes(server.app.state.server.engine) as rows, ThreadPoolExecutor(4) as pool:
-            together = pool.submit(http.post, "/v1/audio/speech", json=seeded)
-            for text in ("Another one.", "And a third, a little longer than the others.", "Four."):
-                pool.submit(http.post, "/v1/audio/speech", json={**seeded, "input": text, "seed": 5})
-            assert together.result().content == alone
-        assert max(rows) > 1
+        assert batched(server, http, seeded, "Four.") == alone
 
 
 def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
@@ -136,10 +144,5 @@ def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkey
         compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert compiles >= 4, "the talker and predictor forwards, one row and several"
         assert http.post("/v1/audio/speech", json=seeded).content == eager
-        with batch_sizes(server.app.state.server.engine) as rows, ThreadPoolExecutor(3) as pool:
-            together = pool.submit(http.post, "/v1/audio/speech", json=seeded)
-            for text in ("Another one.", "And a third, a little longer than the others."):
-                pool.submit(http.post, "/v1/audio/speech", json={**seeded, "input": text, "seed": 5})
-            assert together.result().content == eager
-        assert max(rows) > 1
+        assert batched(server, http, seeded) == eager
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles, "warm-up compiled every graph"
