@@ -130,7 +130,9 @@ def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
 def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkeypatch):
     """QWEN_TTS_COMPILE=on: the step's graphs are compiled during warm-up (before /ready) and
     kept in the data directory; requests then give the eager server's audio, alone and batched."""
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    # Unset for the server to set (to its data directory), and unset again after the test.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     seeded = {"model": "qwen3-tts", "voice": "vivian", "input": "Compiled or not.", "stream": False}
     seeded |= {"response_format": "pcm", "seed": 7, "temperature": 0.9}
     base = dict(customvoice_model_path=demo_models["customvoice"], quantize="int8", dtype="auto")
