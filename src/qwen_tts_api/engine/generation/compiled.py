@@ -108,9 +108,6 @@ class CompiledTalker(_CompiledForward):
     """One talker step for every row: ``(step input (B, 1, D), positions (B,), cache) -> final
     hidden states (B, 1, D)``, each row writing and attending over its own positions."""
 
-    def __init__(self, stack: DecoderStack, mode: CompileMode = None):
-        super().__init__(stack, mode)
-
     def _forward(
         self,
         hidden: torch.Tensor,

@@ -107,8 +107,7 @@ class Int8Linear(torch.nn.Module):
             return self._dynamic(x)
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         out = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
-        out = out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
-        return out if self.bias is None else out + self.bias
+        return self._shaped(out, x)
 
     def packed(self) -> Any:
         if self._packed is None:
@@ -144,17 +143,15 @@ class Int8Linear(torch.nn.Module):
     def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return self._dynamic_traced(x)
-        if self._packed is None:
-            self._packed = self._pack()
+        packed = self.packed()
         width = x.shape[-1]
         rows = x.reshape(-1, width).float()
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
         pinned = self._input(rows.shape[0], width)
         torch.div(rows, peak, out=pinned[:, :width])  # every row, and so the input, spans [-1, 1]
         # reduce_range: 7-bit activations, so that AVX2's int16 pair sums cannot saturate.
-        out = torch.ops.quantized.linear_dynamic(pinned, self._packed, True).mul_(peak)
-        out = out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
-        return out if self.bias is None else out + self.bias
+        out = torch.ops.quantized.linear_dynamic(pinned, packed, True).mul_(peak)
+        return self._shaped(out, x)
 
     def _dynamic_traced(self, x: torch.Tensor) -> torch.Tensor:
         """The same arithmetic as ``_dynamic`` in operators a graph can hold (no buffers
@@ -166,7 +163,11 @@ class Int8Linear(torch.nn.Module):
         pins = torch.tensor([1.0, -1.0], device=rows.device).expand(rows.shape[0], 2)
         pinned = torch.cat([rows / peak, pins], dim=1)
         out = torch.ops.qwen_tts_api.int8_dynamic_linear(pinned, self._handle, out_features) * peak
-        out = out.to(x.dtype).view(*x.shape[:-1], out_features)
+        return self._shaped(out, x)
+
+    def _shaped(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A product over ``x``'s rows (2-D) back in ``x``'s dtype and leading shape, plus the bias."""
+        out = out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
         return out if self.bias is None else out + self.bias
 
 
