@@ -15,11 +15,14 @@ int8 (per-row activation scales), and fbgemm's plain dynamic int8 (one scale for
 not batch-invariant: the reference for what the pinning costs). ``--quantize`` times the
 step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would; ``--compile``
 adds the step rows of the compiled forwards (``QWEN_TTS_COMPILE=on``) beside the eager ones,
-and the time their graphs took to compile.
+and the time their graphs took to compile. ``--prefill-chunk N`` times a 400-position prompt
+(an in-context clone's) joining a speaking row, prefilled whole and in chunks of N
+(``QWEN_TTS_PREFILL_CHUNK``): the speaking row's longest wait and the joining row's first frame.
 
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8 --compile
+    uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8 --prefill-chunk 64
 """
 
 from __future__ import annotations
@@ -76,6 +79,36 @@ def _qconfigured(linear: torch.nn.Linear) -> torch.nn.Linear:
     return linear
 
 
+def joining_rows(tts, params, prompt, chunk: int, positions: int = 400) -> dict[str, float]:
+    """A prompt of ``positions`` (the length of an in-context clone's prompt) joins a batch
+    where one row is speaking: the speaking row's longest wait between two frames, and the
+    joining row's wait for its first frame, with the prefill whole and in chunks."""
+    import dataclasses
+
+    from qwen_tts_api.engine.generation.batching import FrameBatch
+
+    repeats = -(-positions // prompt.prefill.shape[1])
+    long = dataclasses.replace(prompt, prefill=torch.cat([prompt.prefill] * repeats, dim=1)[:, :positions])
+    figures = {}
+    for label, size in (("whole", 0), (f"chunks of {chunk}", chunk)):
+        batch = FrameBatch(tts, params, prefill_chunk=size)
+        speaking = batch.add(prompt, max_frames=10_000)
+        batch.step()
+        started = last_frame = time.perf_counter()
+        joining = batch.add(long, max_frames=10_000)
+        longest = 0.0
+        while True:
+            frames = [row for row, _ in batch.step()[0]]
+            now = time.perf_counter()
+            if speaking in frames:
+                longest, last_frame = max(longest, now - last_frame), now
+            if joining in frames:
+                break
+        figures[f"join a {positions}-position prompt, {label}: speaking row's longest wait"] = longest
+        figures[f"join a {positions}-position prompt, {label}: its first frame"] = now - started
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, default_model="0.6b")
@@ -83,6 +116,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quantize", choices=["none", "int8", "int8-weight-only"], default="none")
     parser.add_argument("--compile", action="store_true", help="also time the compiled step")
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=0,
+        help="also time a long prompt (an in-context clone's) joining a speaking row, whole and in chunks of this",
+    )
     args = parser.parse_args()
     _, tts = load_official(args)
 
@@ -129,6 +168,8 @@ def main() -> int:
                 figures[f"code predictor x{rows}{suffix}"] = timed(
                     lambda batch=batch, hidden=hidden, tokens=tokens: batch.codebooks.fill(hidden, tokens), args.repeat
                 )
+        if args.prefill_chunk:
+            figures.update(joining_rows(tts, params, prompt, args.prefill_chunk))
         codes = torch.randint(0, 1000, (c, 16, 48))
         package_decoder = tts.model.speech_tokenizer.model.decoder
         figures["decode 48 frames, per frame x1, the package's one pass"] = (

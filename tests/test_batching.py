@@ -5,6 +5,7 @@ import torch
 from helpers import TEST_DEVICE
 from qwen_tts import Qwen3TTSModel
 
+from qwen_tts_api.engine.generation import batching
 from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec, StepParts
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.lean import SlotCache
@@ -37,28 +38,36 @@ INT8 = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel run
 
 
 @pytest.mark.parametrize(
-    ("model", "compiled"),
+    ("model", "compiled", "prefill_chunk"),
     [
-        ("customvoice", False),
-        pytest.param("customvoice_int8", False, marks=INT8),
+        ("customvoice", False, 0),
+        pytest.param("customvoice_int8", False, 0, marks=INT8),
+        # QWEN_TTS_PREFILL_CHUNK: prompts prefilled a few positions at a time (one chunk per
+        # step while others speak) make the same codes joining a busy batch as alone.
+        ("customvoice", False, 6),
+        pytest.param("customvoice_int8", False, 6, marks=INT8),
         # QWEN_TTS_COMPILE: the talker step and predictor passes as torch.compile graphs
         # (fullgraph: a graph break fails the test) give the eager solo codes, batched.
-        pytest.param("customvoice", True, marks=pytest.mark.slow),
-        pytest.param("customvoice_int8", True, marks=[INT8, pytest.mark.slow]),
+        pytest.param("customvoice", True, 0, marks=pytest.mark.slow),
+        pytest.param("customvoice_int8", True, 0, marks=[INT8, pytest.mark.slow]),
     ],
 )
-def test_batched_codes_equal_solo_codes(model, compiled, request):
+def test_batched_codes_equal_solo_codes(model, compiled, prefill_chunk, request):
     customvoice = request.getfixturevalue(model)
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS]
-    solo = [
-        torch.stack(list(FrameGenerator(customvoice, p, params, max_frames=r[3]))) for p, r in zip(prompts, REQUESTS)
-    ]
+    if prefill_chunk:  # alone, the same chunks (back to back)
+        solo = [lone_codes(customvoice, params, p, r[3], prefill_chunk) for p, r in zip(prompts, REQUESTS)]
+    else:  # alone, the package's whole prefill
+        solo = [
+            torch.stack(list(FrameGenerator(customvoice, p, params, max_frames=r[3])))
+            for p, r in zip(prompts, REQUESTS)
+        ]
 
     parts = StepParts.build(customvoice.model.talker, params, compiled=compiled)
-    batch = FrameBatch(customvoice, params, parts)
+    batch = FrameBatch(customvoice, params, parts, prefill_chunk)
     rows, made = {}, {i: [] for i in range(len(REQUESTS))}
-    widest = 0
+    widest, chunked_steps = 0, 0
     for step in range(40):
         # Requests that join at the same step prefill together (left-padded: lengths differ).
         joining = [i for i, request in enumerate(REQUESTS) if request[4] == step]
@@ -66,6 +75,7 @@ def test_batched_codes_equal_solo_codes(model, compiled, request):
             added = batch.add_many([RowSpec(prompts[i], REQUESTS[i][3]) for i in joining])
             rows.update(zip(joining, added))
         widest = max(widest, len(batch))
+        chunked_steps += bool(batch.joining)
         frames, _ = batch.step()
         for row, codes in frames:
             made[next(i for i, r in rows.items() if r is row)].append(codes)
@@ -75,9 +85,21 @@ def test_batched_codes_equal_solo_codes(model, compiled, request):
     assert prompts[0].prefill.shape[1] != prompts[1].prefill.shape[1]  # so their joint prefill was padded
     for i, expected in enumerate(solo):
         assert torch.equal(torch.stack(made[i]), expected), f"request {i}"
+    # The first two join an empty batch: prefilled whole. The later ones join speaking rows.
+    assert (chunked_steps > 2) == bool(prefill_chunk)
     if compiled:  # and the graphs ran: none failed over to the eager forward
         assert parts.talker_graph is not None and not parts.talker_graph.broken
         assert parts.codebooks.graph is not None and not parts.codebooks.graph.broken
+
+
+def lone_codes(tts, params: SamplingParams, prompt, frames: int, prefill_chunk: int) -> torch.Tensor:
+    """A prompt's codes generated alone in a batch of its own."""
+    batch = FrameBatch(tts, params, prefill_chunk=prefill_chunk)
+    batch.add(prompt, max_frames=frames)
+    made = []
+    while len(batch):
+        made += [codes for _, codes in batch.step()[0]]
+    return torch.stack(made)
 
 
 def test_cancelled_row_leaves_and_others_continue(customvoice):
@@ -142,33 +164,32 @@ def test_cache_stays_bounded_under_continuous_joins_and_leaves(customvoice):
         assert torch.equal(torch.stack(made[n]), solo[index, frames]), f"row {n}"
 
 
-def test_non_finite_predictor_logits_fail_their_row_only(customvoice):
+def test_non_finite_predictor_logits_fail_their_row_only(customvoice, monkeypatch):
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, "Hello there.", "English", speaker=s) for s in ("Vivian", "Ryan")]
     expected = torch.stack(list(FrameGenerator(customvoice, prompts[0], params, max_frames=10)))
     head = customvoice.model.talker.code_predictor.lm_head[5]
     calls = {"n": 0}
+    rows_through = batching.per_row  # how the code predictor applies its output heads
 
-    def poison_row_one_at_frame_three(_module, _inputs, output):
-        calls["n"] += 1
-        if calls["n"] == 3 and output.shape[0] == 2:
-            output = output.clone()
-            output[1] = float("nan")
-            return output
-        return None
+    def poison_row_one_at_frame_three(x, weight, bias=None):
+        output = rows_through(x, weight, bias)
+        if weight is head.weight:
+            calls["n"] += 1
+            if calls["n"] == 3 and output.shape[0] == 2:
+                output[1] = float("nan")
+        return output
 
     batch = FrameBatch(customvoice, params)
     kept, poisoned = batch.add_many([RowSpec(prompts[0], 10), RowSpec(prompts[1], 10)])
-    hook = head.register_forward_hook(poison_row_one_at_frame_three)
+    monkeypatch.setattr(batching, "per_row", poison_row_one_at_frame_three)
     got, failed_frames = [], []
-    try:
-        while len(batch):
-            frames, finished = batch.step()
-            got += [codes for row, codes in frames if row is kept]
-            failed_frames += [codes for row, codes in frames if row is poisoned]
-            assert all(row.error is None for row in finished if row is kept)
-    finally:
-        hook.remove()
+    while len(batch):
+        frames, finished = batch.step()
+        got += [codes for row, codes in frames if row is kept]
+        failed_frames += [codes for row, codes in frames if row is poisoned]
+        assert all(row.error is None for row in finished if row is kept)
+    monkeypatch.undo()
     assert poisoned.error is not None and "non-finite" in str(poisoned.error)
     assert len(failed_frames) == 2, "the poisoned frame itself is never emitted"
     assert torch.equal(torch.stack(got), expected)

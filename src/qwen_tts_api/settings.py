@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # --- admission control (ours) ---
     max_batch: int = Field(default=8, ge=1, le=256, validation_alias=AliasChoices("QWEN_TTS_MAX_BATCH"))
     max_queue: int = Field(default=16, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_MAX_QUEUE"))
+    # Chunked prefill: prompts longer than this many positions are prefilled in chunks of it,
+    # one per step while other rows are speaking; 0 prefills them whole.
+    prefill_chunk: int = Field(default=256, ge=0, le=1_000_000, validation_alias=AliasChoices("QWEN_TTS_PREFILL_CHUNK"))
     request_timeout_seconds: float = Field(
         default=300.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_REQUEST_TIMEOUT")
     )

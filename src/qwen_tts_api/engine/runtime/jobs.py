@@ -60,6 +60,7 @@ class EngineConfig:
     compile: str = "off"  # QWEN_TTS_COMPILE: auto | on | off (generation/compiled.py)
     cuda_graphs: str = "auto"  # QWEN_TTS_CUDA_GRAPHS: auto | off
     compile_cache_dir: Path | None = None  # where compiled graphs persist (None: torch's default)
+    prefill_chunk: int = 256  # prompt positions per prefill chunk, one chunk per step while others speak; 0: whole
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -73,4 +74,5 @@ class EngineConfig:
             compile=settings.compile,
             cuda_graphs=settings.cuda_graphs,
             compile_cache_dir=settings.compile_cache_dir,
+            prefill_chunk=settings.prefill_chunk,
         )

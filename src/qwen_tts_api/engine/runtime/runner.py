@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ...constants import ModelKind
 from ...voices.prompt import ClonePrompt
-from ..errors import EngineUnavailable, GenerationError
+from ..errors import EngineUnavailable, generation_error
 from ..generation.batching import BatchRow, FrameBatch, StepParts
 from ..generation.clone import PromptCache
 from ..generation.compiled import compile_choice, keep_compiled_graphs_in
@@ -69,7 +69,7 @@ class BatchRunner:
         return StepParts.build(talker, self.params[kind], compiled=compiled, mode=mode)
 
     def new_batch(self, kind: ModelKind) -> FrameBatch:
-        return FrameBatch(self.models[kind].tts, self.params[kind], self.parts[kind])
+        return FrameBatch(self.models[kind].tts, self.params[kind], self.parts[kind], self.config.prefill_chunk)
 
     # --- encoders ---
     def look_up_prompt(self, request: Request) -> None:
@@ -207,22 +207,14 @@ class BatchRunner:
             self._broken.discard(kind)
 
     def rows_can_progress(self) -> bool:
-        """Whether a step would do something without new text arriving."""
-        return any(row.can_progress for batch in self.batches.values() for row in batch.rows)
+        """Whether a step would do something without new text arriving (a joining prefill
+        always can)."""
+        return any(batch.can_progress for batch in self.batches.values())
 
     def generating(self) -> int:
-        """Rows in the batches now."""
+        """Rows in the batches now (joining ones included)."""
         return sum(len(batch) for batch in self.batches.values())
 
 
 def _owner(row: BatchRow, owners: Mapping[str, Request]) -> Request | None:
     return None if row.owner is None else owners.get(row.owner)
-
-
-def generation_error(stage: str, exc: BaseException) -> GenerationError:
-    """What the client is told (the details go to the log)."""
-    if isinstance(exc, GenerationError):
-        return exc
-    error = GenerationError(f"speech generation failed during {stage} ({type(exc).__name__})")
-    error.__cause__ = exc
-    return error

@@ -31,14 +31,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...constants import ModelKind
-from ..errors import EngineUnavailable, SynthesisTimeout
+from ..errors import EngineUnavailable, SynthesisTimeout, generation_error
 from . import policy
 from .admission import Admission
 from .jobs import EngineConfig, SpeechJob
 from .live_turn import LiveRequest
 from .policy import Decision
 from .requests import FinishReason, Request, RequestState
-from .runner import BatchRunner, StepObserver, StepOutcome, generation_error
+from .runner import BatchRunner, StepObserver, StepOutcome
 from .stream import END, SynthesisStream
 
 log = logging.getLogger(__name__)
