@@ -12,7 +12,8 @@ throughput batching can reach against the serial baseline, before any scheduling
 It also times one decoder layer's linears (q/k/v/o, gate/up/down of the talker's first
 layer) at 1, 4 and 8 rows in each kernel: float32, int8 weight-only, our batch-invariant
 int8 (per-row activation scales), and fbgemm's plain dynamic int8 (one scale for all rows,
-not batch-invariant: the reference for what the pinning costs). ``--quantize`` times the
+not batch-invariant: the reference for what the pinning costs); and the code predictor's
+output heads at 1 and 8 rows, as one BLAS product and row by row (what the step runs). ``--quantize`` times the
 step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would; ``--compile``
 adds the step rows of the compiled forwards (``QWEN_TTS_COMPILE=on``) beside the eager ones,
 and the time their graphs took to compile. ``--prefill-chunk N`` times a 400-position prompt
@@ -71,6 +72,26 @@ def kernel_rows(talker, repeat: int) -> dict[str, float]:
             figures[f"layer linears ({weights / 1e6:.1f} M weights) {name} x{rows}"] = timed(
                 lambda modules=modules, inputs=inputs: [m(x) for m, x in zip(modules, inputs)], repeat * 5
             )
+    figures.update(head_rows(talker.code_predictor.lm_head, repeat))
+    return figures
+
+
+def head_rows(heads, repeat: int) -> dict[str, float]:
+    """The code predictor's fifteen output heads (float, never quantised) for a frame: BLAS's
+    product over all rows at once, and one matrix-vector product per row (``lean.per_row``,
+    what the step runs: a row's logits then never depend on its batch)."""
+    from qwen_tts_api.engine.generation.lean import per_row
+
+    shape = "x".join(str(n) for n in heads[0].weight.shape)
+    figures = {}
+    for rows in (1, 8):
+        x = torch.randn(rows, heads[0].weight.shape[1])
+        figures[f"15 output heads ({shape}) F.linear x{rows}"] = timed(
+            lambda x=x: [torch.nn.functional.linear(x, h.weight, h.bias) for h in heads], repeat * 5
+        )
+        figures[f"15 output heads ({shape}) per row x{rows}"] = timed(
+            lambda x=x: [per_row(x, h.weight, h.bias) for h in heads], repeat * 5
+        )
     return figures
 
 
@@ -150,7 +171,11 @@ def main() -> int:
         variants = {"": StepParts.build(talker, params)}
         if args.compile:
             started = time.perf_counter()
-            variants[" compiled"] = compiled = StepParts.build(talker, params, compiled=True)
+            from qwen_tts_api.engine.generation.compiled import talker_graph_rows
+
+            # As the server builds it: on a CPU, the talker compiled for one row only.
+            rows_compiled = talker_graph_rows(talker.device)
+            variants[" compiled"] = compiled = StepParts.build(talker, params, compiled=True, talker_rows=rows_compiled)
             for rows in (2, 1):  # every graph: several rows and one
                 batch = FrameBatch(tts, params, compiled)
                 for _ in range(rows):

@@ -7,6 +7,7 @@ from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.engine.generation import batching
 from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec, StepParts
+from qwen_tts_api.engine.generation.compiled import talker_graph_rows
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.lean import SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
@@ -250,3 +251,32 @@ def test_a_failing_compiled_step_falls_back_to_the_eager_one(customvoice, caplog
     assert parts.talker_graph.broken and parts.codebooks.graph.broken
     assert len(calls) == 2, "each compiled forward was tried once"
     assert sum("runs eagerly from now on" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_talker_graph_for_one_row_leaves_batches_to_the_eager_step(customvoice):
+    """On a CPU the server compiles the talker step for one row only (``talker_graph_rows``):
+    a batch of two then steps eagerly, without failing the graph over, and still makes the
+    solo codes."""
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    parts = StepParts.build(customvoice.model.talker, params, compiled=True, talker_rows=1)
+    assert parts.talker_graph is not None and parts.codebooks.graph is not None
+    calls = []
+
+    def recorded(*args):  # stands for the compiled graph: records the rows it is given, and
+        calls.append(args[0].shape[0])  # returns nothing, so the eager step runs
+        return
+
+    parts.talker_graph._graph = recorded
+    parts.codebooks.graph = None  # the code predictor's graph is not what this test is about
+    prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS[:2]]
+    batch = FrameBatch(customvoice, params, parts)
+    rows = batch.add_many([RowSpec(p, 5) for p in prompts])
+    made: dict[int, list] = {0: [], 1: []}
+    while len(batch) == 2:
+        for row, codes in batch.step()[0]:
+            made[rows.index(row)].append(codes)
+    assert 2 not in calls and not parts.talker_graph.broken
+    for i, prompt in enumerate(prompts):
+        solo = torch.stack(list(FrameGenerator(customvoice, prompt, params, max_frames=5)))
+        assert torch.equal(torch.stack(made[i]), solo)
+    assert talker_graph_rows(torch.device("cpu")) == 1 and talker_graph_rows(torch.device("cuda")) is None

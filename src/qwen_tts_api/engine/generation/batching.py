@@ -82,12 +82,21 @@ class StepParts:
     talker_graph: CompiledTalker | None = None
 
     @classmethod
-    def build(cls, talker, params: SamplingParams, compiled: bool = False, mode: CompileMode = None) -> StepParts:
+    def build(
+        cls,
+        talker,
+        params: SamplingParams,
+        compiled: bool = False,
+        mode: CompileMode = None,
+        talker_rows: int | None = None,
+    ) -> StepParts:
+        """``talker_rows``: batches up to this size run the compiled talker step, larger ones
+        the eager one (None: any size; see ``compiled.talker_graph_rows``)."""
         stack, codebooks = DecoderStack(talker.model), CodebookFiller(talker, params)
         if not compiled:
             return cls(stack, codebooks)
         codebooks.graph = CompiledPredictor(codebooks.stack, codebooks.project, codebooks.heads, mode)
-        return cls(stack, codebooks, CompiledTalker(stack, mode))
+        return cls(stack, codebooks, CompiledTalker(stack, mode, talker_rows))
 
 
 @dataclass(eq=False)

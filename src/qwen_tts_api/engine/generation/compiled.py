@@ -9,8 +9,9 @@ Shapes must not change from step to step, or each step would compile anew: atten
 the whole preallocated cache under a mask (``lean.WholeCacheWriter``), and the number of rows
 and the cache length are marked dynamic, so new batch sizes and a cache that grows reuse the
 graph (one row is a shape of its own to the compiler: two graphs per forward in all). The
-predictor's first pass (two positions) and the others (one) are two graphs as well. Token
-choice stays outside, unchanged: the graphs return hidden states or logits.
+predictor's first pass (two positions) and the others (one) are two graphs as well. On a
+CPU the talker step is compiled for one row only (``talker_graph_rows``). Token choice
+stays outside, unchanged: the graphs return hidden states or logits.
 
 On CUDA, ``mode="reduce-overhead"`` records CUDA graphs (``QWEN_TTS_CUDA_GRAPHS``); the caches
 are then fixed addresses, recorded again when they are reallocated, and outputs are copied
@@ -47,6 +48,14 @@ def compile_choice(setting: str, cuda_graphs: str, device: torch.device) -> tupl
     compiled = setting == "on" or (setting == "auto" and device.type == "cuda")
     graphs = compiled and device.type == "cuda" and cuda_graphs == "auto"
     return compiled, "reduce-overhead" if graphs else None
+
+
+def talker_graph_rows(device: torch.device) -> int | None:
+    """Up to how many rows the talker step runs compiled (None: any). On a CPU, one: the
+    compiled talker attends over the whole preallocated cache under a mask, which at eight
+    rows measured slower than the eager step attending over the positions in use
+    (docs/BENCHMARKS.md); the code predictor, whose cache is 17 positions, gains at any size."""
+    return None if device.type == "cuda" else 1
 
 
 def keep_compiled_graphs_in(directory: Path | None) -> None:
@@ -105,7 +114,12 @@ class _CompiledForward:
 
 class CompiledTalker(_CompiledForward):
     """One talker step for every row: ``(step input (B, 1, D), positions (B,), cache) -> final
-    hidden states (B, 1, D)``, each row writing and attending over its own positions."""
+    hidden states (B, 1, D)``, each row writing and attending over its own positions.
+    ``max_rows``: larger batches step eagerly (``attempt`` returns None; None: any size)."""
+
+    def __init__(self, stack: DecoderStack, mode: CompileMode = None, max_rows: int | None = None):
+        super().__init__(stack, mode)
+        self.max_rows = max_rows
 
     def _forward(
         self,
@@ -124,6 +138,8 @@ class CompiledTalker(_CompiledForward):
 
     def attempt(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor | None:
         stack, rows = self.stack, hidden.shape[0]
+        if self.max_rows is not None and rows > self.max_rows:
+            return None
         # The rows' slots only: one row is then one shape to the compiler, whatever the slots.
         keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
         _mark(keys + values, (0, 2), self.cuda_graphs)

@@ -18,7 +18,7 @@ from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable, generation_error
 from ..generation.batching import BatchRow, FrameBatch, StepParts
 from ..generation.clone import PromptCache
-from ..generation.compiled import compile_choice, keep_compiled_graphs_in
+from ..generation.compiled import compile_choice, keep_compiled_graphs_in, talker_graph_rows
 from ..generation.sampling import SamplingParams
 from ..models.loading import LoadedModel
 from .jobs import EngineConfig
@@ -66,7 +66,8 @@ class BatchRunner:
         if compiled:
             keep_compiled_graphs_in(self.config.compile_cache_dir)
             log.info("%s: compiled step (%s); graphs are compiled during warm-up", kind, mode or "default mode")
-        return StepParts.build(talker, self.params[kind], compiled=compiled, mode=mode)
+        rows = talker_graph_rows(talker.device)
+        return StepParts.build(talker, self.params[kind], compiled=compiled, mode=mode, talker_rows=rows)
 
     def new_batch(self, kind: ModelKind) -> FrameBatch:
         return FrameBatch(self.models[kind].tts, self.params[kind], self.parts[kind], self.config.prefill_chunk)
