@@ -147,14 +147,11 @@ class FrameBatch:
     def add_many(self, specs: Sequence[RowSpec]) -> list[BatchRow]:
         """Rows for joining prompts, prefilled together in one forward pass of the package's
         modules (``prefill.py``). With no row speaking they join at once; otherwise a prefill
-        in chunks runs its first chunk now and one at each next step, and its rows make their
-        first frame at the step where it ends."""
+        in chunks runs its first chunk now and one at each next step (``_prefill_more``), and
+        its rows make their first frame at the step where it ends."""
         pending = torch.empty(0, device=self.talker.device)  # a joining row's token and state
         prefill = Prefill(self.talker.model, [spec.prompt.prefill for spec in specs], self.prefill_chunk)
-        if len(self):
-            prefill.advance()
-        else:
-            prefill.run()
+        self._prefill_more(prefill)
         rows = [
             BatchRow(
                 prompt=spec.prompt,
@@ -185,10 +182,7 @@ class FrameBatch:
             return leaving
         group = self.joining[0]
         try:
-            if self.rows:
-                group.prefill.advance()
-            else:
-                group.prefill.run()
+            self._prefill_more(group.prefill)
         except Exception as exc:  # fails these rows only: the speaking ones never saw this cache
             log.exception("prefill failed")
             self.joining.pop(0)
@@ -200,6 +194,13 @@ class FrameBatch:
             self.joining.pop(0)
             self._join(group)
         return leaving
+
+    def _prefill_more(self, prefill: Prefill) -> None:
+        """One chunk while rows are speaking (they step between chunks); all of it otherwise."""
+        if self.rows:
+            prefill.advance()
+        else:
+            prefill.run()
 
     def _join(self, group: _Joining) -> None:
         """A finished prefill's rows (those still joining) choose their first token and

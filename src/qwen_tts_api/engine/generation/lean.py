@@ -46,8 +46,8 @@ def per_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     neighbours. BLAS's matrix product rounds a row differently by how many rows it gets
     (MKL, measured: one row against two or more), which let a seeded request's logits, and
     at a near-tie its tokens, change with the batch. For one row it is ``F.linear``'s own
-    result; at eight rows of an output head it measured about half ``F.linear``'s time on a
-    2-core AVX2 CPU (1.3 ms against 2.4 ms, 2048 x 1024 float32)."""
+    result; for eight rows of the code predictor's heads it costs about a tenth more than one
+    product (docs/BENCHMARKS.md), about 1% of such a step."""
     out = torch.bmm(x.unsqueeze(1), weight.t().unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
     return out if bias is None else out + bias
 
