@@ -3,47 +3,120 @@
 # 0.6B and 1.7B benchmark models (random weights, the published configurations), run the
 # equivalence and batching tests on cuda:0, and print time to first audio, real-time factor
 # and throughput at 1/8/16 concurrent requests for the package, our server (compiled step with
-# CUDA graphs, what QWEN_TTS_COMPILE=auto gives on CUDA, and eager), and faster-qwen3-tts (in
-# its own venv) side by side. Nothing here runs in CI.
+# CUDA graphs, what QWEN_TTS_COMPILE=auto gives on CUDA, and eager), and faster-qwen3-tts side
+# by side. Nothing here runs in CI.
 #
-#   bash bench/gpu_check.sh [frames]      (from the repository root; results in $OUT or /tmp/gpu-check)
-set -euo pipefail
+#   bash bench/gpu_check.sh [frames]      (from the repository root)
+#
+# Installing: with GPU_SITE=archive (made by bench/gpu_site.sh where PyPI answers), nothing is
+# fetched: the machine's python3 must already hold PyTorch with CUDA (and transformers 5 for
+# faster-qwen3-tts), as CUDA images do, and the archive brings the rest. Without it, uv installs
+# from PyPI (the project's lock), and faster-qwen3-tts gets a venv of its own.
+#
+# Each section runs under a time limit, in order of what matters most, inside GPU_CHECK_BUDGET
+# seconds (default 480): one that fails or runs out is reported and the next one starts.
+# GPU_CHECK_SERIAL=0 leaves out the package's serial baseline from the concurrency runs (on a
+# GPU it takes longer than our server's whole run: about 17 s a request at 100 frames).
+# Results: a summary on stdout and every section's whole output in $OUT (or /tmp/gpu-check)/
+# gpu-check.log, the servers' logs in servers.log, their compiled graphs in compile-cache.tar.xz.
+set -uo pipefail
 FRAMES="${1:-100}"
+BUDGET="${GPU_CHECK_BUDGET:-480}"
 RESULTS="${OUT:-/tmp/gpu-check}"
 MODELS=/tmp/gpu-models
+DEVICE="${GPU_CHECK_DEVICE:-cuda:0}"  # cpu: a dry run of the script itself, on a machine without a GPU
+LOG="$RESULTS/gpu-check.log"
 mkdir -p "$RESULTS" "$MODELS"
-export PATH="$HOME/.local/bin:$PATH"
-log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+export PYTHONUNBUFFERED=1 BENCH_SERVER_LOG="$RESULTS/servers.log"
+# The servers' compiled graphs: a cold start compiles for about 90-110 s on an H200, one that
+# finds them about 15 s. GPU_COMPILE_CACHE=archive (the compile-cache.tar.xz an earlier run
+# left in its results, from the same GPU model and image) starts warm.
+export QWEN_TTS_DATA_DIR=/tmp/gpu-data
+mkdir -p "$QWEN_TTS_DATA_DIR"
+[ -z "${GPU_COMPILE_CACHE:-}" ] || tar xJf "$GPU_COMPILE_CACHE" -C "$QWEN_TTS_DATA_DIR" || echo "no compile cache"
+log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS" | tee -a "$LOG"; }
+
+# section NAME SECONDS LINES COMMAND...: COMMAND under a limit (SECONDS, or what is left of the
+# budget), its output appended to the log, its last LINES lines shown.
+section() {
+  local name=$1 limit=$2 lines=$3
+  shift 3
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    log "$name: skipped, the budget is spent"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  log "$name (limit ${limit}s)"
+  local part="$RESULTS/part.txt"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" >"$part" 2>&1
+  local rc=$?
+  cat "$part" >>"$LOG"
+  tail -n "$lines" "$part"
+  rm -f "$part"
+  pkill -f "qwen_tts_api.cli serve" 2>/dev/null  # servers a timed-out benchmark left behind
+  [ "$rc" -eq 0 ] || log "$name: exit status $rc (124: out of time)"
+}
 
 log "install"
-command -v uv >/dev/null || python3 -m pip install -q uv
-uv sync -q
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RESULTS/gpu.txt"
-uv run python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+if [ -n "${GPU_SITE:-}" ]; then
+  SITE=/tmp/gpu-site
+  mkdir -p "$SITE" && tar xJf "$GPU_SITE" -C "$SITE" || exit 1
+  PY=(python3)
+  export PYTHONPATH="$PWD/src:$SITE/ours:$SITE/audio"
+  FQ=(env PYTHONPATH="$SITE/fq:$SITE/audio" python3)
+else
+  export PATH="$HOME/.local/bin:$PATH"
+  command -v uv >/dev/null || python3 -m pip install -q uv
+  uv sync -q || exit 1
+  PY=(uv run --no-sync python)
+  FQ=(/tmp/fq/bin/python)
+  (uv venv -q /tmp/fq --python 3.11 && VIRTUAL_ENV=/tmp/fq uv pip install -q faster-qwen3-tts) >"$RESULTS/fq-install.txt" 2>&1 &
+  FQ_INSTALL=$!
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
+"${PY[@]}" -c "import torch, transformers, qwen_tts, qwen_tts_api.app; print('ours: torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0), 'transformers', transformers.__version__)" 2>&1 | tail -3 | tee -a "$LOG"
+[ -n "${FQ_INSTALL:-}" ] || "${FQ[@]}" -c "import faster_qwen3_tts, transformers; print('faster-qwen3-tts: transformers', transformers.__version__)" 2>&1 | tail -3 | tee -a "$LOG"
+nproc | sed 's/^/cpu cores: /' | tee -a "$LOG"
 
-log "equivalence and batching tests on cuda:0"
-QWEN_TTS_TEST_DEVICE=cuda:0 uv run pytest -q -p no:cacheprovider \
-  tests/test_generation_equivalence.py tests/test_batching.py 2>&1 | tail -15 | tee "$RESULTS/tests.txt" || true
+# The benchmark models, built on the CPU while the tests use the GPU.
+(for size in 0.6b 1.7b; do
+  "${PY[@]}" -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from latency import build; build('$size', $FRAMES, Path('$MODELS'))" \
+    && touch "$MODELS/$size.done"
+done) >>"$RESULTS/build.txt" 2>&1 &
+BUILD=$!
+await_model() {
+  while [ ! -e "$MODELS/$1.done" ] && kill -0 "$BUILD" 2>/dev/null; do sleep 1; done
+  [ -e "$MODELS/$1.done" ] || { cat "$RESULTS/build.txt"; return 1; }
+}
 
-log "faster-qwen3-tts in its own venv (in the background)"
-(uv venv -q /tmp/fq --python 3.11 && VIRTUAL_ENV=/tmp/fq uv pip install -q faster-qwen3-tts) > "$RESULTS/fq-install.txt" 2>&1 &
-FQ_INSTALL=$!
+section "tests on $DEVICE: equivalence, batching (eager, compiled, CUDA graphs)" 150 8 \
+  env QWEN_TTS_TEST_DEVICE="$DEVICE" "${PY[@]}" -m pytest -q -p no:cacheprovider --maxfail=3 --no-header \
+  tests/test_generation_equivalence.py tests/test_batching.py
 
-for size in 0.6b 1.7b; do
-  log "$size: package vs our server (CUDA graphs, then eager), one stream ($FRAMES frames, bfloat16)"
-  uv run python bench/latency.py --model "$size" --device cuda:0 --dtype bfloat16 --frames "$FRAMES" --runs 3 \
-    --server bfloat16 --server bfloat16+eager --model-dir "$MODELS" 2>&1 | tail -14 | tee "$RESULTS/latency-$size.txt"
-done
+await_model 0.6b
+# One server start for the single-stream and the concurrent figures: a cold start compiles for
+# about 90 s on an H200 (a restart reads the cache: about 15 s).
+section "0.6b: our server (CUDA graphs) at 1/8/16 concurrent, $FRAMES frames, bfloat16" 150 8 \
+  "${PY[@]}" bench/concurrency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
+  --concurrency 1 8 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 --model-dir "$MODELS"
 
-log "0.6b: throughput and TTFA at 1/8/16 concurrent (CUDA graphs, then eager)"
-uv run python bench/concurrency.py --model 0.6b --device cuda:0 --dtype bfloat16 --frames "$FRAMES" \
-  --concurrency 1 8 16 --server bfloat16 --server bfloat16+eager --model-dir "$MODELS" 2>&1 | tail -15 \
-  | tee "$RESULTS/concurrency-0.6b.txt"
+[ -z "${FQ_INSTALL:-}" ] || wait "$FQ_INSTALL" || cat "$RESULTS/fq-install.txt"
+section "0.6b faster-qwen3-tts, same model" 50 2 \
+  "${FQ[@]}" bench/faster_qwen3.py --model-dir "$MODELS/0.6b-customvoice" --frames "$FRAMES" --runs 2
 
-log "faster-qwen3-tts, same models"
-wait "$FQ_INSTALL" || { echo "faster-qwen3-tts did not install (see fq-install.txt)"; exit 0; }
-for size in 0.6b 1.7b; do
-  /tmp/fq/bin/python bench/faster_qwen3.py --model-dir "$MODELS/$size-customvoice" --frames "$FRAMES" \
-    2>&1 | tail -3 | tee "$RESULTS/faster-qwen3-$size.txt" || true
-done
+section "0.6b one stream: package vs our server (CUDA graphs, then eager)" 150 8 \
+  "${PY[@]}" bench/latency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" --runs 1 \
+  --server bfloat16 --server bfloat16+eager --model-dir "$MODELS"
+
+await_model 1.7b
+section "1.7b: our server (CUDA graphs) at 1/16 concurrent" 120 6 \
+  "${PY[@]}" bench/concurrency.py --model 1.7b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
+  --concurrency 1 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 --model-dir "$MODELS"
+
+section "1.7b faster-qwen3-tts, same model" 40 2 \
+  "${FQ[@]}" bench/faster_qwen3.py --model-dir "$MODELS/1.7b-customvoice" --frames "$FRAMES" --runs 1
+log "what the servers said about compiling, CUDA graphs and failures"
+grep -v "qwen_tts_api.requests\|^INFO:" "$BENCH_SERVER_LOG" 2>/dev/null | grep -iE "compil|graph|warm|error|fail|ready|Traceback" | sed "s/^[0-9-]* [0-9:,]* //" | sort | uniq -c | sort -rn | head -20
+[ -d "$QWEN_TTS_DATA_DIR/compile-cache" ] && tar cf - -C "$QWEN_TTS_DATA_DIR" compile-cache | xz -T0 -6 >"$RESULTS/compile-cache.tar.xz"
 log "done"

@@ -13,7 +13,7 @@ A --server variant is a QWEN_TTS_DTYPE value (default "auto", what a user gets w
 setting anything), optionally followed by "+" options: "+int8" / "+int8-weight-only"
 (QWEN_TTS_QUANTIZE), "+compile" / "+eager" (QWEN_TTS_COMPILE=on / off), "+nographs"
 (QWEN_TTS_CUDA_GRAPHS=off). A compiled server compiles during its warm-up, before it is
-measured.
+measured. BENCH_SERVER_LOG=path appends the servers' logs to that file (dropped by default).
 
 Models are random-weight checkpoints built on the spot by `qwen-tts-api demo-models`' code:
 "demo" (tiny) or "0.6b" / "1.7b" (the published configurations). All generate exactly
@@ -84,12 +84,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "d
 ATTN = "sdpa"
 
 
-def load_official(args: argparse.Namespace):
-    """Build the benchmark model if needed and load it with the official package: (path, tts)."""
+def model_path(args: argparse.Namespace) -> Path:
+    """The benchmark model's folder, built first if needed."""
     quiet_third_party_logs()
     directory = args.model_dir or Path(tempfile.mkdtemp(prefix="qwen-tts-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
-    path = build(args.model, args.frames, directory)
+    return build(args.model, args.frames, directory)
+
+
+def load_official(args: argparse.Namespace):
+    """Build the benchmark model if needed and load it with the official package: (path, tts)."""
+    path = model_path(args)
 
     from qwen_tts import Qwen3TTSModel
 
@@ -132,11 +137,12 @@ def server_process(model: Path, device: str, variant: str, attn: str, extra_env:
         **(extra_env or {}),
     }
     env.pop("BASE_MODEL_PATH", None)
+    # BENCH_SERVER_LOG: append the servers' logs there (why a server failed to start, what it
+    # compiled); by default they are dropped so the benchmark's table stays readable.
+    log_path = os.environ.get("BENCH_SERVER_LOG")
+    log = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qwen_tts_api.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "qwen_tts_api.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -146,6 +152,8 @@ def server_process(model: Path, device: str, variant: str, attn: str, extra_env:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        if log_path:
+            log.close()
 
 
 def run_official(tts, frames: int) -> dict:

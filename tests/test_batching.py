@@ -36,6 +36,7 @@ def customvoice_int8(demo_models):
 
 
 INT8 = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel runs on the CPU")
+CUDA = pytest.mark.skipif(not TEST_DEVICE.startswith("cuda"), reason="CUDA graphs need a GPU (bench/gpu_check.sh)")
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,8 @@ INT8 = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel run
         # (fullgraph: a graph break fails the test) give the eager solo codes, batched.
         pytest.param("customvoice", True, 0, marks=pytest.mark.slow),
         pytest.param("customvoice_int8", True, 0, marks=[INT8, pytest.mark.slow]),
+        # QWEN_TTS_CUDA_GRAPHS=auto: the same graphs recorded and replayed as CUDA graphs.
+        pytest.param("customvoice", "reduce-overhead", 0, marks=[CUDA, pytest.mark.slow]),
     ],
 )
 def test_batched_codes_equal_solo_codes(model, compiled, prefill_chunk, request):
@@ -65,7 +68,8 @@ def test_batched_codes_equal_solo_codes(model, compiled, prefill_chunk, request)
             for p, r in zip(prompts, REQUESTS)
         ]
 
-    parts = StepParts.build(customvoice.model.talker, params, compiled=compiled)
+    mode = compiled if isinstance(compiled, str) else None
+    parts = StepParts.build(customvoice.model.talker, params, compiled=bool(compiled), mode=mode)
     batch = FrameBatch(customvoice, params, parts, prefill_chunk)
     rows, made = {}, {i: [] for i in range(len(REQUESTS))}
     widest, chunked_steps = 0, 0
@@ -197,12 +201,16 @@ def test_non_finite_predictor_logits_fail_their_row_only(customvoice, monkeypatc
 
 
 @pytest.mark.slow  # compiles the step's graphs
-def test_compiled_step_does_not_recompile_as_the_cache_grows(customvoice):
+# "reduce-overhead" (CUDA graphs) marks the caches as fixed addresses; on a CPU the compiler
+# skips the recording, but it traces and guards as on a GPU, so the recompiles show here too.
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_step_does_not_recompile_as_the_cache_grows(customvoice, mode):
     """The compiled step's graphs take any number of rows and any cache length: a row that
     outgrows the first cache bucket (256 positions), and rows joining and leaving, never make
     the compiler run again mid-request (minutes on a CPU), and the codes stay the solo codes."""
+    torch._dynamo.reset()  # each mode compiles from scratch (and is counted on its own)
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
-    parts = StepParts.build(customvoice.model.talker, params, compiled=True)
+    parts = StepParts.build(customvoice.model.talker, params, compiled=True, mode=mode)
     prompt = build_prompt(customvoice, "A long one, to outgrow the first cache bucket.", "English", speaker="Ryan")
     short = build_prompt(customvoice, "Short.", "English", speaker="Eric")
     batch = FrameBatch(customvoice, params, parts)

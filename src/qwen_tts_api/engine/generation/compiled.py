@@ -79,10 +79,14 @@ def _compilable(stack: DecoderStack) -> None:
 
 
 def _mark(tensors: list[torch.Tensor], dims: tuple[int, ...], static_address: bool) -> None:
+    """``dims`` vary from call to call (rows, cache length): one graph takes them all. A cache
+    that CUDA graphs replay on is a fixed address as well (recorded again when it moves), and
+    still dynamic: without that, a cache that grew or gained rows compiled the graphs again
+    mid-request (tests/test_batching.py saw it on a CPU; on an H200, eight concurrent requests
+    stalled for over 30 s, most likely from it)."""
     for tensor in tensors:
-        if static_address:  # CUDA graphs replay on fixed addresses
+        if static_address:
             torch._dynamo.mark_static_address(tensor)
-            continue
         for dim in dims:
             torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
