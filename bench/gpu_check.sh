@@ -16,7 +16,7 @@
 # Each section runs under a time limit, in order of what matters most, inside GPU_CHECK_BUDGET
 # seconds (default 480): one that fails or runs out is reported and the next one starts.
 # GPU_CHECK_SERIAL=0 leaves out the package's serial baseline from the concurrency runs (on a
-# GPU it takes longer than our server's whole run: about 17 s a request at 100 frames).
+# GPU it takes longer than our server's whole run: about 14 s a request at 100 frames).
 # Results: a summary on stdout and every section's whole output in $OUT (or /tmp/gpu-check)/
 # gpu-check.log, the servers' logs in servers.log, their compiled graphs in compile-cache.tar.xz.
 set -uo pipefail
@@ -95,8 +95,7 @@ section "tests on $DEVICE: equivalence, batching (eager, compiled, CUDA graphs)"
   tests/test_generation_equivalence.py tests/test_batching.py
 
 await_model 0.6b
-# One server start for the single-stream and the concurrent figures: a cold start compiles for
-# about 90 s on an H200 (a restart reads the cache: about 15 s).
+# One server start (and one compile) for the single-stream and the concurrent figures.
 section "0.6b: our server (CUDA graphs) at 1/8/16 concurrent, $FRAMES frames, bfloat16" 150 8 \
   "${PY[@]}" bench/concurrency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
   --concurrency 1 8 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 --model-dir "$MODELS"

@@ -29,7 +29,6 @@ OURS=(qwen-tts transformers huggingface-hub tokenizers fastapi starlette uvicorn
   annotated-types typing-inspection pydantic-settings python-dotenv av python-multipart websockets
   num2words docopt babel defusedxml cn2an proces opentelemetry-api)
 AUDIO=(librosa soxr audioread pooch decorator soundfile cffi pycparser sox platformdirs)
-FQ=(faster-qwen3-tts qwen-tts-hf)
 
 platforms=()
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux_2_5 manylinux1; do
