@@ -303,3 +303,14 @@ def test_reference_context_is_shared_unchanged_by_its_streams(base):
     from_shared = stream_decode(base, second, context=shared)
     afresh = stream_decode(base, second, context=DecoderContext.prime(base, ref_codes))
     assert np.array_equal(from_shared, afresh)
+
+
+def test_a_stream_keeps_only_its_left_context_between_chunks(customvoice):
+    """Between chunks a stream holds each convolution's last few inputs, not the chunk's
+    whole activations (a view of them did: about 300 MB a stream at the published size)."""
+    decoder = StreamingDecoder(customvoice, first_chunk=20, max_chunk=20)
+    for frame in torch.randint(0, 2048, (20, 16), generator=torch.Generator().manual_seed(5)):
+        decoder.push(frame)
+    tails = list(decoder._states._tails.values())
+    held = {tail.untyped_storage().data_ptr(): tail.untyped_storage().nbytes() for tail in tails}
+    assert tails and sum(held.values()) == sum(tail.numel() * tail.element_size() for tail in tails)

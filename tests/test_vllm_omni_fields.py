@@ -72,12 +72,13 @@ def first_delta(http, **extra) -> tuple[bytes, bytes, dict]:
 
 
 def test_initial_codec_chunk_frames_sets_the_first_chunk(http):
-    first_one, all_one, headers = first_delta(http, initial_codec_chunk_frames=1)
+    first_four, all_four, headers = first_delta(http, initial_codec_chunk_frames=4)
     first_default, all_default, _ = first_delta(http)
     assert "x-unused-fields" not in headers
-    one, default = (np.frombuffer(audio, "<i2").astype(int) for audio in (all_one, all_default))
-    assert len(one) == len(default) and np.abs(one - default).max() <= 4  # the same audio, decoded in other cuts
-    assert len(first_one) < len(first_default)
+    four, default = (np.frombuffer(audio, "<i2").astype(int) for audio in (all_four, all_default))
+    assert len(four) == len(default) and np.abs(four - default).max() <= 4  # the same audio, decoded in other cuts
+    assert len(first_default) == 1920 * 2  # QWEN_TTS_STREAM_FIRST_FRAMES: one frame, 80 ms at 24 kHz
+    assert len(first_four) == 4 * 1920 * 2
 
 
 def test_an_unknown_field_is_named_not_dropped(http):

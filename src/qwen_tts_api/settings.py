@@ -69,7 +69,7 @@ class Settings(BaseSettings):
 
     # --- streaming (ours) ---
     stream_first_frames: int = Field(
-        default=3, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES")
+        default=1, ge=1, le=50, validation_alias=AliasChoices("QWEN_TTS_STREAM_FIRST_FRAMES")
     )
     stream_max_chunk_frames: int = Field(
         default=48, ge=1, le=300, validation_alias=AliasChoices("QWEN_TTS_STREAM_MAX_CHUNK_FRAMES")

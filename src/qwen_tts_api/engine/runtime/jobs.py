@@ -51,7 +51,7 @@ class SpeechJob:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    first_chunk_frames: int = 3
+    first_chunk_frames: int = 1
     max_chunk_frames: int = 48
     max_queue: int = 16  # requests waiting beyond those in the batch
     request_timeout: float = 300.0  # seconds from admission to the last audio
