@@ -15,18 +15,11 @@ import statistics
 import time
 
 import httpx
-from latency import ATTN, TEXT, add_model_arguments, model_path, server_process  # noqa: E402 (sibling script)
+from latency import ATTN, add_model_arguments, model_path, server_process, speech_body  # noqa: E402 (sibling script)
 
 
 def first_audio(url: str, first_frames: int) -> float:
-    body = {
-        "model": "qwen3-tts",
-        "input": TEXT,
-        "voice": "alloy",
-        "response_format": "pcm",
-        "stream": True,
-        "initial_codec_chunk_frames": first_frames,
-    }
+    body = {**speech_body(stream=True), "initial_codec_chunk_frames": first_frames}
     with httpx.Client(timeout=600) as http:
         started = time.perf_counter()
         with http.stream("POST", f"{url}/v1/audio/speech", json=body) as response:

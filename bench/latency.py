@@ -183,8 +183,13 @@ def run_engine(engine, frames: int) -> dict:
     return asyncio.run(go())
 
 
+def speech_body(stream: bool, text: str = TEXT) -> dict:
+    """The benchmarks' /v1/audio/speech request: raw pcm, so no encoder is timed."""
+    return {"model": "qwen3-tts", "input": text, "voice": "alloy", "response_format": "pcm", "stream": stream}
+
+
 def run_server(url: str, stream: bool, text: str = TEXT) -> dict:
-    body = {"model": "qwen3-tts", "input": text, "voice": "alloy", "response_format": "pcm", "stream": stream}
+    body = speech_body(stream, text)
     received = 0
     first = None
     with httpx.Client(timeout=600) as http:

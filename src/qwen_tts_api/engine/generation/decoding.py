@@ -19,6 +19,7 @@ time so their tensors stay in cache.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 MATRIX = "_qwen_tts_api_transposed_rows"  # a transposed convolution's weight as a matrix (see _overlap_add)
-IMAGE = "_qwen_tts_api_image"  # a convolution's weight as a one-row image's (see _image_weight)
+IMAGE = "_qwen_tts_api_image"  # a convolution's weight as a one-row image's, channels-last
 TILE_FRAMES = 16  # frames of one stream the later upsampling blocks take at a time (see StreamingDecoder._decode)
 
 
@@ -47,12 +48,9 @@ class _LayerStates:
         conv = module.conv
         need = module.kernel_size - 1  # the module's own left padding
         if need:
-            tail = self._tails.get(id(module))
-            if tail is None:
-                tail = x.new_zeros(x.shape[0], x.shape[1], 1, need).contiguous(memory_format=torch.channels_last)
-            x = torch.cat([tail, x], dim=-1)
-            self._tails[id(module)] = x[..., -need:].clone()  # a view would hold all of x between chunks
-        return F.conv2d(x, _image_weight(conv), conv.bias, dilation=(1, conv.dilation[0]), groups=conv.groups)
+            x = self._joined(module, x, need)
+        weight = _kept(conv, IMAGE, lambda: _image(conv.weight.detach()))  # (out, in, 1, k)
+        return F.conv2d(x, weight, conv.bias, dilation=(1, conv.dilation[0]), groups=conv.groups)
 
     def transposed(self, module, x: torch.Tensor) -> torch.Tensor:
         """A causal transposed convolution of (B, C, 1, L) whose kernel is its stride (no
@@ -62,22 +60,24 @@ class _LayerStates:
         stride, kernel = conv.stride[0], conv.kernel_size[0]
         if kernel not in (stride, 2 * stride) or conv.padding[0] or conv.groups != 1:
             raise ValueError(f"unsupported transposed convolution in the codec: {conv}")
-        if kernel == stride:
-            return _overlap_add(conv, x)
+        return _overlap_add(conv, x if kernel == stride else self._joined(module, x, 1))
+
+    def _joined(self, module, x: torch.Tensor, keep: int) -> torch.Tensor:
+        """``x`` after the module's left context (zeros at first); keeps its last ``keep`` inputs."""
         tail = self._tails.get(id(module))
         if tail is None:
-            tail = x.new_zeros(x.shape[0], x.shape[1], 1, 1).contiguous(memory_format=torch.channels_last)
+            tail = x.new_zeros(x.shape[0], x.shape[1], 1, keep).contiguous(memory_format=torch.channels_last)
         joined = torch.cat([tail, x], dim=-1)
-        self._tails[id(module)] = joined[..., -1:].clone()
-        return _overlap_add(conv, joined)
+        self._tails[id(module)] = joined[..., -keep:].clone()  # a view would hold all of x between chunks
+        return joined
 
 
-def _image_weight(conv) -> torch.Tensor:
-    """A Conv1d's weight as a one-row Conv2d's, channels-last; made once, kept on the module."""
-    weight = getattr(conv, IMAGE, None)
+def _kept(conv, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A weight in the layout this decoder needs: made once per model, kept on the module."""
+    weight = getattr(conv, name, None)
     if weight is None:
-        weight = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        setattr(conv, IMAGE, weight)
+        weight = make()
+        setattr(conv, name, weight)
     return weight
 
 
@@ -87,10 +87,8 @@ def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     lands on the next frame's first (the first frame of ``joined`` is the previous chunk's
     last, whose own output went out then). PyTorch runs ConvTranspose1d without oneDNN on a
     CPU; the product runs in BLAS. Same output, up to the order of float sums."""
-    weight = getattr(conv, MATRIX, None)
-    if weight is None:  # (in, out, k) -> (in, k * out), once per model: kept on the module
-        weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.weight.shape[0], -1).contiguous()
-        setattr(conv, MATRIX, weight)
+    # (in, out, k) -> (in, k * out)
+    weight = _kept(conv, MATRIX, lambda: conv.weight.detach().permute(0, 2, 1).reshape(conv.weight.shape[0], -1))
     stride, batch, frames = conv.stride[0], joined.shape[0], joined.shape[-1]
     overlap = conv.kernel_size[0] // stride
     rows = joined.permute(0, 2, 3, 1).reshape(batch, frames, -1)  # (B, L, in): channels-last memory, no copy
