@@ -232,6 +232,12 @@ def main() -> int:
     add_model_arguments(parser)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--engine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time our engine in-process (--no-engine: leave it out; on a GPU it runs eagerly, slowly)",
+    )
     args = parser.parse_args()
     path, official = load_official(args)
     from qwen_tts_api.engine.models.loading import LoadedModel
@@ -253,19 +259,23 @@ def main() -> int:
     )
     servers = args.servers or ["auto"]
     results: dict[str, list[dict]] = {"official": [], "engine": [], "stream": []}
+    if not args.engine:
+        del results["engine"]
     results.update({f"whole {variant}": [] for variant in servers})
     with ExitStack() as stack:
         urls = {variant: stack.enter_context(server_process(path, args.device, variant, ATTN)) for variant in servers}
         first = urls[servers[0]]
         # Warm-up: one of each, not counted.
         run_official(official, args.frames)
-        run_engine(engine, args.frames)
+        if args.engine:
+            run_engine(engine, args.frames)
         run_server(first, True)
         for url in urls.values():
             run_server(url, False)
         for _ in range(args.runs):  # interleaved, so machine noise hits all of them alike
             results["official"].append(run_official(official, args.frames))
-            results["engine"].append(run_engine(engine, args.frames))
+            if args.engine:
+                results["engine"].append(run_engine(engine, args.frames))
             results["stream"].append(run_server(first, True))
             for variant, url in urls.items():
                 results[f"whole {variant}"].append(run_server(url, False))

@@ -247,6 +247,7 @@ def test_text_arriving_gives_the_codes_of_text_known_from_the_start(customvoice,
 
 # ---------- waveform: incremental decode against the package's full decode ----------
 
+from qwen_tts_api.engine.generation import decoding  # noqa: E402
 from qwen_tts_api.engine.generation.decoding import DecoderContext, StreamingDecoder  # noqa: E402
 
 
@@ -274,6 +275,34 @@ def test_streamed_waveform_equals_full_decode(customvoice, frames, first_chunk, 
     assert np.abs(ours - wav).max() <= 1e-4
 
 
+def test_streamed_waveform_in_the_gpu_layout_equals_full_decode(customvoice, monkeypatch):
+    """Off a CPU the decoder keeps its one-row images in the usual (NCHW) memory format, not
+    channels-last (cuDNN's channels-last depthwise convolution is slow): that path, run here."""
+    codec = customvoice.model.speech_tokenizer.model.decoder
+
+    def forget_kept_weights() -> None:  # made once per module, in the layout of their first use
+        for module in codec.modules():
+            if hasattr(module, decoding.IMAGE):
+                delattr(module, decoding.IMAGE)
+
+    codes, wav = package_codes(
+        customvoice,
+        lambda: customvoice.generate_custom_voice(
+            "Hello there, how are you?", speaker="Vivian", language="English", max_new_tokens=21
+        ),
+    )
+    monkeypatch.setattr(decoding, "memory_format", lambda x: torch.contiguous_format)
+    forget_kept_weights()
+    try:
+        ours = stream_decode(customvoice, codes, first_chunk=3, max_chunk=48)
+        kept = [getattr(m, decoding.IMAGE) for m in codec.modules() if hasattr(m, decoding.IMAGE)]
+        assert kept and all(w.is_contiguous() for w in kept)  # channels-last ones with a kernel above 1 are not
+    finally:
+        forget_kept_weights()
+    assert ours.shape == wav.shape
+    assert np.abs(ours - wav).max() <= 1e-4
+
+
 @pytest.mark.slow  # a whole package generation and decode
 def test_in_context_clone_waveform_equals_package(base):
     ref = reference_audio()
@@ -297,7 +326,7 @@ def test_reference_context_is_shared_unchanged_by_its_streams(base):
         0
     ].ref_code
     generator = torch.Generator().manual_seed(3)
-    first, second = (torch.randint(0, 2048, (n, 16), generator=generator) for n in (90, 30))
+    first, second = (torch.randint(0, 2048, (n, 16), generator=generator).to(TEST_DEVICE) for n in (90, 30))
     shared = DecoderContext.prime(base, ref_codes)
     stream_decode(base, first, context=shared)  # past the 72-frame window: its cache rolls over
     from_shared = stream_decode(base, second, context=shared)
@@ -309,7 +338,7 @@ def test_a_stream_keeps_only_its_left_context_between_chunks(customvoice):
     """Between chunks a stream holds each convolution's last few inputs, not the chunk's
     whole activations (a view of them did: about 300 MB a stream at the published size)."""
     decoder = StreamingDecoder(customvoice, first_chunk=20, max_chunk=20)
-    for frame in torch.randint(0, 2048, (20, 16), generator=torch.Generator().manual_seed(5)):
+    for frame in torch.randint(0, 2048, (20, 16), generator=torch.Generator().manual_seed(5)).to(TEST_DEVICE):
         decoder.push(frame)
     tails = list(decoder._states._tails.values())
     held = {tail.untyped_storage().data_ptr(): tail.untyped_storage().nbytes() for tail in tails}

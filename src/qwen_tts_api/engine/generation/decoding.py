@@ -13,7 +13,9 @@ The first chunk is small so audio starts early; later chunks double in size up t
 Speed on a CPU, where this decoder is a quarter of a frame's time: the signal is held as a
 one-row image in channels-last memory so that oneDNN picks its fast NHWC convolutions, the
 transposed convolutions are matrix products, and the high-rate blocks run a few frames at a
-time so their tensors stay in cache.
+time so their tensors stay in cache. On a GPU the one-row image stays in the usual (NCHW)
+memory, which is how PyTorch hands the package's 1-D convolutions to cuDNN: there cuDNN's
+channels-last depthwise convolution took 65 of a 48-frame chunk's 82 ms on an H200.
 """
 
 from __future__ import annotations
@@ -28,17 +30,18 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 MATRIX = "_qwen_tts_api_transposed_rows"  # a transposed convolution's weight as a matrix (see _overlap_add)
-IMAGE = "_qwen_tts_api_image"  # a convolution's weight as a one-row image's, channels-last
+IMAGE = "_qwen_tts_api_image"  # a convolution's weight as a one-row image's, in the device's memory format
 TILE_FRAMES = 16  # frames of one stream the later upsampling blocks take at a time (see StreamingDecoder._decode)
 
 
 class _LayerStates:
     """Left context per convolution module, created as zeros (the original zero padding).
 
-    Below the transformer the decoder's tensors are (B, C, 1, L) in channels-last memory: a
-    1-D signal as a one-row image, so that oneDNN runs the convolutions in its NHWC kernels,
-    which on a CPU are up to twice as fast as its 1-D ones where channels are few and the
-    signal long (the last blocks, at 24 kHz)."""
+    Below the transformer the decoder's tensors are (B, C, 1, L): a 1-D signal as a one-row
+    image, on a CPU in channels-last memory, so that oneDNN runs the convolutions in its NHWC
+    kernels, which there are up to twice as fast as its 1-D ones where channels are few and
+    the signal long (the last blocks, at 24 kHz); elsewhere in the usual memory format
+    (``memory_format``)."""
 
     def __init__(self) -> None:
         self._tails: dict[int, torch.Tensor] = {}
@@ -66,7 +69,7 @@ class _LayerStates:
         """``x`` after the module's left context (zeros at first); keeps its last ``keep`` inputs."""
         tail = self._tails.get(id(module))
         if tail is None:
-            tail = x.new_zeros(x.shape[0], x.shape[1], 1, keep).contiguous(memory_format=torch.channels_last)
+            tail = x.new_zeros(x.shape[0], x.shape[1], 1, keep).contiguous(memory_format=memory_format(x))
         joined = torch.cat([tail, x], dim=-1)
         self._tails[id(module)] = joined[..., -keep:].clone()  # a view would hold all of x between chunks
         return joined
@@ -96,7 +99,8 @@ def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     out = spans[:, :, 0] if overlap == 1 else spans[:, 1:, 0] + spans[:, :-1, 1]  # (B, L', s, out)
     if conv.bias is not None:
         out = out + conv.bias
-    return out.reshape(batch, -1, 1, out.shape[-1]).permute(0, 3, 2, 1)  # (B, out, 1, L * s), channels-last
+    out = out.reshape(batch, -1, 1, out.shape[-1]).permute(0, 3, 2, 1)  # (B, out, 1, L * s), channels-last
+    return out.contiguous(memory_format=memory_format(out))
 
 
 def snake_beta(module, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +224,13 @@ class StreamingDecoder:
         return x + _image((block.gamma * h).transpose(1, 2))
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """How the decoder holds its one-row images on ``x``'s device: channels-last on a CPU
+    (oneDNN's NHWC convolutions), the usual layout elsewhere (cuDNN's, as for the package)."""
+    return torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+
+
 def _image(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, L) -> (B, C, 1, L) in channels-last memory (no copy when ``x`` is a transposed (B, L, C))."""
-    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    """(B, C, L) -> (B, C, 1, L) in the device's memory format (on a CPU no copy when ``x`` is
+    a transposed (B, L, C))."""
+    return x.unsqueeze(2).contiguous(memory_format=memory_format(x))
