@@ -18,6 +18,8 @@
 # GPU_CHECK_SERIAL=0 leaves out the package's serial baseline from the concurrency runs (on a
 # GPU it takes longer than our server's whole run: about 12-14 s a request at 100 frames);
 # GPU_CHECK_EAGER=1 adds an eager server (QWEN_TTS_COMPILE=off) to the one-stream comparison;
+# GPU_CHECK_NOTHREAD=1 a server decoding on its scheduler thread (QWEN_TTS_DECODE_THREAD=off)
+# to the 0.6B concurrency runs;
 # GPU_CHECK_TORCH_LOGS sets the servers' TORCH_LOGS (default: why CUDA graphs were skipped,
 # what recompiled). On an H200 with GPU_CHECK_SERIAL=0 every section finished in 526 s
 # (GPU_CHECK_BUDGET=550): the tests, with both models' first compile beside them, took 240 s.
@@ -130,7 +132,8 @@ cat "$RESULTS/build.txt" | grep -E "built|compiled|Error|error" | tail -6
 await_model 0.6b
 section "0.6b: our server (CUDA graphs) at 1/8/16 concurrent, $FRAMES frames, bfloat16" 120 8 \
   "${PY[@]}" bench/concurrency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
-  --concurrency 1 8 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 --model-dir "$MODELS"
+  --concurrency 1 8 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 \
+  ${GPU_CHECK_NOTHREAD:+--server bfloat16+nothread} --model-dir "$MODELS"
 
 [ -z "${FQ_INSTALL:-}" ] || wait "$FQ_INSTALL" || cat "$RESULTS/fq-install.txt"
 section "0.6b faster-qwen3-tts, same model" 60 2 \

@@ -111,7 +111,17 @@ def test_nan_logits_fail_their_row_and_the_batch_goes_on(fragile, monkeypatch):
     assert alone(fragile, SHORT) == expected_short
 
 
-def test_a_decoder_that_raises_fails_only_its_request(fragile):
+@pytest.fixture(scope="module")
+def fragile_threaded(demo_models):
+    """Decoding on its own thread (QWEN_TTS_DECODE_THREAD=on)."""
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"], decode_thread="on")
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.mark.parametrize("server", ["fragile", "fragile_threaded"])
+def test_a_decoder_that_raises_fails_only_its_request(server, request):
+    fragile = request.getfixturevalue(server)
     expected_short = alone(fragile, SHORT)
     scheduler = fragile.app.state.server.engine.scheduler
     first, second = two_in_the_batch(fragile)

@@ -61,6 +61,7 @@ class EngineConfig:
     cuda_graphs: str = "auto"  # QWEN_TTS_CUDA_GRAPHS: auto | off
     compile_cache_dir: Path | None = None  # where compiled graphs persist (None: torch's default)
     prefill_chunk: int = 256  # prompt positions per prefill chunk, one chunk per step while others speak; 0: whole
+    decode_thread: str = "off"  # QWEN_TTS_DECODE_THREAD: auto | on | off (audio_worker.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -75,4 +76,5 @@ class EngineConfig:
             cuda_graphs=settings.cuda_graphs,
             compile_cache_dir=settings.compile_cache_dir,
             prefill_chunk=settings.prefill_chunk,
+            decode_thread=settings.decode_thread,
         )

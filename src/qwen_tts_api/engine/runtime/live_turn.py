@@ -9,8 +9,6 @@ parts the turn keeps its slot in the batch.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...constants import ModelKind
 from ...text.budget import frame_budget
 from ...text.live import Part, PartSplitter
@@ -173,19 +171,22 @@ class LiveRequest(Request):
         state = RequestState.WAITING_FOR_TEXT if waiting else RequestState.RUNNING
         if state is not self.state:
             self.move_to(state)
-        if waiting and self.decoder is not None and self.decoder.pending:
-            audio = self.decoder.flush()
-            if audio is not None:
-                self.emit_audio(self.joiner.feed(self.index, audio))
-            self.decoder.next_chunk = self.first_chunk
+        if waiting and self.decoder is not None:
+            decoder, index, first_chunk = self.decoder, self.index, self.first_chunk
+
+            def flush() -> None:
+                if (audio := decoder.flush()) is not None:  # what it has made so far
+                    self.emit_audio(self.joiner.feed(index, audio), None)
+                    decoder.next_chunk = first_chunk
+
+            self.audio(flush)
 
     def end_part(self, text_tokens: int) -> None:
         """The part's generation ended: its last audio; the next part comes after."""
         part = self.part
         assert part is not None and self.decoder is not None
         self.stream.usage.input_tokens += text_tokens
-        tail: np.ndarray | None = self.decoder.flush()
-        self.emit_audio(self.joiner.end_segment(self.index, tail))
+        self.end_audio()
         if not part.closed:  # the model ended before its text did: what follows is a new part
             self.splitter.close_current()
         self.stream.emit(PartEnded(self.index, self.spoken(part.text)))

@@ -17,8 +17,9 @@ live-only states in between.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from ...audio.tempo import TempoFilter
 from ...constants import SAMPLE_RATE, ModelKind
 from ...voices.prompt import ClonePrompt
+from ..errors import generation_error
 from ..generation.batching import BatchRow, RowSpec
 from ..generation.decoding import DecoderContext, StreamingDecoder
 from ..generation.joining import SegmentJoiner
@@ -34,6 +36,8 @@ from ..generation.sampling import RowSampling, SamplingParams
 from ..models.loading import LoadedModel
 from .jobs import EngineConfig, SpeechJob
 from .stream import PartEnded, PartStarted, SynthesisStream
+
+log = logging.getLogger(__name__)
 
 
 class RequestState(Enum):
@@ -86,6 +90,7 @@ class Request:
         self.row: BatchRow | None = None
         self.stretch: TempoFilter | None = None  # the current segment's own rate (SSML prosody)
         self.began: float | None = None  # when it left the queue
+        self.audio_error: Exception | None = None  # its decoding failed on the audio thread
         self._sampling: RowSampling | None = None
 
     def __repr__(self) -> str:
@@ -171,9 +176,31 @@ class Request:
         if ref_codes is not None and self.decoder_context is None:
             self.decoder_context = DecoderContext.prime(model.tts, ref_codes)
 
-    def emit_audio(self, audio: np.ndarray | None) -> None:
-        if audio is not None and audio.size and self.stretch is not None:
-            audio = self.stretch.process(audio)
+    def audio(self, work: Callable[[], None]) -> None:
+        """Decoding and the audio it makes: here, or on the audio thread when there is one
+        (``work`` must take what it needs from the request now, not when it runs: by then the
+        scheduler may have moved the request on). There a failure marks the request, tells
+        its client, and skips the request's later audio work; the scheduler fails it."""
+        worker = self.stream.audio_worker
+        if worker is None:
+            work()
+            return
+
+        def contained() -> None:
+            if self.audio_error is not None:
+                return
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                log.exception("decoding failed for %s", self.id)
+                self.audio_error = exc
+                self.stream.emit(generation_error("decoding", exc))
+
+        worker.submit(contained)
+
+    def emit_audio(self, audio: np.ndarray | None, stretch: TempoFilter | None) -> None:
+        if audio is not None and audio.size and stretch is not None:
+            audio = stretch.process(audio)
         if audio is not None and audio.size:
             self.stream.emit(audio)
 
@@ -185,18 +212,32 @@ class Request:
 
     def decoded(self, codes) -> None:
         """A frame this request's row made: its audio, once a chunk is complete."""
-        assert self.decoder is not None
-        audio = self.decoder.push(codes)
-        if audio is not None:
-            self.emit_audio(self.joiner.feed(self.index, audio))
+        decoder, index, stretch = self.decoder, self.index, self.stretch
+        assert decoder is not None
+
+        def decode() -> None:
+            audio = decoder.push(codes)
+            if audio is not None:
+                self.emit_audio(self.joiner.feed(index, audio), stretch)
+
+        self.audio(decode)
+
+    def end_audio(self) -> None:
+        """The current segment's (or part's) last audio, its rate's tail after it."""
+        decoder, index, stretch = self.decoder, self.index, self.stretch
+        assert decoder is not None
+        self.stretch = None
+
+        def finish() -> None:
+            self.emit_audio(self.joiner.end_segment(index, decoder.flush()), stretch)
+            if stretch is not None:
+                self.emit_audio(stretch.flush(), None)
+
+        self.audio(finish)
 
     def end_segment(self) -> bool:
         """Its row ended: the segment's last audio. True when another segment follows."""
-        assert self.decoder is not None
-        self.emit_audio(self.joiner.end_segment(self.index, self.decoder.flush()))
-        if self.stretch is not None:
-            tail, self.stretch = self.stretch.flush(), None
-            self.emit_audio(tail)
+        self.end_audio()
         segment = self.job.text.segments[self.index]
         self.emit_silence(segment.pause_after)
         if self.job.announce_parts:

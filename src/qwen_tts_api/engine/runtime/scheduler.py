@@ -8,7 +8,8 @@ Each turn of the loop is decide → execute → update:
    encoder work): which requests leave the queue, which one encoder call runs, which join;
 3. **execute** with the ``BatchRunner`` (``runner.py``): the encoder call, the joining
    rows' prefill (one batch), then one step of each model's batch, whose frames it decodes
-   and hands to their requests as audio;
+   and hands to their requests as audio (with ``QWEN_TTS_DECODE_THREAD``, the decoding is
+   handed to a thread of its own, ``audio_worker.py``, and the next step starts at once);
 4. **update** each request's state (``requests.py``) from what the runner reports: a row that
    ended starts the request's next segment or live part, or finishes it.
 
@@ -34,6 +35,7 @@ from ...constants import ModelKind
 from ..errors import EngineUnavailable, SynthesisTimeout, generation_error
 from . import policy
 from .admission import Admission
+from .audio_worker import AudioWorker, decode_thread_wanted
 from .jobs import EngineConfig, SpeechJob
 from .live_turn import LiveRequest
 from .policy import Decision
@@ -82,6 +84,8 @@ class Scheduler:
         self._waiting: deque[Request] = deque()  # arrival order
         self._tasks: deque[EncoderTask] = deque()  # encoder work (clone prompts), one between two steps
         self._active: dict[str, Request] = {}  # requests that hold a batch slot, by id
+        devices = (model.tts.model.talker.device for model in runner.models.values())
+        self._audio = AudioWorker() if decode_thread_wanted(config.decode_thread, devices) else None
         self._thread = threading.Thread(target=self._loop, name="qwen-tts-scheduler", daemon=True)
         if start:
             self._thread.start()
@@ -102,11 +106,11 @@ class Scheduler:
 
     # --- the event loop's side ---
     def submit(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream) -> None:
-        self._inbox.put([Request(kind, job, stream)])
+        self._inbox.put([Request(kind, job, self._ordered(stream))])
 
     def submit_live(self, kind: ModelKind, job: SpeechJob, stream: SynthesisStream) -> None:
         """A turn whose text arrives while it is spoken (``job.live``)."""
-        self._inbox.put([LiveRequest(kind, job, stream, self.config.first_chunk_frames)])
+        self._inbox.put([LiveRequest(kind, job, self._ordered(stream), self.config.first_chunk_frames)])
 
     def wake(self) -> None:
         """Look again at live turns (text arrived, or one was cancelled)."""
@@ -115,7 +119,12 @@ class Scheduler:
     def submit_together(self, kind: ModelKind, work: list[tuple[SpeechJob, SynthesisStream]]) -> None:
         """Requests outside admission control (the warm-up) that join the batch at one step,
         so their prefill runs batched."""
-        self._inbox.put([Request(kind, job, stream, admitted=False) for job, stream in work])
+        self._inbox.put([Request(kind, job, self._ordered(stream), admitted=False) for job, stream in work])
+
+    def _ordered(self, stream: SynthesisStream) -> SynthesisStream:
+        """With an audio thread, what the scheduler emits queues behind the audio work."""
+        stream.audio_worker = self._audio
+        return stream
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` (encoder work: a clone prompt) on the scheduler thread, between two steps,
@@ -127,6 +136,10 @@ class Scheduler:
     def close(self) -> None:
         self._closed = True
         self._inbox.put(None)
+
+    @property
+    def decodes_on_its_own_thread(self) -> bool:
+        return self._audio is not None
 
     # --- what a test or the metrics may read ---
     @property
@@ -146,6 +159,9 @@ class Scheduler:
             self._serve()
         except BaseException as exc:  # noqa: BLE001 - the loop cannot go on: say so, answer everyone
             self._stop_serving(exc)
+        finally:
+            if self._audio is not None:
+                self._audio.close()  # after what is queued: the last requests' audio and ends
 
     def _serve(self) -> None:
         failed_in_a_row = 0
@@ -272,6 +288,9 @@ class Scheduler:
             self._fail(request, exc)
 
     def _update(self, outcome: StepOutcome) -> None:
+        for request in list(self._active.values()):  # decoding failed on the audio thread
+            if request.audio_error is not None:
+                self._fail(request, generation_error("decoding", request.audio_error))
         if outcome.stats is not None:
             for observer in list(self._observers):
                 try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audio_worker import AudioWorker
+
 END = object()  # the last item of a stream that finished normally
 
 
@@ -46,9 +48,19 @@ class SynthesisStream:
         self.deadline = time.monotonic() + timeout
         self.started = False  # set when the worker takes it up
         self.usage = Usage()
+        # Set by the scheduler when an audio thread decodes: what the scheduler emits then
+        # queues behind the audio work it handed over before (audio_worker.py).
+        self.audio_worker: AudioWorker | None = None
 
     # --- worker side ---
     def emit(self, item: object) -> None:
+        worker = self.audio_worker
+        if worker is None or worker.on_thread:
+            self._put(item)
+        else:
+            worker.submit(lambda: self._put(item))
+
+    def _put(self, item: object) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     @property

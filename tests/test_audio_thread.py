@@ -1,0 +1,89 @@
+"""Decoding on its own thread (QWEN_TTS_DECODE_THREAD=on), as a client hears it: the same
+bytes in the same order as when the scheduler decodes, whole and streamed, with pauses and
+several pieces; the decoder really runs on that thread; and a decoder that raises there
+fails its own request alone (test_failures.py runs that on this server too)."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from helpers import LiveServer, cpu_settings
+
+from qwen_tts_api.engine.generation.decoding import StreamingDecoder
+
+# Two pieces and a pause between them (three segments), greedy and capped: a known length.
+BODY = {
+    "model": "qwen3-tts",
+    "voice": "vivian",
+    "language": "English",
+    "input": "One more time. [pause:300ms] And then the second piece.",
+    "response_format": "pcm",
+    "temperature": 0,
+    "max_new_tokens": 12,
+}
+
+
+@pytest.fixture(scope="module")
+def servers(demo_models):
+    """The same model served twice: decoding on the scheduler thread, then on its own."""
+    with (
+        LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"], decode_thread="off")) as plain,
+        LiveServer(cpu_settings(customvoice_model_path=demo_models["customvoice"], decode_thread="on")) as threaded,
+    ):
+        yield plain, threaded
+
+
+def speech(server: LiveServer, **extra) -> bytes:
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        r = http.post("/v1/audio/speech", json={**BODY, **extra})
+        assert r.status_code == 200, r.text
+        return r.content
+
+
+def test_only_the_threaded_server_decodes_on_its_own_thread(servers):
+    plain, threaded = servers
+    assert not plain.app.state.server.engine.scheduler.decodes_on_its_own_thread
+    assert threaded.app.state.server.engine.scheduler.decodes_on_its_own_thread
+
+
+def test_the_audio_thread_changes_no_byte(servers):
+    plain, threaded = servers
+    for stream in (False, True):
+        expected = speech(plain, stream=stream)
+        assert len(expected) > 2 * 0.3 * 24000  # the pause alone is 0.3 s of int16 samples
+        assert speech(threaded, stream=stream) == expected
+
+
+def test_several_requests_at_once_each_get_their_own_audio(servers):
+    """Eight requests in one batch: each gets the bytes it gets alone (nothing interleaved)."""
+    _, threaded = servers
+    texts = [f"Request number {n} speaks." for n in range(8)]
+    alone = [speech(threaded, input=text, stream=True) for text in texts]
+    results: list[bytes | None] = [None] * len(texts)
+
+    def run(i: int) -> None:
+        results[i] = speech(threaded, input=texts[i], stream=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results == alone
+
+
+def test_the_decoder_runs_on_the_audio_thread(servers, monkeypatch):
+    _, threaded = servers
+    seen: set[str] = set()
+    original = StreamingDecoder._flush_pending
+
+    def recording(self) -> np.ndarray:
+        seen.add(threading.current_thread().name)
+        return original(self)
+
+    monkeypatch.setattr(StreamingDecoder, "_flush_pending", recording)
+    speech(threaded, stream=True)
+    assert seen == {"qwen-tts-audio"}
