@@ -1,7 +1,8 @@
 """Decoding on its own thread (QWEN_TTS_DECODE_THREAD=on), as a client hears it: the same
 bytes in the same order as when the scheduler decodes, whole and streamed, with pauses and
-several pieces; the decoder really runs on that thread; and a decoder that raises there
-fails its own request alone (test_failures.py runs that on this server too)."""
+several pieces; the decoder really runs on that thread; a request's first audio goes ahead
+of other requests' work, never of its own; and a decoder that raises there fails its own
+request alone (test_failures.py runs that on this server too)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import threading
 import httpx
 import numpy as np
 import pytest
+import torch
 from helpers import LiveServer, cpu_settings
 
 from qwen_tts_api.engine.generation.decoding import StreamingDecoder
+from qwen_tts_api.engine.runtime.audio_worker import AudioWorker, decode_thread_wanted
 
 # Two pieces and a pause between them (three segments), greedy and capped: a known length.
 BODY = {
@@ -87,3 +90,34 @@ def test_the_decoder_runs_on_the_audio_thread(servers, monkeypatch):
     monkeypatch.setattr(StreamingDecoder, "_flush_pending", recording)
     speech(threaded, stream=True)
     assert seen == {"qwen-tts-audio"}
+
+
+def test_first_audio_goes_ahead_of_other_streams_but_never_of_its_own():
+    worker = AudioWorker()
+    running, gate, order = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        running.set()
+        gate.wait(10)
+
+    worker.submit("x", hold)
+    assert running.wait(10)  # the thread is busy: what follows queues
+    worker.submit("a", lambda: order.append("a: chunk 1"))
+    worker.submit("a", lambda: order.append("a: chunk 2"))
+    worker.submit("b", lambda: order.append("b: its pause"))
+    worker.submit("b", lambda: order.append("b: first audio"), urgent=True)
+    worker.submit("a", lambda: 1 / 0)  # a failure stops nothing
+    worker.submit("a", lambda: order.append("a: end"))
+    gate.set()
+    worker.close()
+    worker.join(10)
+    assert order == ["b: its pause", "b: first audio", "a: chunk 1", "a: chunk 2", "a: end"]
+
+
+def test_auto_decodes_on_its_own_thread_unless_a_cpu_runs_one_thread(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not decode_thread_wanted("auto", [cpu]) and decode_thread_wanted("auto", [cpu, gpu])
+    assert decode_thread_wanted("on", [cpu]) and not decode_thread_wanted("off", [gpu])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decode_thread_wanted("auto", [cpu])

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # With the compiled step on CUDA, replay it as CUDA graphs (torch.compile's "reduce-overhead").
     cuda_graphs: Literal["auto", "off"] = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_CUDA_GRAPHS"))
     # Codec decoding on a thread of its own, beside the steps (engine/runtime/audio_worker.py):
-    # auto = where a model runs on a GPU.
+    # auto = unless every model is on a CPU with one thread.
     decode_thread: Literal["auto", "on", "off"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DECODE_THREAD")
     )

@@ -7,16 +7,18 @@ decoding to this thread and goes on to the next step; the decoder's kernels and 
 then overlap (PyTorch releases the GIL inside its operators).
 
 Order is what makes this safe: everything a request's stream receives from the scheduler
-side (audio work, silences, part events, its end or its error) goes through the one queue,
-so a client hears it in the order the scheduler meant. Audio work that fails marks its
-request (``Request.audio_error``) and tells the client at once; the scheduler then takes the
-request out of its batch.
+side (audio work, silences, part events, its end or its error) is queued under that stream,
+and a stream's work runs in the order it was queued, so a client hears it in the order the
+scheduler meant. Between streams the oldest work goes first, except a request's first audio:
+it goes ahead of other streams' work (with what its own stream queued before it), so that a
+request joining a busy server is not heard later for the chunks of those already speaking.
+Audio work that fails marks its request (``Request.audio_error``) and tells the client at
+once; the scheduler then takes the request out of its batch.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable, Iterable
 
@@ -27,19 +29,27 @@ log = logging.getLogger(__name__)
 
 def decode_thread_wanted(setting: str, devices: Iterable[torch.device]) -> bool:
     """``QWEN_TTS_DECODE_THREAD`` (auto | on | off) for models on ``devices``: auto decodes
-    on its own thread where a model runs on a GPU."""
-    return setting == "on" or (setting == "auto" and any(d.type == "cuda" for d in devices))  # read if auto
+    on its own thread unless every model is on a CPU that PyTorch gives one thread (then
+    there is nothing to overlap with)."""
+    if setting != "auto":
+        return setting == "on"
+    return any(d.type != "cpu" or torch.get_num_threads() > 1 for d in devices)
 
 
 class AudioWorker:
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._work: list[tuple[object, Callable[[], None], bool]] = []  # (stream, work, urgent), oldest first
+        self._closing = False
+        self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="qwen-tts-audio", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[], None]) -> None:
-        """Run ``work`` after everything submitted before it."""
-        self._queue.put(work)
+    def submit(self, stream: object, work: Callable[[], None], urgent: bool = False) -> None:
+        """Run ``work`` after everything submitted for ``stream`` before it; ``urgent`` (a
+        request's first audio): before other streams' older work too."""
+        with self._ready:
+            self._work.append((stream, work, urgent))
+            self._ready.notify()
 
     @property
     def on_thread(self) -> bool:
@@ -47,13 +57,26 @@ class AudioWorker:
 
     def close(self) -> None:
         """Finish what is queued, then stop."""
-        self._queue.put(None)
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def _next(self) -> Callable[[], None] | None:
+        with self._ready:
+            while not self._work:
+                if self._closing:
+                    return None
+                self._ready.wait()
+            # The oldest urgent work's stream, else the oldest work; that stream's oldest first.
+            stream = next((item[0] for item in self._work if item[2]), self._work[0][0])
+            index = next(i for i, item in enumerate(self._work) if item[0] is stream)
+            return self._work.pop(index)[1]
+
     def _run(self) -> None:
-        while (work := self._queue.get()) is not None:
+        while (work := self._next()) is not None:
             try:
                 work()
             except Exception:  # noqa: BLE001 - work reports its own failures; this keeps the thread alive

@@ -141,6 +141,7 @@ class LiveRequest(Request):
         self.decoder = StreamingDecoder(
             model.tts, first_chunk=self.first_chunk, max_chunk=config.max_chunk_frames, context=self.decoder_context
         )
+        self.first_audio_frames = self.first_chunk
         spoken = self.spoken(part.text)
         self.stream.emit(PartStarted(self.index, spoken))
         budget = frame_budget(spoken, self.frame_limit)

@@ -91,6 +91,7 @@ class Request:
         self.stretch: TempoFilter | None = None  # the current segment's own rate (SSML prosody)
         self.began: float | None = None  # when it left the queue
         self.audio_error: Exception | None = None  # its decoding failed on the audio thread
+        self.first_audio_frames = 0  # frames still to come before its first audio chunk (urgent work)
         self._sampling: RowSampling | None = None
 
     def __repr__(self) -> str:
@@ -164,6 +165,7 @@ class Request:
             max_chunk=config.max_chunk_frames,
             context=self.decoder_context,
         )
+        self.first_audio_frames = first_chunk or 0
         sampling = self.sampling(params, model.tts.model.talker.device)
         self.stretch = TempoFilter(segment.rate) if segment.rate != 1.0 else None
         if job.announce_parts:
@@ -176,11 +178,12 @@ class Request:
         if ref_codes is not None and self.decoder_context is None:
             self.decoder_context = DecoderContext.prime(model.tts, ref_codes)
 
-    def audio(self, work: Callable[[], None]) -> None:
+    def audio(self, work: Callable[[], None], urgent: bool = False) -> None:
         """Decoding and the audio it makes: here, or on the audio thread when there is one
         (``work`` must take what it needs from the request now, not when it runs: by then the
-        scheduler may have moved the request on). There a failure marks the request, tells
-        its client, and skips the request's later audio work; the scheduler fails it."""
+        scheduler may have moved the request on); ``urgent`` (its first audio) ahead of other
+        requests' work. There a failure marks the request, tells its client, and skips the
+        request's later audio work; the scheduler fails it."""
         worker = self.stream.audio_worker
         if worker is None:
             work()
@@ -196,7 +199,7 @@ class Request:
                 self.audio_error = exc
                 self.stream.emit(generation_error("decoding", exc))
 
-        worker.submit(contained)
+        worker.submit(self.stream, contained, urgent)
 
     def emit_audio(self, audio: np.ndarray | None, stretch: TempoFilter | None) -> None:
         if audio is not None and audio.size and stretch is not None:
@@ -220,7 +223,8 @@ class Request:
             if audio is not None:
                 self.emit_audio(self.joiner.feed(index, audio), stretch)
 
-        self.audio(decode)
+        self.audio(decode, urgent=self.first_audio_frames > 0)
+        self.first_audio_frames = max(self.first_audio_frames - 1, 0)
 
     def end_audio(self) -> None:
         """The current segment's (or part's) last audio, its rate's tail after it."""
@@ -233,7 +237,8 @@ class Request:
             if stretch is not None:
                 self.emit_audio(stretch.flush(), None)
 
-        self.audio(finish)
+        self.audio(finish, urgent=self.first_audio_frames > 0)  # it ended before its first chunk
+        self.first_audio_frames = 0
 
     def end_segment(self) -> bool:
         """Its row ended: the segment's last audio. True when another segment follows."""

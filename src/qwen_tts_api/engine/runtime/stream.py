@@ -58,7 +58,7 @@ class SynthesisStream:
         if worker is None or worker.on_thread:
             self._put(item)
         else:
-            worker.submit(lambda: self._put(item))
+            worker.submit(self, lambda: self._put(item))
 
     def _put(self, item: object) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
