@@ -37,6 +37,7 @@ class LiveRequest(Request):
         self.start_tokens: int | None = None  # ids a part needs before it can start (cloning)
         self.frame_limit = 0
         self._ready = False  # set by ``prepare_start`` while waiting
+        self._flushed: tuple[object, int] | None = None  # (row, its frames) at the last flush
 
     @property
     def first_chunk(self) -> int:
@@ -172,7 +173,9 @@ class LiveRequest(Request):
         state = RequestState.WAITING_FOR_TEXT if waiting else RequestState.RUNNING
         if state is not self.state:
             self.move_to(state)
-        if waiting and self.decoder is not None:
+        # Once per frame made, not once per step: a waiting row makes none between steps.
+        if waiting and self.decoder is not None and self._flushed != (row, row.frames_made):
+            self._flushed = (row, row.frames_made)
             decoder, index, first_chunk = self.decoder, self.index, self.first_chunk
 
             def flush() -> None:
