@@ -26,7 +26,8 @@ import torch
 from latency import TEXT, add_model_arguments, cpu_model, load_official  # noqa: E402 (sibling script)
 
 from qwen_tts_api.engine.generation.batching import FrameBatch
-from qwen_tts_api.engine.generation.lean import DecoderStack, FrameCache, SlotCache
+from qwen_tts_api.engine.generation.codebooks import FrameKeys
+from qwen_tts_api.engine.generation.lean import DecoderStack, SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
 from qwen_tts_api.engine.generation.sampling import SamplingParams
 from qwen_tts_api.engine.models.quantize import QUANTIZE_MODES, quantize_int8
@@ -50,7 +51,8 @@ def forced_logits(tts, prompt, codes: torch.Tensor) -> tuple[list[torch.Tensor],
     talker = tts.model.talker
     predictor = talker.code_predictor
     stack, small = DecoderStack(talker.model), DecoderStack(predictor.model)
-    cache, frame_cache = SlotCache(stack), FrameCache(small, positions=17)
+    cache = SlotCache(stack)
+    small.ensure_positions(17)
     prefill = talker.model(inputs_embeds=prompt.prefill, use_cache=True)
     length = prompt.prefill.shape[1]
     cache.reserve(1, length + codes.shape[0] + 1)
@@ -61,13 +63,13 @@ def forced_logits(tts, prompt, codes: torch.Tensor) -> tuple[list[torch.Tensor],
     for frame, row in enumerate(codes):
         talker_logits.append(talker.codec_head(hidden[:, -1]).float()[0])
         embeds = [talker.get_input_embeddings()(row[:1].view(1, 1))]
-        frame_cache.begin(1)
+        frame_cache, start = FrameKeys(len(small.layers)), 0
         step = torch.cat([hidden, embeds[0]], dim=1)
         for group in range(15):
-            start, end = frame_cache.start, frame_cache.start + step.shape[1]
+            end = start + step.shape[1]
             rotary = small.cos[None, None, start:end], small.sin[None, None, start:end]
             out = small.forward(predictor.small_to_mtp_projection(step), rotary, frame_cache, mask=None)
-            frame_cache.start = end
+            start = end
             predictor_logits.append(predictor.lm_head[group](out[:, -1]).float()[0])
             step = predictor.model.get_input_embeddings()[group](row[group + 1 : group + 2].view(1, 1))
             embeds.append(step)

@@ -5,13 +5,13 @@ import torch
 from helpers import TEST_DEVICE
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.generation import batching
+from qwen_tts_api.engine.generation import codebooks
 from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec, StepParts
 from qwen_tts_api.engine.generation.compiled import talker_graph_rows
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.lean import SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
-from qwen_tts_api.engine.generation.sampling import SamplingParams
+from qwen_tts_api.engine.generation.sampling import RowSampling, SamplingParams
 from qwen_tts_api.engine.models.quantize import quantize_int8
 
 REQUESTS = [  # text, speaker, language, frames, joins before step
@@ -107,6 +107,46 @@ def lone_codes(tts, params: SamplingParams, prompt, frames: int, prefill_chunk: 
     return torch.stack(made)
 
 
+# Each request's own sampling: the model's (greedy on the demo model), sampled with the
+# model's top-k, top-k past the model's (every token considered: a full sort), nucleus.
+OWN_SAMPLING = [
+    dict(),
+    dict(temperature=0.9),
+    dict(temperature=0.7, top_k=0),
+    dict(temperature=1.1, top_p=0.8),
+]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_rows_with_their_own_sampling_make_their_solo_codes(customvoice, compiled):
+    """Seeded rows that ask for different temperatures, top-k and top-p share a batch (the
+    code predictor's frame and the talker's choice then take parameters per row, and rows
+    whose top-k is wider than the model's choose apart), and each makes the codes it makes
+    alone; compiled, the batch runs the same graphs whatever the rows asked for."""
+    params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    prompts = [build_prompt(customvoice, text, lang, speaker=spk) for text, spk, lang, _, _ in REQUESTS]
+
+    def sampling(i: int) -> RowSampling:  # a fresh generator, seeded as the row's
+        return RowSampling.seeded(params.overridden(**OWN_SAMPLING[i]), 11 + i, TEST_DEVICE)
+
+    frames = 8
+    solo = []
+    for i, prompt in enumerate(prompts):
+        batch = FrameBatch(customvoice, params)
+        batch.add(prompt, frames, sampling=sampling(i))
+        solo.append(torch.stack([codes for _ in range(frames + 1) for _, codes in batch.step()[0]]))
+    assert not torch.equal(solo[1], solo[2]), "the settings change the codes"
+    parts = StepParts.build(customvoice.model.talker, params, compiled=compiled)
+    batch = FrameBatch(customvoice, params, parts)
+    rows = batch.add_many([RowSpec(p, frames, sampling=sampling(i)) for i, p in enumerate(prompts)])
+    made: dict[int, list] = {i: [] for i in range(len(rows))}
+    while len(batch):
+        for row, codes in batch.step()[0]:
+            made[rows.index(row)].append(codes)
+    for i, expected in enumerate(solo):
+        assert torch.equal(torch.stack(made[i]), expected), f"row {i}: {OWN_SAMPLING[i]}"
+
+
 def test_cancelled_row_leaves_and_others_continue(customvoice):
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
     prompts = [build_prompt(customvoice, "Hello there.", "English", speaker=s) for s in ("Vivian", "Ryan")]
@@ -175,7 +215,7 @@ def test_non_finite_predictor_logits_fail_their_row_only(customvoice, monkeypatc
     expected = torch.stack(list(FrameGenerator(customvoice, prompts[0], params, max_frames=10)))
     head = customvoice.model.talker.code_predictor.lm_head[5]
     calls = {"n": 0}
-    rows_through = batching.per_row  # how the code predictor applies its output heads
+    rows_through = codebooks.per_row  # how the code predictor applies its output heads
 
     def poison_row_one_at_frame_three(x, weight, bias=None):
         output = rows_through(x, weight, bias)
@@ -187,7 +227,7 @@ def test_non_finite_predictor_logits_fail_their_row_only(customvoice, monkeypatc
 
     batch = FrameBatch(customvoice, params)
     kept, poisoned = batch.add_many([RowSpec(prompts[0], 10), RowSpec(prompts[1], 10)])
-    monkeypatch.setattr(batching, "per_row", poison_row_one_at_frame_three)
+    monkeypatch.setattr(codebooks, "per_row", poison_row_one_at_frame_three)
     got, failed_frames = [], []
     while len(batch):
         frames, finished = batch.step()
@@ -236,8 +276,10 @@ def test_compiled_step_does_not_recompile_as_the_cache_grows(customvoice, mode):
 
 def test_a_failing_compiled_step_falls_back_to_the_eager_one(customvoice, caplog):
     """A compiled forward that raises (no compiler, a CUDA-graph limitation...) is logged
-    once; the eager forward takes over for good and the codes are the solo codes."""
+    once; the eager forward takes over for good and the codes are the solo codes: a seeded
+    row that samples uses the draws made for the graph, not fresh ones."""
     params = SamplingParams.from_generate_config(customvoice.generate_defaults)
+    sampled = params.overridden(temperature=0.9)
     parts = StepParts.build(customvoice.model.talker, params, compiled=True)
     calls = []
 
@@ -250,11 +292,13 @@ def test_a_failing_compiled_step_falls_back_to_the_eager_one(customvoice, caplog
     text, speaker, language, frames, _ = REQUESTS[0]
     prompt = build_prompt(customvoice, text, language, speaker=speaker)
     batch = FrameBatch(customvoice, params, parts)
-    row = batch.add(prompt, max_frames=frames)
+    row = batch.add(prompt, max_frames=frames, sampling=RowSampling.seeded(sampled, 3, TEST_DEVICE))
     made = []
     while len(batch):
         made += [codes for r, codes in batch.step()[0] if r is row]
-    solo = torch.stack(list(FrameGenerator(customvoice, prompt, params, max_frames=frames)))
+    alone = FrameBatch(customvoice, params)
+    alone.add(prompt, max_frames=frames, sampling=RowSampling.seeded(sampled, 3, TEST_DEVICE))
+    solo = torch.stack([codes for _ in range(frames + 1) for _, codes in alone.step()[0]])
     assert torch.equal(torch.stack(made), solo)
     assert parts.talker_graph.broken and parts.codebooks.graph.broken
     assert len(calls) == 2, "each compiled forward was tried once"

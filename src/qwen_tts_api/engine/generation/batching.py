@@ -18,16 +18,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import GenerationError, generation_error
-from .compiled import CompiledPredictor, CompiledTalker, CompileMode
-from .lean import DecoderStack, FrameCache, SlotCache, per_row
+from .codebooks import CodebookFiller
+from .compiled import CompiledFrame, CompiledTalker, CompileMode
+from .lean import DecoderStack, SlotCache, per_row
 from .prefill import Prefill
 from .prompt import TalkerPrompt
-from .sampling import RowSampling, SamplingParams, TalkerLogits, choose_rows
+from .sampling import (
+    MIN_FRAMES_BEFORE_EOS,
+    ChoiceTable,
+    RowSampling,
+    SamplingParams,
+    TalkerLogits,
+    choose,
+    choose_among_best,
+    uniform_draws,
+)
 
 log = logging.getLogger(__name__)
 NON_FINITE = "the model produced non-finite logits (NaN or infinity); this request was stopped"
@@ -42,8 +52,8 @@ class BatchRow:
     token: torch.Tensor  # first-codebook token of the frame to make next (empty while joining)
     hidden: torch.Tensor  # (1, 1, D) talker state that produced it (empty while joining)
     sampling: RowSampling  # the request's own parameters and generator
+    seen: torch.Tensor  # (1, V) bool: the first-codebook tokens this row has made (repetition penalty)
     owner: str | None = None  # the id of the request this row speaks for
-    history: list[int] = field(default_factory=list)
     frames_made: int = 0
     error: GenerationError | None = None  # set when the row failed; it leaves at the next step
 
@@ -79,6 +89,7 @@ class StepParts:
 
     stack: DecoderStack
     codebooks: CodebookFiller
+    chooser: TalkerChoice
     talker_graph: CompiledTalker | None = None
 
     @classmethod
@@ -92,11 +103,16 @@ class StepParts:
     ) -> StepParts:
         """``talker_rows``: batches up to this size run the compiled talker step, larger ones
         the eager one (None: any size; see ``compiled.talker_graph_rows``)."""
-        stack, codebooks = DecoderStack(talker.model), CodebookFiller(talker, params)
+        stack, codebooks, chooser = (
+            DecoderStack(talker.model),
+            CodebookFiller(talker, params),
+            TalkerChoice(talker, params),
+        )
         if not compiled:
-            return cls(stack, codebooks)
-        codebooks.graph = CompiledPredictor(codebooks.stack, codebooks.project, codebooks.heads, mode)
-        return cls(stack, codebooks, CompiledTalker(stack, mode, talker_rows))
+            return cls(stack, codebooks, chooser)
+        codebooks.graph = CompiledFrame(codebooks.stack, codebooks.frame, codebooks.choices.narrow, mode)
+        graph = CompiledTalker(stack, chooser.next_tokens, chooser.choices.narrow, mode, talker_rows)
+        return cls(stack, codebooks, chooser, graph)
 
 
 @dataclass(eq=False)
@@ -117,10 +133,10 @@ class FrameBatch:
         self.params = params
         tcfg = tts.model.config.talker_config
         self.eos_id = tcfg.codec_eos_token_id
-        self.rules = TalkerLogits(tcfg.vocab_size, self.eos_id, self.talker.device)
         self.rows: list[BatchRow] = []
         parts = parts or StepParts.build(self.talker, params)
         self.stack, self.codebooks, self.talker_graph = parts.stack, parts.codebooks, parts.talker_graph
+        self.chooser = parts.chooser
         self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
         self.prefill_chunk = prefill_chunk
         self.joining: list[_Joining] = []  # prefills still running, oldest first
@@ -161,6 +177,7 @@ class FrameBatch:
                 token=pending,
                 hidden=pending,
                 sampling=spec.sampling or RowSampling(self.params),
+                seen=self.chooser.nothing_seen(),
                 owner=spec.owner,
             )
             for spec, length in zip(specs, prefill.lengths)
@@ -209,7 +226,7 @@ class FrameBatch:
         rows = [group.rows[i] for i in indices]
         assert prefill.hidden is not None
         hidden = prefill.hidden[indices]
-        tokens, finite = self._choose(hidden[:, -1], [[] for _ in rows], [0] * len(rows), [r.sampling for r in rows])
+        tokens, finite = self.chooser.choose(hidden[:, -1], rows)
         first_slot = len(self.rows)
         self.cache.reserve(first_slot + len(rows), max([prefill.length + 1, *(r.position + 1 for r in self.rows)]))
         for i, (index, row) in enumerate(zip(indices, rows)):
@@ -231,16 +248,18 @@ class FrameBatch:
         batch); a finished row with ``error`` set failed. A joining prefill runs its next
         chunk first."""
         finished = self._advance_joining()
-        finished += [r for r in self.rows if r.error is not None or int(r.token) == self.eos_id or r.should_stop()]
+        ended = (torch.stack([r.token for r in self.rows]) == self.eos_id).tolist() if self.rows else []
+        finished += [r for r, end in zip(self.rows, ended) if r.error is not None or end or r.should_stop()]
         self._drop(finished)
         ready = [not r.waiting_for_text for r in self.rows]
         if not any(ready):
             return [], finished
         stepping = [r for r, on in zip(self.rows, ready) if on]
-        for row in stepping:
-            row.history.append(int(row.token))
         hidden = torch.cat([r.hidden for r in stepping], dim=0)
         tokens = torch.stack([r.token for r in stepping])
+        seen = torch.cat([r.seen for r in stepping]).scatter_(1, tokens.view(-1, 1), True)
+        for i, row in enumerate(stepping):
+            row.seen = seen[i : i + 1]
         codes, embeds, finite = self.codebooks.fill(hidden, tokens, [r.sampling for r in stepping])
         _mark_failed(stepping, finite)
         made = []
@@ -278,43 +297,32 @@ class FrameBatch:
         length = max(written) + 1
         self.cache.reserve(len(rows), length)
         positions = torch.tensor(written, device=step_input.device)
-        hidden = None if self.talker_graph is None else self.talker_graph.attempt(step_input, positions, self.cache)
-        if hidden is None:
+        made, choice = None, None
+        if self.talker_graph is not None and self.talker_graph.takes(len(rows)) and self.chooser.narrow(rows):
+            choice = self.chooser.inputs(rows, stepping)
+            made = self.talker_graph.attempt(step_input, positions, self.cache, choice)
+        if made is not None:
+            hidden, tokens, finite = made
+            if len(stepping) < len(rows):
+                kept = [rows.index(r) for r in stepping]
+                hidden, tokens, finite = hidden[kept], tokens[kept], finite[kept]
+        else:
             self.cache.prepare_step(positions, length)
             mask = None
             if min(written) != max(written):  # each row attends to its own positions only
                 span = torch.arange(length, device=positions.device)
                 mask = (span[None, :] <= positions[:, None]).view(len(rows), 1, 1, length)
             hidden = self.stack.forward(step_input, self.stack.rotary(positions.view(-1, 1)), self.cache, mask)
-        if len(stepping) < len(rows):
-            hidden = hidden[[rows.index(r) for r in stepping]]
-        histories, frames = [r.history for r in stepping], [r.frames_made for r in stepping]
-        tokens, finite = self._choose(hidden[:, -1], histories, frames, [r.sampling for r in stepping])
+            uniform = None if choice is None else choice[3]  # drawn for a graph that failed: the same draws
+            if len(stepping) < len(rows):
+                kept = [rows.index(r) for r in stepping]
+                hidden, uniform = hidden[kept], None if uniform is None else uniform[kept]
+            tokens, finite = self.chooser.choose(hidden[:, -1], stepping, uniform)
         for i, row in enumerate(stepping):
             row.position += 1
             row.hidden = hidden[i : i + 1]
             row.token = tokens[i]
         _mark_failed(stepping, finite)
-
-    def _choose(
-        self, hidden: torch.Tensor, histories: list[list[int]], frames: list[int], samplings: list[RowSampling]
-    ):
-        """hidden (B, D) -> (next first-codebook token per row, whether each row's logits were
-        finite); the rules depend on each row's history, the choice on its own sampling."""
-        head = self.talker.codec_head
-        logits = per_row(hidden, head.weight, head.bias)
-        finite = _finite_rows(logits)
-        scores = [
-            self.rules.apply(
-                logits[i : i + 1],
-                torch.tensor([history], dtype=torch.long, device=logits.device).view(1, -1),
-                frame,
-                sampling.params.repetition_penalty,
-            )
-            for i, (history, frame, sampling) in enumerate(zip(histories, frames, samplings))
-        ]
-        samplers = [sampling.params.talker for sampling in samplings]
-        return choose_rows(torch.cat(scores, dim=0), samplers, [s.generator for s in samplings]), finite
 
     @torch.inference_mode()  # the caches are inference tensors: changed only in this mode
     def remove(self, row: BatchRow) -> None:
@@ -358,57 +366,80 @@ def _mark_failed(rows: list[BatchRow], finite: torch.Tensor) -> None:
             row.error = GenerationError(NON_FINITE)
 
 
-class CodebookFiller:
-    """Codebooks 2..16 of one frame for every row: the code predictor's 15 passes through
-    the compact forward, over a 17-position cache that every frame rewrites."""
+class TalkerChoice:
+    """The talker's next first-codebook token for each row: its output head, the logits rules
+    (``TalkerLogits``) and the row's own sampling, from tensors alone (``next_tokens``), so
+    the compiled talker step takes it into its graph."""
 
     def __init__(self, talker, params: SamplingParams):
-        predictor = talker.code_predictor
-        self.first_embedding = talker.get_input_embeddings()
-        self.embeddings = predictor.model.get_input_embeddings()
-        self.heads = predictor.lm_head
-        self.project = predictor.small_to_mtp_projection
-        self.groups = talker.config.num_code_groups - 1
-        self.sampler = params.predictor
-        self.stack = DecoderStack(predictor.model)
-        self.cache = FrameCache(self.stack, positions=self.groups + 2)
-        self.graph: CompiledPredictor | None = None  # set by StepParts.build(compiled=True)
+        tcfg = talker.config
+        self.head = talker.codec_head
+        self.device = talker.device
+        self.rules = TalkerLogits(tcfg.vocab_size, tcfg.codec_eos_token_id, talker.device)
+        self.choices = ChoiceTable(talker.device, tcfg.vocab_size, params.talker)
+        self._penalties: dict[tuple[float, ...], torch.Tensor] = {}
 
-    @torch.inference_mode()
-    def fill(self, hidden: torch.Tensor, first: torch.Tensor, samplings: list[RowSampling] | None = None):
-        """``hidden`` (B, 1, D) is the talker's last hidden state, ``first`` (B,) the
-        first-codebook tokens, ``samplings`` each row's (default: this filler's sampler).
-        Returns codes (B, 16), their input embeddings (B, 16, D) and whether each row's
-        logits stayed finite (B,)."""
-        generators: list[torch.Generator | None]
-        if samplings is None:
-            samplers, generators = [self.sampler] * first.shape[0], [None] * first.shape[0]
+    def nothing_seen(self) -> torch.Tensor:
+        return torch.zeros((1, self.rules.vocab_size), dtype=torch.bool, device=self.device)
+
+    def narrow(self, rows: list[BatchRow]) -> bool:
+        """Whether every row's choice has the model's own width (what the compiled step takes)."""
+        return self.choices.of([r.sampling.params.talker for r in rows]).width == self.choices.narrow
+
+    def inputs(self, rows: list[BatchRow], drawing: list[BatchRow]) -> tuple[torch.Tensor, ...]:
+        """``next_tokens``' inputs after the hidden states, for ``rows``; only the ``drawing``
+        rows draw from their generators (the others' tokens are thrown away, and a seeded row
+        that waits must not use up its draws)."""
+        samplings = [r.sampling for r in rows]
+        penalties = tuple(s.params.repetition_penalty for s in samplings)
+        penalty = self._penalties.get(penalties)
+        if penalty is None:
+            if len(self._penalties) >= 64:
+                self._penalties.clear()
+            penalty = self._penalties[penalties] = torch.tensor(penalties, device=self.device).view(-1, 1)
+        early = torch.tensor([r.frames_made < MIN_FRAMES_BEFORE_EOS for r in rows], device=self.device).view(-1, 1)
+        seen = torch.cat([r.seen for r in rows])
+        if len(drawing) == len(rows):
+            uniform = uniform_draws(len(rows), 1, [s.generator for s in samplings], self.device)
         else:
-            samplers, generators = [s.params.predictor for s in samplings], [s.generator for s in samplings]
-        rows = first.shape[0]
-        first_embed = self.first_embedding(first.view(-1, 1))
-        embeds = [first_embed]
-        codes = [first.view(-1)]
-        self.cache.begin(rows)
-        step_input = torch.cat([hidden, first_embed], dim=1)
-        all_finite = torch.ones(rows, dtype=torch.bool, device=first.device)
-        for group in range(self.groups):
-            logits = self._logits(group, step_input)
-            all_finite &= _finite_rows(logits)
-            code = choose_rows(logits, samplers, generators)
-            codes.append(code)
-            step_input = self.embeddings[group](code.view(-1, 1))
-            embeds.append(step_input)
-        return torch.stack(codes, dim=1), torch.cat(embeds, dim=1), all_finite
+            uniform = torch.zeros((len(rows), 1), device=self.device)
+        if drawing and len(drawing) < len(rows):
+            index = [rows.index(r) for r in drawing]
+            uniform[index] = uniform_draws(len(drawing), 1, [r.sampling.generator for r in drawing], self.device)
+        choices = self.choices.of([s.params.talker for s in samplings])
+        return (seen, early, penalty, uniform, *choices.tensors())
 
-    def _logits(self, group: int, step_input: torch.Tensor) -> torch.Tensor:
-        """One pass over the frame's next position(s): that group's logits (B, V) in float32."""
-        start, end = self.cache.start, self.cache.start + step_input.shape[1]
-        logits = None if self.graph is None else self.graph.attempt(group, step_input, self.cache)
-        if logits is None:
-            rotary = self.stack.cos[None, None, start:end], self.stack.sin[None, None, start:end]
-            out = self.stack.forward(self.project(step_input), rotary, self.cache, mask=None)
-            head = self.heads[group]
-            logits = per_row(out[:, -1], head.weight, head.bias).float()
-        self.cache.start = end
-        return logits
+    def next_tokens(
+        self,
+        hidden: torch.Tensor,
+        seen: torch.Tensor,
+        early: torch.Tensor,
+        penalty: torch.Tensor,
+        uniform: torch.Tensor,
+        greedy: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        top_p: torch.Tensor,
+        *,
+        width: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, D) -> (next token per row, whether each row's logits were finite), for
+        rows that all look at ``width`` tokens."""
+        logits, scores = self._scores(hidden, seen, early, penalty)
+        tokens = choose_among_best(scores, greedy, temperature, top_k, top_p, uniform, width)
+        return tokens, _finite_rows(logits)
+
+    def choose(
+        self, hidden: torch.Tensor, rows: list[BatchRow], uniform: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``next_tokens`` for any rows (they may differ in width), eagerly; ``uniform``: the
+        rows' draws when they were drawn already (for a compiled step that failed)."""
+        seen, early, penalty, drawn, *_ = self.inputs(rows, [] if uniform is not None else rows)
+        uniform = drawn if uniform is None else uniform
+        logits, scores = self._scores(hidden, seen, early, penalty)
+        choices = self.choices.of([r.sampling.params.talker for r in rows])
+        return choose(scores, choices, uniform), _finite_rows(logits)
+
+    def _scores(self, hidden, seen, early, penalty) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = per_row(hidden, self.head.weight, self.head.bias)
+        return logits, self.rules.apply(logits, seen, early, penalty)

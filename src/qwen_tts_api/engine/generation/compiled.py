@@ -1,17 +1,21 @@
-"""The talker step and the code predictor's passes as compiled graphs (``QWEN_TTS_COMPILE``).
+"""The talker step and the code predictor's frame as compiled graphs (``QWEN_TTS_COMPILE``).
 
-``torch.compile(fullgraph=True)`` captures each whole forward of ``lean.DecoderStack`` (every
-layer's norms, rotary embedding, attention, residuals, and the int8 row scaling around
-fbgemm's product) as one graph: a step then costs a few graph calls instead of thousands of
-operator dispatches from Python, and the compiler fuses the small element-wise work.
+``torch.compile(fullgraph=True)`` captures the talker step (``lean.DecoderStack``'s forward:
+every layer's norms, rotary embedding, attention, residuals, and the int8 row scaling around
+fbgemm's product) as one graph, and a whole frame of the code predictor (its 15 passes, each
+with its output head and token choice, ``codebooks.CodebookFiller.frame``) as another: a
+frame then costs two graph calls instead of thousands of operator dispatches from Python, and
+the compiler fuses the small element-wise work. On a CPU the graphs call their kernels from
+generated C++ (inductor's ``cpp_wrapper``), not from Python.
 
-Shapes must not change from step to step, or each step would compile anew: attention spans
-the whole preallocated cache under a mask (``lean.WholeCacheWriter``), and the number of rows
-and the cache length are marked dynamic, so new batch sizes and a cache that grows reuse the
-graph (one row is a shape of its own to the compiler: two graphs per forward in all). The
-predictor's first pass (two positions) and the others (one) are two graphs as well. On a
-CPU the talker step is compiled for one row only (``talker_graph_rows``). Token choice
-stays outside, unchanged: the graphs return hidden states or logits.
+Shapes must not change from step to step, or each step would compile anew: the talker's
+attention spans the whole preallocated cache under a mask (``lean.WholeCacheWriter``), and
+the number of rows and the cache length are marked dynamic, so new batch sizes and a cache
+that grows reuse the graph (one row is a shape of its own to the compiler: two graphs per
+forward in all). Sampling parameters are tensors, so requests' own settings never compile
+anything; the frame graph is for rows whose top-k is at most the model's (``sampling.
+ChoiceTable``), which is every row unless a request asks for more. On a CPU the talker step
+is compiled for one row only (``talker_graph_rows``); the talker's token choice stays eager.
 
 On CUDA, ``mode="reduce-overhead"`` records CUDA graphs (``QWEN_TTS_CUDA_GRAPHS``); the caches
 are then fixed addresses, recorded again when they are reallocated, and outputs are copied
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 
 from ..models.quantize import Int8Linear
-from .lean import DecoderStack, FrameCache, SlotCache, WholeCacheWriter, per_row
+from .lean import DecoderStack, SlotCache, WholeCacheWriter
 
 CompileMode = str | None  # torch.compile's mode: None (default) or "reduce-overhead" (CUDA graphs)
 # Graphs per forward: one row and many, two predictor input lengths, per model served (each
@@ -97,12 +101,16 @@ class _CompiledForward:
         self.stack = stack
         self.cuda_graphs = mode == "reduce-overhead"
         self.broken = False  # set when the compiled forward failed: callers run eagerly
-        self._graph: Callable[..., torch.Tensor] = torch.compile(self._forward, fullgraph=True, mode=mode)
+        # On a CPU the graph's kernels are called from generated C++ rather than Python: for a
+        # small model that is most of a step (docs/BENCHMARKS.md). CUDA graphs replay without it.
+        cpu = stack.device.type == "cpu"
+        options = None if self.cuda_graphs else {"cpp_wrapper": cpu, "cpp_wrapper_build_separate": cpu}
+        self._graph: Callable[..., Any] = torch.compile(self._forward, fullgraph=True, mode=mode, options=options)
 
-    def _forward(self, *args: Any) -> torch.Tensor:
+    def _forward(self, *args: Any) -> Any:
         raise NotImplementedError
 
-    def _run(self, *args: Any) -> torch.Tensor | None:
+    def _run(self, *args: Any) -> Any:
         if self.broken:
             return None
         try:
@@ -113,7 +121,10 @@ class _CompiledForward:
             log.exception("the compiled %s failed; it runs eagerly from now on", type(self).__name__)
             self.broken = True
             return None
-        return out.clone() if self.cuda_graphs else out  # the next replay overwrites a graph's output
+        if not self.cuda_graphs:
+            return out
+        # The next replay overwrites a graph's outputs.
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
 
 class CompiledTalker(_CompiledForward):
@@ -121,8 +132,16 @@ class CompiledTalker(_CompiledForward):
     hidden states (B, 1, D)``, each row writing and attending over its own positions.
     ``max_rows``: larger batches step eagerly (``attempt`` returns None; None: any size)."""
 
-    def __init__(self, stack: DecoderStack, mode: CompileMode = None, max_rows: int | None = None):
+    def __init__(
+        self,
+        stack: DecoderStack,
+        choose_next: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        width: int,
+        mode: CompileMode = None,
+        max_rows: int | None = None,
+    ):
         super().__init__(stack, mode)
+        self.choose_next, self.width = choose_next, width
         self.max_rows = max_rows
 
     def _forward(
@@ -133,57 +152,54 @@ class CompiledTalker(_CompiledForward):
         sin: torch.Tensor,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
-    ) -> torch.Tensor:
+        *choice: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = hidden.shape[0]
         span = torch.arange(keys[0].shape[2], device=hidden.device)
         mask = (span[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
         rotary = cos[positions].view(rows, 1, 1, -1), sin[positions].view(rows, 1, 1, -1)
-        return self.stack.forward(hidden, rotary, WholeCacheWriter(keys, values, positions[:, None]), mask)
+        out = self.stack.forward(hidden, rotary, WholeCacheWriter(keys, values, positions[:, None]), mask)
+        tokens, finite = self.choose_next(out[:, -1], *choice, width=self.width)
+        return out, tokens, finite
 
-    def attempt(self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor | None:
+    def takes(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` runs this graph (check before drawing its inputs)."""
+        return not self.broken and (self.max_rows is None or rows <= self.max_rows)
+
+    def attempt(
+        self, hidden: torch.Tensor, positions: torch.Tensor, cache: SlotCache, choice: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """-> (final hidden states (B, 1, D), next token per row, whether its logits were finite);
+        ``choice``: ``TalkerChoice.inputs`` (rows that all look at ``width`` tokens)."""
         stack, rows = self.stack, hidden.shape[0]
         if self.max_rows is not None and rows > self.max_rows:
             return None
         # The rows' slots only: one row is then one shape to the compiler, whatever the slots.
         keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
         _mark(keys + values, (0, 2), self.cuda_graphs)
-        _mark([hidden, positions], (0,), False)
+        _mark([hidden, positions, *choice], (0,), False)
         _mark([stack.cos, stack.sin], (0,), False)
-        return self._run(hidden, positions, stack.cos, stack.sin, keys, values)
+        return self._run(hidden, positions, stack.cos, stack.sin, keys, values, *choice)
 
 
-class CompiledPredictor(_CompiledForward):
-    """One code-predictor pass for every row in lock-step: ``(group, input (B, T, D), frame
-    cache) -> that group's logits (B, V)`` in float32, as ``CodebookFiller`` computes them."""
+class CompiledFrame(_CompiledForward):
+    """A whole frame of the code predictor, its 15 passes and token choices, as one graph:
+    ``codebooks.CodebookFiller.frame`` (tensors in, tensors out), for any number of rows and
+    any sampling parameters (they are tensors too)."""
 
-    def __init__(self, stack: DecoderStack, project: Any, heads: Any, mode: CompileMode = None):
-        self.project = project
-        self.head_weights = [head.weight for head in heads]
-        self.head_biases = [head.bias for head in heads]
+    def __init__(
+        self, stack: DecoderStack, frame: Callable[..., tuple[torch.Tensor, ...]], width: int, mode: CompileMode = None
+    ):
+        self.frame, self.width = frame, width
         super().__init__(stack, mode)
 
-    def _forward(
-        self,
-        inputs: torch.Tensor,
-        positions: torch.Tensor,
-        keys: list[torch.Tensor],
-        values: list[torch.Tensor],
-        head_weight: torch.Tensor,
-        head_bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        rows, length = inputs.shape[:2]
-        stack = self.stack
-        span = torch.arange(keys[0].shape[2], device=inputs.device)
-        mask = (span[None, :] <= positions[:, None]).view(1, 1, length, -1)
-        rotary = stack.cos[positions][None, None], stack.sin[positions][None, None]
-        writer = WholeCacheWriter(keys, values, positions[None, :].expand(rows, -1))
-        out = stack.forward(self.project(inputs), rotary, writer, mask)
-        return per_row(out[:, -1], head_weight, head_bias).float()
+    def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.frame(*inputs, width=self.width)
 
-    def attempt(self, group: int, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor | None:
-        rows = inputs.shape[0]
-        positions = torch.arange(cache.start, cache.start + inputs.shape[1], device=inputs.device)
-        keys, values = [k[:rows] for k in cache.keys], [v[:rows] for v in cache.values]
-        _mark(keys + values, (0,), self.cuda_graphs)
-        _mark([inputs], (0,), False)
-        return self._run(inputs, positions, keys, values, self.head_weights[group], self.head_biases[group])
+    def attempt(
+        self, hidden: torch.Tensor, first: torch.Tensor, uniforms: torch.Tensor, choices: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...] | None:
+        """``choices``: ``RowChoices.tensors()`` of rows that all look at ``width`` tokens."""
+        inputs = [hidden, first, uniforms, *choices]
+        _mark(inputs, (0,), False)
+        return self._run(*inputs)

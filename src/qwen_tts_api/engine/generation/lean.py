@@ -280,35 +280,6 @@ class SlotCache(KVWriter):
         return cached_keys[:rows, :, : self._length], cached_values[:rows, :, : self._length]
 
 
-class FrameCache(KVWriter):
-    """The code predictor's keys and values for one frame: every row in lock-step over the
-    same positions (two at the first pass, then one per codebook), rewritten each frame."""
-
-    def __init__(self, stack: DecoderStack, positions: int):
-        self.stack = stack
-        self.positions = positions
-        self.slots = 0
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.start = 0
-        stack.ensure_positions(positions)
-
-    def begin(self, rows: int) -> None:
-        if rows > self.slots:
-            self.slots = _bucket(rows)
-            stack = self.stack
-            shape = (self.slots, stack.kv_heads, self.positions, stack.head_dim)
-            self.keys = [torch.zeros(shape, dtype=stack.dtype, device=stack.device) for _ in stack.layers]
-            self.values = [torch.zeros(shape, dtype=stack.dtype, device=stack.device) for _ in stack.layers]
-        self.start = 0
-
-    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, end = keys.shape[0], self.start + keys.shape[2]
-        self.keys[layer][:rows, :, self.start : end] = keys
-        self.values[layer][:rows, :, self.start : end] = values
-        return self.keys[layer][:rows, :, :end], self.values[layer][:rows, :, :end]
-
-
 def _bucket(rows: int) -> int:
     """Slot counts come in powers of two (1, 2, 4, 8, 16, ...)."""
     return 1 << max(rows - 1, 0).bit_length()

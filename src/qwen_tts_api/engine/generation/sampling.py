@@ -35,62 +35,161 @@ class TokenSampler:
     top_p: float
     temperature: float
 
-    def choose(self, scores: torch.Tensor, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
-        """scores (B, V) -> token ids (B,); row i draws from ``generators[i]`` (None: torch's own)."""
-        if not self.do_sample:
-            return scores.argmax(dim=-1)
-        if self.temperature != 1.0:
-            scores = scores / self.temperature
-        if self.top_k and self.top_k < scores.shape[-1]:
-            # Only the k best can be drawn: work on those (sorted, best first) alone.
-            best, ids = torch.topk(scores, self.top_k, dim=-1)
-            picked = draw(_nucleus(best, self.top_p).softmax(dim=-1), generators)
-            return ids.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
-        if self.top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=True, dim=-1)
-            picked = draw(_nucleus(ordered, self.top_p).softmax(dim=-1), generators)
-            return order.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
-        return draw(scores.softmax(dim=-1), generators)
+    def choose(self, scores: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """scores (B, V) -> token ids (B,); ``uniform`` (B, 1): each row's draw in [0, 1)
+        (None: drawn here from torch's generator)."""
+        rows = ChoiceTable(scores.device, scores.shape[-1], self).of([self] * scores.shape[0])
+        if uniform is None:
+            uniform = uniform_draws(scores.shape[0], 1, [None] * scores.shape[0], scores.device)
+        return choose(scores, rows, uniform)
 
 
-def choose_rows(
-    scores: torch.Tensor, samplers: list[TokenSampler], generators: list[torch.Generator | None]
+# A RowChoices' tensors in a fixed order: greedy, temperature, top_k, top_p (each (B, 1)).
+ChoiceTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RowChoices:
+    """Each row's sampling parameters as (B, 1) tensors, so that rows with different settings
+    are chosen in one call, and in one compiled graph (``compiled.CompiledFrame``) that never
+    depends on what a request asked for. ``widths``: how many of each row's best tokens its
+    choice looks at (``ChoiceTable``)."""
+
+    greedy: torch.Tensor  # bool: argmax instead of a draw
+    temperature: torch.Tensor  # float32
+    top_k: torch.Tensor  # int64; 0 (no top-k) becomes the vocabulary's size
+    top_p: torch.Tensor  # float32
+    widths: tuple[int, ...]
+    sampled: bool = True  # whether any row draws (else every row is greedy)
+    nucleus: bool = True  # whether any row has a top-p below 1
+
+    def tensors(self) -> ChoiceTensors:
+        return self.greedy, self.temperature, self.top_k, self.top_p
+
+    @property
+    def width(self) -> int | None:
+        """The rows' common width, or None when they differ."""
+        return self.widths[0] if len(set(self.widths)) == 1 else None
+
+    def select(self, index: list[int]) -> RowChoices:
+        picked = torch.tensor(index, device=self.greedy.device)
+        greedy, temperature, top_k, top_p = (t.index_select(0, picked) for t in self.tensors())
+        widths = tuple(self.widths[i] for i in index)
+        return RowChoices(greedy, temperature, top_k, top_p, widths, self.sampled, self.nucleus)
+
+
+class ChoiceTable:
+    """``RowChoices`` for the sampler lists a batch meets, made once each (a batch's rows
+    rarely change, so a step builds no tensors for them).
+
+    A row's choice looks at its best ``width`` tokens: the model's own top-k (``default``'s)
+    for every row whose top-k is at most that, so the usual batch is one ``topk`` of a few
+    dozen; all of the vocabulary (a full sort) for a row without top-k or with a larger one.
+    The width depends on the row's own parameters alone, so a seeded row chooses the same
+    tokens whatever its neighbours ask for."""
+
+    def __init__(self, device: torch.device | str, vocab: int, default: TokenSampler, size: int = 64):
+        self.device, self.vocab, self.size = device, vocab, size
+        self.narrow = default.top_k if 0 < default.top_k < vocab else vocab
+        self._made: dict[tuple[TokenSampler, ...], RowChoices] = {}
+
+    def of(self, samplers: list[TokenSampler]) -> RowChoices:
+        key = tuple(samplers)
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) >= self.size:
+                self._made.clear()
+            made = self._made[key] = self._make(samplers)
+        return made
+
+    def _make(self, samplers: list[TokenSampler]) -> RowChoices:
+        def column(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=self.device).view(-1, 1)
+
+        top_k = [s.top_k if 0 < s.top_k < self.vocab else self.vocab for s in samplers]
+        return RowChoices(
+            greedy=column([not s.do_sample for s in samplers], torch.bool),
+            temperature=column([s.temperature for s in samplers], torch.float32),
+            top_k=column(top_k, torch.int64),
+            top_p=column([s.top_p for s in samplers], torch.float32),
+            widths=tuple(self.narrow if k <= self.narrow else self.vocab for k in top_k),
+            sampled=any(s.do_sample for s in samplers),
+            nucleus=any(s.top_p < 1.0 for s in samplers),
+        )
+
+
+def choose(scores: torch.Tensor, rows: RowChoices, uniform: torch.Tensor) -> torch.Tensor:
+    """scores (B, V) float32 -> one token per row (B,): the argmax for greedy rows; for the
+    others a draw (``uniform`` (B, 1)) after temperature, top-k, then top-p over what top-k
+    left, as Hugging Face's warpers do. Rows of one width go through one call."""
+    width, sampled, nucleus = rows.width, rows.sampled, rows.nucleus
+    if width is not None:
+        return choose_among_best(scores, *rows.tensors(), uniform, width, sampled, nucleus)
+    tokens = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+    for width in set(rows.widths):
+        index = [i for i, w in enumerate(rows.widths) if w == width]
+        picked = torch.tensor(index, device=scores.device)
+        some = rows.select(index)
+        tokens[picked] = choose_among_best(scores[picked], *some.tensors(), uniform[picked], width, sampled, nucleus)
+    return tokens
+
+
+def choose_among_best(
+    scores: torch.Tensor,
+    greedy: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+    width: int,
+    sampled: bool = True,
+    nucleus: bool = True,
 ) -> torch.Tensor:
-    """Each row of scores (B, V) with its own sampler and generator: one call for them all
-    when they share a sampler (the usual case: only the uniform draws are per row)."""
-    if all(s == samplers[0] for s in samplers):
-        return samplers[0].choose(scores, generators)
-    return torch.cat([s.choose(scores[i : i + 1], [g]) for i, (s, g) in enumerate(zip(samplers, generators))])
+    """``choose`` for rows that look at their best ``width`` tokens. The same operations
+    whatever the parameters' values (no branch on a tensor), so a compiler takes it whole.
+    Eager callers may say that no row draws (``sampled``) or none cuts by top-p (``nucleus``)
+    and skip what would change nothing; a graph always runs the whole."""
+    if not sampled:
+        return scores.argmax(dim=-1)
+    scaled = scores / temperature
+    if width < scores.shape[-1]:
+        ordered, order = torch.topk(scaled, width, dim=-1)  # sorted, best first
+    else:
+        ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)
+    rank = torch.arange(width, device=scores.device)
+    ordered = ordered.masked_fill(rank >= top_k, float("-inf"))
+    if nucleus:
+        probs = ordered.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the better tokens
+        # The token that crosses the threshold stays (as in TopPLogitsWarper); top_p 1 cuts nothing.
+        ordered = ordered.masked_fill((before >= top_p) & (top_p < 1.0), float("-inf"))
+    picked = draw(ordered.softmax(dim=-1), uniform)
+    drawn = order.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+    return torch.where(greedy.view(-1), scores.argmax(dim=-1), drawn)
 
 
-def _nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Scores sorted best first -> the same with everything past the top-p mass removed
-    (the token that crosses the threshold stays, as in Hugging Face's TopPLogitsWarper)."""
-    if top_p >= 1.0:
-        return ordered
-    probs = ordered.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass of the better tokens
-    return ordered.masked_fill(before >= top_p, float("-inf"))
-
-
-def draw(probs: torch.Tensor, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
-    """One token per row from probs (B, V), by inverting the cumulative distribution
-    (``torch.multinomial`` costs ten times as much per call on a CPU). A token of
-    probability zero is never drawn: the search finds the first cumulative sum above the
-    uniform draw, and a draw that rounds past the total falls back to the likeliest token."""
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row from probs (B, V), by inverting the cumulative distribution at
+    ``uniform`` (B, 1) (``torch.multinomial`` costs ten times as much per call on a CPU, and
+    draws on its own). A token of probability zero is never drawn: the search finds the first
+    cumulative sum above the draw, and a draw that rounds past the total falls back to the
+    likeliest token."""
     cumulative = probs.cumsum(dim=-1)
-    uniform = _uniform(probs.shape[0], generators, cumulative) * cumulative[:, -1:]
-    tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=probs.shape[-1] - 1)
+    target = uniform * cumulative[:, -1:]
+    tokens = torch.searchsorted(cumulative, target, right=True).clamp_(max=probs.shape[-1] - 1)
     possible = probs.gather(-1, tokens) > 0
     return torch.where(possible, tokens, probs.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
-def _uniform(rows: int, generators: list[torch.Generator | None] | None, like: torch.Tensor) -> torch.Tensor:
-    """(rows, 1) uniform draws: one call from torch's generator, or one per row from each
-    row's own (a seeded request's draws never depend on its neighbours)."""
-    if generators is None or all(g is None for g in generators):
-        return torch.rand(rows, 1, device=like.device, dtype=like.dtype)
-    return torch.cat([torch.rand(1, 1, device=like.device, dtype=like.dtype, generator=g) for g in generators])
+def uniform_draws(
+    rows: int, count: int, generators: list[torch.Generator | None], device: torch.device | str
+) -> torch.Tensor:
+    """(rows, count) uniform draws in float32: one call from torch's generator when no row
+    has its own, else one per row from its own generator (a seeded request's draws never
+    depend on its neighbours). A frame draws all its code predictor's draws at once."""
+    if all(g is None for g in generators):
+        return torch.rand(rows, count, device=device)
+    return torch.cat([torch.rand(1, count, device=device, generator=g) for g in generators])
 
 
 @dataclass(frozen=True)
@@ -158,22 +257,26 @@ class RowSampling:
 
 
 class TalkerLogits:
-    """The talker's per-step logits rules for one model's vocabulary."""
+    """The talker's per-step logits rules for one model's vocabulary, on tensors only (so the
+    compiled talker step takes them too): end-of-speech blocked for a row's first frames, the
+    repetition penalty over the first-codebook tokens a row has made, control tokens out."""
 
     def __init__(self, vocab_size: int, eos_id: int, device: torch.device):
         self.eos_id = eos_id
+        self.vocab_size = vocab_size
         # The top 1024 ids are control tokens (languages, speakers...), never spoken, except end-of-speech.
         self.suppressed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         self.suppressed[vocab_size - 1024 :] = True
         self.suppressed[eos_id] = False
+        self.eos = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.eos[eos_id] = True
 
-    def apply(self, logits: torch.Tensor, history: torch.Tensor, frame: int, penalty: float) -> torch.Tensor:
-        """logits (B, V) float32; history (B, n) first-codebook ids already generated."""
-        scores = logits.float()
-        if frame < MIN_FRAMES_BEFORE_EOS:
-            scores[:, self.eos_id] = float("-inf")
-        if penalty != 1.0 and history.shape[1]:
-            seen = torch.gather(scores, 1, history)
-            seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-            scores = scores.scatter(1, history, seen)
-        return scores.masked_fill(self.suppressed, float("-inf"))
+    def apply(
+        self, logits: torch.Tensor, seen: torch.Tensor, early: torch.Tensor, penalty: torch.Tensor
+    ) -> torch.Tensor:
+        """logits (B, V); seen (B, V) bool: the tokens each row has made; early (B, 1) bool:
+        rows that may not end yet; penalty (B, 1) float32 -> scores (B, V) float32. A penalty
+        of 1 changes nothing (a float multiplied or divided by 1 is itself)."""
+        scores = logits.float().masked_fill(early & self.eos, float("-inf"))
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        return torch.where(seen, penalised, scores).masked_fill(self.suppressed, float("-inf"))
