@@ -416,17 +416,13 @@ class TalkerChoice:
         early: torch.Tensor,
         penalty: torch.Tensor,
         uniform: torch.Tensor,
-        greedy: torch.Tensor,
-        temperature: torch.Tensor,
-        top_k: torch.Tensor,
-        top_p: torch.Tensor,
-        *,
+        *choices: torch.Tensor,
         width: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (B, D) -> (next token per row, whether each row's logits were finite), for
         rows that all look at ``width`` tokens."""
         logits, scores = self._scores(hidden, seen, early, penalty)
-        tokens = choose_among_best(scores, greedy, temperature, top_k, top_p, uniform, width)
+        tokens = choose_among_best(scores, choices, uniform, width)
         return tokens, _finite_rows(logits)
 
     def choose(

@@ -70,7 +70,9 @@ class CodebookFiller:
             made = self.graph.attempt(hidden, first, uniforms, choices.tensors())
         if made is not None:
             return made
-        return self.frame(hidden, first, uniforms, *choices.tensors(), width, choices.sampled, choices.nucleus)
+        return self.frame(
+            hidden, first, uniforms, *choices.tensors(), width=width, sampled=choices.sampled, nucleus=choices.nucleus
+        )
 
     def _frame_by_width(self, hidden, first, uniforms, choices):
         """Each width's rows as a frame of their own (rare: a request asked for a wider
@@ -83,7 +85,7 @@ class CodebookFiller:
             picked = torch.tensor(index, device=first.device)
             some = choices.select(index)
             rows = hidden[picked], first[picked], uniforms[picked]
-            made = self.frame(*rows, *some.tensors(), width, choices.sampled, choices.nucleus)
+            made = self.frame(*rows, *some.tensors(), width=width, sampled=choices.sampled, nucleus=choices.nucleus)
             codes[picked], embeds[picked], finite[picked] = made
         return codes, embeds, finite
 
@@ -92,10 +94,7 @@ class CodebookFiller:
         hidden: torch.Tensor,
         first: torch.Tensor,
         uniforms: torch.Tensor,
-        greedy: torch.Tensor,
-        temperature: torch.Tensor,
-        top_k: torch.Tensor,
-        top_p: torch.Tensor,
+        *choices: torch.Tensor,
         width: int,
         sampled: bool = True,
         nucleus: bool = True,
@@ -117,7 +116,7 @@ class CodebookFiller:
             logits = per_row(out[:, -1], head.weight, head.bias).float()
             finite = finite & torch.isfinite(logits).all(dim=-1)
             uniform = uniforms[:, group : group + 1]
-            code = choose_among_best(logits, greedy, temperature, top_k, top_p, uniform, width, sampled, nucleus)
+            code = choose_among_best(logits, choices, uniform, width, sampled, nucleus)
             codes.append(code)
             step_input = self.embeddings[group](code.view(-1, 1))
             embeds.append(step_input)

@@ -8,6 +8,7 @@ sampling is off).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,33 +125,27 @@ def choose(scores: torch.Tensor, rows: RowChoices, uniform: torch.Tensor) -> tor
     left, as Hugging Face's warpers do. Rows of one width go through one call."""
     width, sampled, nucleus = rows.width, rows.sampled, rows.nucleus
     if width is not None:
-        return choose_among_best(scores, *rows.tensors(), uniform, width, sampled, nucleus)
+        return choose_among_best(scores, rows.tensors(), uniform, width, sampled, nucleus)
     tokens = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
     for width in set(rows.widths):
         index = [i for i, w in enumerate(rows.widths) if w == width]
         picked = torch.tensor(index, device=scores.device)
         some = rows.select(index)
-        tokens[picked] = choose_among_best(scores[picked], *some.tensors(), uniform[picked], width, sampled, nucleus)
+        tokens[picked] = choose_among_best(scores[picked], some.tensors(), uniform[picked], width, sampled, nucleus)
     return tokens
 
 
 def choose_among_best(
-    scores: torch.Tensor,
-    greedy: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    uniform: torch.Tensor,
-    width: int,
-    sampled: bool = True,
-    nucleus: bool = True,
+    scores: torch.Tensor, choices: Sequence[torch.Tensor], uniform: torch.Tensor, width: int, sampled=True, nucleus=True
 ) -> torch.Tensor:
-    """``choose`` for rows that look at their best ``width`` tokens. The same operations
+    """``choose`` for rows that look at their best ``width`` tokens (``choices``:
+    ``RowChoices.tensors()``). The same operations
     whatever the parameters' values (no branch on a tensor), so a compiler takes it whole.
     Eager callers may say that no row draws (``sampled``) or none cuts by top-p (``nucleus``)
     and skip what would change nothing; a graph always runs the whole."""
     if not sampled:
         return scores.argmax(dim=-1)
+    greedy, temperature, top_k, top_p = choices
     scaled = scores / temperature
     if width < scores.shape[-1]:
         ordered, order = torch.topk(scaled, width, dim=-1)  # sorted, best first
