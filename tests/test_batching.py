@@ -48,7 +48,7 @@ CUDA = pytest.mark.skipif(not TEST_DEVICE.startswith("cuda"), reason="CUDA graph
         # step while others speak) make the same codes joining a busy batch as alone.
         ("customvoice", False, 6),
         pytest.param("customvoice_int8", False, 6, marks=INT8),
-        # QWEN_TTS_COMPILE: the talker step and predictor passes as torch.compile graphs
+        # QWEN_TTS_COMPILE: the talker step and the predictor's frame as torch.compile graphs
         # (fullgraph: a graph break fails the test) give the eager solo codes, batched.
         pytest.param("customvoice", True, 0, marks=pytest.mark.slow),
         pytest.param("customvoice_int8", True, 0, marks=[INT8, pytest.mark.slow]),
