@@ -80,10 +80,7 @@ class CodebookFiller:
         codes = torch.empty((first.shape[0], self.groups + 1), dtype=torch.long, device=first.device)
         embeds = hidden.new_empty((first.shape[0], self.groups + 1, hidden.shape[-1]))
         finite = torch.empty(first.shape[0], dtype=torch.bool, device=first.device)
-        for width in set(choices.widths):
-            index = [i for i, w in enumerate(choices.widths) if w == width]
-            picked = torch.tensor(index, device=first.device)
-            some = choices.select(index)
+        for width, picked, some in choices.by_width():
             rows = hidden[picked], first[picked], uniforms[picked]
             made = self.frame(*rows, *some.tensors(), width=width, sampled=choices.sampled, nucleus=choices.nucleus)
             codes[picked], embeds[picked], finite[picked] = made

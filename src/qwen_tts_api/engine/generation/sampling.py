@@ -72,6 +72,14 @@ class RowChoices:
         """The rows' common width, or None when they differ."""
         return self.widths[0] if len(set(self.widths)) == 1 else None
 
+    def by_width(self) -> list[tuple[int, torch.Tensor, RowChoices]]:
+        """(width, the rows' indices as a tensor, their choices) for each width among the rows."""
+        groups = []
+        for width in set(self.widths):
+            index = [i for i, w in enumerate(self.widths) if w == width]
+            groups.append((width, torch.tensor(index, device=self.greedy.device), self.select(index)))
+        return groups
+
     def select(self, index: list[int]) -> RowChoices:
         picked = torch.tensor(index, device=self.greedy.device)
         greedy, temperature, top_k, top_p = (t.index_select(0, picked) for t in self.tensors())
@@ -127,10 +135,7 @@ def choose(scores: torch.Tensor, rows: RowChoices, uniform: torch.Tensor) -> tor
     if width is not None:
         return choose_among_best(scores, rows.tensors(), uniform, width, sampled, nucleus)
     tokens = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-    for width in set(rows.widths):
-        index = [i for i, w in enumerate(rows.widths) if w == width]
-        picked = torch.tensor(index, device=scores.device)
-        some = rows.select(index)
+    for width, picked, some in rows.by_width():
         tokens[picked] = choose_among_best(scores[picked], some.tensors(), uniform[picked], width, sampled, nucleus)
     return tokens
 
