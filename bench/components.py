@@ -138,6 +138,11 @@ def main() -> int:
     parser.add_argument("--quantize", choices=["none", "int8", "int8-weight-only"], default="none")
     parser.add_argument("--compile", action="store_true", help="also time the compiled step")
     parser.add_argument(
+        "--codec-bfloat16",
+        action="store_true",
+        help="also time the codec in bfloat16 (QWEN_TTS_CODEC_DTYPE=bfloat16), the package's and ours",
+    )
+    parser.add_argument(
         "--prefill-chunk",
         type=int,
         default=0,
@@ -146,6 +151,7 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
+    from qwen_tts_api.engine.generation import decoding
     from qwen_tts_api.engine.generation.batching import FrameBatch, StepParts
     from qwen_tts_api.engine.generation.decoding import StreamingDecoder
     from qwen_tts_api.engine.generation.prompt import build_prompt
@@ -197,14 +203,22 @@ def main() -> int:
             figures.update(joining_rows(tts, params, prompt, args.prefill_chunk))
         codes = torch.randint(0, 1000, (c, 16, 48))
         package_decoder = tts.model.speech_tokenizer.model.decoder
-        figures["decode 48 frames, per frame x1, the package's one pass"] = (
-            timed(lambda: package_decoder(codes[:1]), args.repeat) / 48
-        )
-        for n in (3, 48):
-            one = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
-            many = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
-            figures[f"decode {n} frames, per frame x1"] = one / n
-            figures[f"decode {n} frames, per frame per row x{c} batched"] = many / n / c
+        for dtype in (torch.float32, torch.bfloat16) if args.codec_bfloat16 else (torch.float32,):
+            package_decoder.to(dtype)
+            for module in package_decoder.modules():  # our decoder's weight layouts, made again
+                for kept in (decoding.IMAGE, decoding.MATRIX):
+                    if hasattr(module, kept):
+                        delattr(module, kept)
+            suffix = "" if dtype == torch.float32 else ", bfloat16"
+            figures[f"decode 48 frames, per frame x1, the package's one pass{suffix}"] = (
+                timed(lambda: package_decoder(codes[:1]), args.repeat) / 48
+            )
+            for n in (3, 48):
+                one = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
+                many = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
+                figures[f"decode {n} frames, per frame x1{suffix}"] = one / n
+                figures[f"decode {n} frames, per frame per row x{c} batched{suffix}"] = many / n / c
+        package_decoder.to(torch.float32)
 
     print(
         f"\n{args.model}, {args.device} {args.dtype}, quantize {args.quantize}, "

@@ -12,7 +12,8 @@ Ways to get the same utterance (a fixed number of frames) from the same model:
 A --server variant is a QWEN_TTS_DTYPE value (default "auto", what a user gets without
 setting anything), optionally followed by "+" options: "+int8" / "+int8-weight-only"
 (QWEN_TTS_QUANTIZE), "+compile" / "+eager" (QWEN_TTS_COMPILE=on / off), "+nographs"
-(QWEN_TTS_CUDA_GRAPHS=off), "+thread" / "+nothread" (QWEN_TTS_DECODE_THREAD=on / off). A
+(QWEN_TTS_CUDA_GRAPHS=off), "+thread" / "+nothread" (QWEN_TTS_DECODE_THREAD=on / off),
+"+codec-bfloat16" / "+codec-float32" (QWEN_TTS_CODEC_DTYPE). A
 compiled server compiles during its warm-up, before it is measured. BENCH_SERVER_LOG=path
 appends the servers' logs to that file (dropped by default).
 
@@ -119,6 +120,8 @@ def server_env(variant: str) -> dict[str, str]:
             env["QWEN_TTS_CUDA_GRAPHS"] = "off"
         elif option in ("thread", "nothread"):
             env["QWEN_TTS_DECODE_THREAD"] = "on" if option == "thread" else "off"
+        elif option in ("codec-bfloat16", "codec-float32"):
+            env["QWEN_TTS_CODEC_DTYPE"] = option.removeprefix("codec-")
         else:
             raise SystemExit(f"unknown --server option {option!r} in {variant!r}")
     return env

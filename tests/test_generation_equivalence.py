@@ -9,10 +9,12 @@ import torch
 from helpers import TEST_DEVICE, first_fast
 from qwen_tts import Qwen3TTSModel
 
+from qwen_tts_api.devtools import cpu_settings
 from qwen_tts_api.devtools.demo_models import ModelShape, build_model
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.prompt import build_prompt
 from qwen_tts_api.engine.generation.sampling import SamplingParams
+from qwen_tts_api.engine.models.loading import load_model
 
 FRAMES = 14
 
@@ -301,6 +303,31 @@ def test_streamed_waveform_in_the_gpu_layout_equals_full_decode(customvoice, mon
         forget_kept_weights()
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
+
+
+def test_a_bfloat16_codec_streams_close_to_the_float32_decode(customvoice, demo_models):
+    """QWEN_TTS_CODEC_DTYPE=bfloat16 (auto's choice on a CPU with AMX): the loader casts the
+    codec alone, and the streamed waveform is as close to the package's float32 decode as
+    the package's own bfloat16 decode (its codec on a GPU) is: not within 1e-4, bfloat16
+    keeps 8 bits of mantissa, and this random-weight codec magnifies rounding."""
+    codes, wav = package_codes(
+        customvoice,
+        lambda: customvoice.generate_custom_voice(
+            "Hello there, how are you?", speaker="Vivian", language="English", max_new_tokens=41
+        ),
+    )
+    settings = cpu_settings(device=TEST_DEVICE, codec_dtype="bfloat16")
+    loaded = load_model("customvoice", demo_models["customvoice"], settings, dtype="float32")
+    model = loaded.tts.model
+    assert model.speech_tokenizer.model.dtype == torch.bfloat16 and model.talker.dtype == torch.float32
+    ours = stream_decode(loaded.tts, codes, first_chunk=1, max_chunk=16)
+    (package_bfloat16,), _ = model.speech_tokenizer.decode({"audio_codes": codes})
+
+    def error(decoded: np.ndarray) -> float:  # relative RMS difference from the float32 decode
+        assert decoded.dtype == np.float32 and decoded.shape == wav.shape
+        return float(np.sqrt(np.mean((decoded - wav) ** 2) / np.mean(wav**2)))
+
+    assert 0 < error(ours) <= 1.5 * error(package_bfloat16)
 
 
 @pytest.mark.slow  # a whole package generation and decode

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from helpers import decode_audio, hub_cache, serving
 
+from qwen_tts_api.engine.models import precision
 from qwen_tts_api.engine.models.directory import ModelDirectoryError, check_model_dir
-from qwen_tts_api.engine.models.precision import resolve_dtype
+from qwen_tts_api.engine.models.precision import codec_dtype_for, resolve_dtype
 from qwen_tts_api.settings import Settings
 
 SPEC_VARS = [
@@ -268,6 +270,20 @@ def test_dtype_auto(caplog):
     # With native bfloat16 it is measured; either answer is a real dtype.
     assert resolve_dtype("auto", "cpu", flags={"avx512_bf16"}) in ("bfloat16", "float32")
     assert resolve_dtype("float32", "cuda:0") == "float32"  # an explicit choice is obeyed
+
+
+def test_codec_dtype_auto(monkeypatch):
+    assert codec_dtype_for("auto", "cuda:0", "bfloat16") == "bfloat16"  # the model's, as the package
+    assert codec_dtype_for("auto", "cpu", "bfloat16", flags={"avx2", "fma"}) == "float32"  # emulated: slow
+    assert codec_dtype_for("bfloat16", "cpu", "float32", flags={"avx2"}) == "bfloat16"  # an explicit choice
+    # With native bfloat16 the convolution is measured: bfloat16 only where twice as fast.
+    seconds = {torch.float32: 3.0, torch.bfloat16: 2.0}
+    monkeypatch.setattr(precision, "_seconds_per_convolution", lambda dtype: seconds[dtype])
+    assert codec_dtype_for("auto", "cpu", "float32", flags={"amx_bf16"}) == "float32"
+    seconds[torch.bfloat16] = 1.0
+    assert codec_dtype_for("auto", "cpu", "float32", flags={"amx_bf16"}) == "bfloat16"
+    monkeypatch.undo()
+    assert precision._seconds_per_convolution(torch.float32) > 0
 
 
 def test_float16_is_obeyed_with_a_warning(caplog):

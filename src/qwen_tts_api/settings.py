@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
     )
+    # The codec (speech tokenizer): auto = the model's dtype on CUDA; on a CPU bfloat16 where the
+    # processor multiplies bfloat16 natively (AMX) and its convolutions measure at least twice
+    # as fast so, else float32 (engine/models/precision.py).
+    codec_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto", validation_alias=AliasChoices("QWEN_TTS_CODEC_DTYPE")
+    )
     # int8: weights and (per row) activations in int8 (fbgemm); int8-weight-only: int8 weights,
     # bfloat16 activations (engine/models/quantize.py).
     quantize: Literal["none", "int8", "int8-weight-only"] = Field(

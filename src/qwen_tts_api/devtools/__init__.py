@@ -45,6 +45,7 @@ def cpu_settings(**overrides) -> Settings:
     values: dict[str, Any] = dict(
         device="cpu",
         dtype="float32",
+        codec_dtype="float32",
         attn="",
         customvoice_model_path=None,
         base_model_path=None,

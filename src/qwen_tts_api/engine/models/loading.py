@@ -130,10 +130,16 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(
-    kind: ModelKind, path: Path, settings: Settings, dtype: str | None = None, name: str | None = None
+    kind: ModelKind,
+    path: Path,
+    settings: Settings,
+    dtype: str | None = None,
+    name: str | None = None,
+    codec_dtype: str | None = None,
 ) -> LoadedModel:
-    """Load one model; ``dtype`` is the resolved ``QWEN_TTS_DTYPE`` (resolved here if not given),
-    ``name`` what /v1/models calls it (the directory's name if not given)."""
+    """Load one model; ``dtype`` and ``codec_dtype`` are the resolved ``QWEN_TTS_DTYPE`` and
+    ``QWEN_TTS_CODEC_DTYPE`` (resolved here if not given), ``name`` what /v1/models calls it
+    (the directory's name if not given)."""
     import torch
     from qwen_tts import Qwen3TTSModel
 
@@ -149,7 +155,7 @@ def load_model(
     except Exception as exc:  # transformers raises many types; report one clear error
         raise ModelLoadError(f"could not load {kind} model from {path}: {exc}") from exc
     model = tts.model
-    codec_dtype = codec_dtype_for(settings.device, dtype)
+    codec_dtype = codec_dtype or codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if codec_dtype != dtype:
         model.speech_tokenizer.model.to(getattr(torch, codec_dtype))
         log.info("%s: the codec runs in %s, the talker and code predictor in %s", kind, codec_dtype, dtype)
@@ -184,6 +190,10 @@ def load_models(
     settings = settings.model_copy(update={"device": resolve_device(settings.device)})
     _check_device(settings.device)
     dtype = resolve_dtype(settings.dtype, settings.device)
+    codec_dtype = codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if sources is None:
         sources = resolve_sources(settings.model_paths())
-    return {kind: load_model(kind, source.path, settings, dtype, name=source.name) for kind, source in sources.items()}
+    return {
+        kind: load_model(kind, source.path, settings, dtype, name=source.name, codec_dtype=codec_dtype)
+        for kind, source in sources.items()
+    }

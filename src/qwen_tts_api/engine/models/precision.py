@@ -6,9 +6,14 @@ shape measures faster in it than in float32; elsewhere bfloat16 is emulated and 
 so float32. float16 is obeyed with a warning: it is reported to give non-finite logits
 in the code predictor.
 
-The codec (speech tokenizer) is another matter: its convolutions are compute-bound, and
-on a CPU without native bfloat16 they ran 46 times slower in bfloat16 than in float32 (a
-0.6B-sized decoder, 5.8 s against 0.12 s per frame), so on a CPU it always runs in float32.
+The codec (speech tokenizer, ``QWEN_TTS_CODEC_DTYPE``) is another matter: its convolutions
+are compute-bound. On a CPU without native bfloat16 they ran 46 times slower in bfloat16
+than in float32 (a 0.6B-sized decoder, 5.8 s against 0.12 s per frame); on one with AMX
+tiles they ran 5 to 13 times faster (docs/BENCHMARKS.md). So ``auto`` picks bfloat16 for
+it on a CPU only where the processor has native bfloat16 and a codec-sized convolution
+measures at least twice as fast in it: a clear gain is asked for, since it rounds the
+waveform's path more coarsely (as the package does on a GPU, where the codec runs in the
+model's dtype).
 """
 
 from __future__ import annotations
@@ -80,6 +85,40 @@ def resolve_dtype(requested: str, device: str, flags: set[str] | None = None) ->
     return chosen
 
 
-def codec_dtype_for(device: str, model_dtype: str) -> str:
-    """The dtype the codec runs in: the model's on CUDA, float32 on a CPU (see above)."""
-    return model_dtype if device.startswith("cuda") else "float32"
+def _seconds_per_convolution(dtype, repeat: int = 3) -> float:
+    import torch
+
+    # A kernel-7 convolution of the codec's last block (96 channels, 16384 positions: under a
+    # 16-frame tile), laid out as the decoder runs it on a CPU (a one-row image, channels-last).
+    # The best of a few runs: start-up is a noisy moment to measure.
+    weight = torch.randn(96, 96, 1, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 96, 1, 16384 + 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.nn.functional.conv2d(x, weight)
+        for _ in range(repeat):
+            started = time.perf_counter()
+            torch.nn.functional.conv2d(x, weight)
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def codec_dtype_for(requested: str, device: str, model_dtype: str, flags: set[str] | None = None) -> str:
+    """The dtype the codec runs in (see above), logging why when it was chosen for the user."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return model_dtype
+    if not set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags):
+        return "float32"
+    import torch
+
+    bf16, fp32 = _seconds_per_convolution(torch.bfloat16), _seconds_per_convolution(torch.float32)
+    chosen = "bfloat16" if 2 * bf16 <= fp32 else "float32"
+    log.info(
+        "QWEN_TTS_CODEC_DTYPE=auto: %s (a codec convolution takes %.1f ms in bfloat16, %.1f ms in float32)",
+        chosen,
+        bf16 * 1e3,
+        fp32 * 1e3,
+    )
+    return chosen

@@ -39,16 +39,24 @@ def dynamic_kernel_available() -> bool:
 
 # A compiled graph cannot hold fbgemm's packed weights (a TorchScript object), so under
 # torch.compile the dynamic kernel is an opaque operator that names its layer by a number.
+# The graph calls it back in Python once per linear (about 400 times a frame at the 0.6B
+# size), so it is defined with the plain operator library: ``torch.library.custom_op``'s
+# wrapper (dynamo guard, aliasing check) made each call from a compiled graph 29 us instead
+# of 25 us on a tiny layer (docs/BENCHMARKS.md).
 _COMPILED_LAYERS: weakref.WeakValueDictionary[int, Int8Linear] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
+_LIBRARY = torch.library.Library("qwen_tts_api", "DEF")
+_LIBRARY.define("int8_dynamic_linear(Tensor pinned, int handle, int out_features) -> Tensor")
 
 
-@torch.library.custom_op("qwen_tts_api::int8_dynamic_linear", mutates_args=())
 def _int8_dynamic_linear(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(pinned, _COMPILED_LAYERS[handle].packed(), True)
 
 
-@_int8_dynamic_linear.register_fake
+_LIBRARY.impl("int8_dynamic_linear", _int8_dynamic_linear, "CPU")
+
+
+@torch.library.register_fake("qwen_tts_api::int8_dynamic_linear")
 def _(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
     return pinned.new_empty(pinned.shape[0], out_features)
 
