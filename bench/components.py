@@ -205,10 +205,7 @@ def main() -> int:
         package_decoder = tts.model.speech_tokenizer.model.decoder
         for dtype in (torch.float32, torch.bfloat16) if args.codec_bfloat16 else (torch.float32,):
             package_decoder.to(dtype)
-            for module in package_decoder.modules():  # our decoder's weight layouts, made again
-                for kept in (decoding.IMAGE, decoding.MATRIX):
-                    if hasattr(module, kept):
-                        delattr(module, kept)
+            decoding.forget_kept_weights(package_decoder)  # our decoder's layouts, made again in this dtype
             suffix = "" if dtype == torch.float32 else ", bfloat16"
             figures[f"decode 48 frames, per frame x1, the package's one pass{suffix}"] = (
                 timed(lambda: package_decoder(codes[:1]), args.repeat) / 48

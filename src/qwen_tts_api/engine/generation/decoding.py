@@ -84,6 +84,15 @@ def _kept(conv, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return weight
 
 
+def forget_kept_weights(decoder: torch.nn.Module) -> None:
+    """Drop the weight layouts kept on ``decoder``'s modules (made again at next use): after
+    its dtype or the memory format changes."""
+    for module in decoder.modules():
+        for name in (IMAGE, MATRIX):
+            if hasattr(module, name):
+                delattr(module, name)
+
+
 def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     """A transposed convolution as one matrix product and, where the kernel is twice the
     stride, an overlap-add: each input frame makes two strides of output, the second of which
