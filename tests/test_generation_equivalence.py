@@ -282,11 +282,6 @@ def test_streamed_waveform_in_the_gpu_layout_equals_full_decode(customvoice, mon
     channels-last (cuDNN's channels-last depthwise convolution is slow): that path, run here."""
     codec = customvoice.model.speech_tokenizer.model.decoder
 
-    def forget_kept_weights() -> None:  # made once per module, in the layout of their first use
-        for module in codec.modules():
-            if hasattr(module, decoding.IMAGE):
-                delattr(module, decoding.IMAGE)
-
     codes, wav = package_codes(
         customvoice,
         lambda: customvoice.generate_custom_voice(
@@ -294,13 +289,13 @@ def test_streamed_waveform_in_the_gpu_layout_equals_full_decode(customvoice, mon
         ),
     )
     monkeypatch.setattr(decoding, "memory_format", lambda x: torch.contiguous_format)
-    forget_kept_weights()
+    decoding.forget_kept_weights(codec)  # made once per module, in the layout of their first use
     try:
         ours = stream_decode(customvoice, codes, first_chunk=3, max_chunk=48)
         kept = [getattr(m, decoding.IMAGE) for m in codec.modules() if hasattr(m, decoding.IMAGE)]
         assert kept and all(w.is_contiguous() for w in kept)  # channels-last ones with a kernel above 1 are not
     finally:
-        forget_kept_weights()
+        decoding.forget_kept_weights(codec)
     assert ours.shape == wav.shape
     assert np.abs(ours - wav).max() <= 1e-4
 

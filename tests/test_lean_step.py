@@ -137,9 +137,12 @@ def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkey
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     seeded = {"model": "qwen3-tts", "voice": "vivian", "input": "Compiled or not.", "stream": False}
     seeded |= {"response_format": "pcm", "seed": 7, "temperature": 0.9}
-    # float32 (cpu_settings'): on a CPU with AMX, QWEN_TTS_DTYPE=auto is bfloat16, whose compiled
-    # and eager kernels round differently there.
-    base = dict(customvoice_model_path=demo_models["customvoice"], quantize="int8")
+    # float32 (cpu_settings') and unquantised: the compiled kernels (fused norms, attention over
+    # the whole cache) round differently from the eager ones in the last bit, too little to
+    # change a seeded draw. int8 activations now and then turn such a bit into a whole
+    # quantisation step, and a sampled token with it (README: QWEN_TTS_COMPILE); the int8
+    # graphs are checked greedily (tests/test_batching.py), where they give the eager codes.
+    base = dict(customvoice_model_path=demo_models["customvoice"])
     with LiveServer(cpu_settings(**base)) as server, httpx.Client(base_url=server.url, timeout=300) as http:
         eager = http.post("/v1/audio/speech", json=seeded).content
     compiled_settings = cpu_settings(**base, compile="on", data_dir=tmp_path)
