@@ -13,6 +13,7 @@ from typing import Any
 from ...constants import ModelKind, display_speaker_name
 from ...settings import Settings
 from ...text.control_tokens import control_tokens_of
+from .openmp import release_worker_threads
 from .precision import codec_dtype_for, resolve_dtype
 from .quantize import QUANTIZE_MODES, dynamic_kernel_available, quantize_int8
 from .source import ModelSource, resolve_sources
@@ -193,7 +194,9 @@ def load_models(
     codec_dtype = codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if sources is None:
         sources = resolve_sources(settings.model_paths())
-    return {
+    models = {
         kind: load_model(kind, source.path, settings, dtype, name=source.name, codec_dtype=codec_dtype)
         for kind, source in sources.items()
     }
+    release_worker_threads()  # this thread is done with PyTorch: its workers would slow the steps'
+    return models

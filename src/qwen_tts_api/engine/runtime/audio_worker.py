@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ..models.openmp import release_worker_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -81,3 +83,5 @@ class AudioWorker:
                 work()
             except Exception:  # noqa: BLE001 - work reports its own failures; this keeps the thread alive
                 log.exception("audio work failed")
+            if not self._work:  # nothing queued: its OpenMP workers go until the next chunk (openmp.py)
+                release_worker_threads()

@@ -19,6 +19,7 @@ from ...constants import ModelKind
 from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable
 from ..models.loading import LoadedModel
+from ..models.openmp import release_worker_threads
 from .admission import Admission
 from .jobs import EngineConfig, SpeechJob
 from .live_text import LiveText
@@ -46,6 +47,9 @@ class Engine:
         self.admission = Admission(self.config.max_queue, workers=self.config.max_batch)
         self.runner = BatchRunner(self.models, self.config)
         self.scheduler = Scheduler(self.runner, self.config, self.admission)
+        # From here the scheduler thread runs the models (and a decoding thread their codec):
+        # the thread that built them gives its OpenMP workers back (models/openmp.py).
+        release_worker_threads()
 
     def model(self, kind: ModelKind) -> LoadedModel | None:
         return self.models.get(kind)

@@ -1,0 +1,47 @@
+"""OpenMP worker threads on a CPU: a thread that is done with PyTorch gives its own back.
+
+Every Python thread that runs a parallel PyTorch operator gets an OpenMP team of its own,
+whose worker threads live as long as that thread. GNU OpenMP (what PyTorch's Linux wheels
+ship) lets idle workers spin a few milliseconds before they sleep, so that the next
+operator finds them awake; but once it manages more threads than the machine has CPUs it
+hardly spins at all, and every operator has to wake its workers first. A step is hundreds
+of small operators, so on a 2-vCPU server a second team (the thread that loaded the models,
+a decoding thread between two chunks) made a lone 0.6B step 1.3x slower eagerly and 2.3x
+slower compiled (docs/BENCHMARKS.md). OpenMP 5's ``omp_pause_resource_all`` frees the
+calling thread's team; its next parallel operator starts a new one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads, keep what is cheap to keep
+
+
+@functools.cache
+def _pause_resource_all() -> Callable[[int], int] | None:
+    """The ``omp_pause_resource_all`` of the OpenMP runtime PyTorch bundles, if it has one
+    (GNU OpenMP in the Linux wheels; elsewhere nothing is done)."""
+    import torch
+
+    for path in sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*")):
+        try:
+            function = ctypes.CDLL(str(path)).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+        return function
+    return None
+
+
+def release_worker_threads() -> None:
+    """Free the calling thread's OpenMP workers (a no-op where there are none to free)."""
+    pause = _pause_resource_all()
+    if pause is not None and pause(OMP_PAUSE_SOFT) != 0:
+        log.debug("omp_pause_resource_all refused (inside a parallel region?)")
