@@ -15,7 +15,7 @@ def threads_of_this_process() -> int:
 
 
 @pytest.mark.skipif(
-    not os.path.isdir("/proc/self/task") or openmp._pause_resource_all() is None or torch.get_num_threads() < 2,
+    not os.path.isdir("/proc/self/task") or openmp._pause_host() is None or torch.get_num_threads() < 2,
     reason="needs Linux, PyTorch's GNU OpenMP and more than one PyTorch thread",
 )
 def test_a_thread_gives_its_openmp_workers_back():

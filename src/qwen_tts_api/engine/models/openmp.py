@@ -7,8 +7,9 @@ operator finds them awake; but once it manages more threads than the machine has
 hardly spins at all, and every operator has to wake its workers first. A step is hundreds
 of small operators, so on a 2-vCPU server a second team (the thread that loaded the models,
 a decoding thread between two chunks) made a lone 0.6B step 1.3x slower eagerly and 2.3x
-slower compiled (docs/BENCHMARKS.md). OpenMP 5's ``omp_pause_resource_all`` frees the
-calling thread's team; its next parallel operator starts a new one.
+slower compiled (docs/BENCHMARKS.md). OpenMP 5's ``omp_pause_resource`` frees the
+calling thread's team; its next parallel operator starts a new one. (``omp_pause_resource``
+on the host device, not ``omp_pause_resource_all``: the latter also finalises offload devices.)
 """
 
 from __future__ import annotations
@@ -25,23 +26,24 @@ OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads, keep what is cheap
 
 
 @functools.cache
-def _pause_resource_all() -> Callable[[int], int] | None:
-    """The ``omp_pause_resource_all`` of the OpenMP runtime PyTorch bundles, if it has one
+def _pause_host() -> Callable[[], int] | None:
+    """Pauses the host's OpenMP resources through the runtime PyTorch bundles, if it can
     (GNU OpenMP in the Linux wheels; elsewhere nothing is done)."""
     import torch
 
     for path in sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*")):
         try:
-            function = ctypes.CDLL(str(path)).omp_pause_resource_all
+            runtime = ctypes.CDLL(str(path))
+            pause, host = runtime.omp_pause_resource, runtime.omp_get_initial_device
         except (OSError, AttributeError):
             continue
-        function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-        return function
+        pause.argtypes, pause.restype, host.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int, ctypes.c_int
+        return lambda: pause(OMP_PAUSE_SOFT, host())
     return None
 
 
 def release_worker_threads() -> None:
     """Free the calling thread's OpenMP workers (a no-op where there are none to free)."""
-    pause = _pause_resource_all()
-    if pause is not None and pause(OMP_PAUSE_SOFT) != 0:
-        log.debug("omp_pause_resource_all refused (inside a parallel region?)")
+    pause = _pause_host()
+    if pause is not None and pause() != 0:
+        log.debug("omp_pause_resource refused (inside a parallel region?)")
