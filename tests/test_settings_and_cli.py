@@ -276,12 +276,12 @@ def test_codec_dtype_auto(monkeypatch):
     assert codec_dtype_for("auto", "cuda:0", "bfloat16") == "bfloat16"  # the model's, as the package
     assert codec_dtype_for("auto", "cpu", "bfloat16", flags={"avx2", "fma"}) == "float32"  # emulated: slow
     assert codec_dtype_for("bfloat16", "cpu", "float32", flags={"avx2"}) == "bfloat16"  # an explicit choice
-    # With native bfloat16 the convolution is measured: bfloat16 only where twice as fast.
-    seconds = {torch.float32: 3.0, torch.bfloat16: 2.0}
+    # With native bfloat16 the convolution is measured: bfloat16 only where 1.5 times as fast.
+    seconds = {torch.float32: 3.0, torch.bfloat16: 2.5}
     monkeypatch.setattr(precision, "_seconds_per_convolution", lambda dtype: seconds[dtype])
     assert codec_dtype_for("auto", "cpu", "float32", flags={"amx_bf16"}) == "float32"
-    seconds[torch.bfloat16] = 1.0
-    assert codec_dtype_for("auto", "cpu", "float32", flags={"amx_bf16"}) == "bfloat16"
+    seconds[torch.bfloat16] = 1.55  # a Zen 4's ratio (about 2x) with noise against it
+    assert codec_dtype_for("auto", "cpu", "float32", flags={"avx512_bf16"}) == "bfloat16"
     monkeypatch.undo()
     assert precision._seconds_per_convolution(torch.float32) > 0
 
