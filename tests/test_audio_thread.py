@@ -1,12 +1,14 @@
 """Decoding on its own thread (QWEN_TTS_DECODE_THREAD=on), as a client hears it: the same
 bytes in the same order as when the scheduler decodes, whole and streamed, with pauses and
 several pieces; the decoder really runs on that thread; a request's first audio goes ahead
-of other requests' work, never of its own; and a decoder that raises there fails its own
-request alone (test_failures.py runs that on this server too)."""
+of other requests' work, never of its own, and the scheduler waits for it before its next
+step; and a decoder that raises there fails its own request alone (test_failures.py runs
+that on this server too)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 from helpers import LiveServer, cpu_settings
 
+from qwen_tts_api.engine.generation.batching import FrameBatch
 from qwen_tts_api.engine.generation.decoding import StreamingDecoder
 from qwen_tts_api.engine.runtime.audio_worker import AudioWorker, decode_thread_wanted
 
@@ -112,6 +115,56 @@ def test_first_audio_goes_ahead_of_other_streams_but_never_of_its_own():
     worker.close()
     worker.join(10)
     assert order == ["b: its pause", "b: first audio", "a: chunk 1", "a: chunk 2", "a: end"]
+
+
+def test_waiting_for_first_audio_waits_for_urgent_work_only():
+    worker = AudioWorker()
+    busy, urgent_gate, waited = threading.Event(), threading.Event(), threading.Event()
+    worker.submit("a", lambda: busy.wait(10))  # other work running does not hold the scheduler
+    worker.wait_for_first_audio()
+
+    def first_audio() -> None:
+        urgent_gate.wait(10)
+        raise RuntimeError("a failing first chunk still lets the scheduler go on")
+
+    worker.submit("b", first_audio, urgent=True)
+    waiter = threading.Thread(target=lambda: (worker.wait_for_first_audio(limit=60), waited.set()))
+    waiter.start()
+    assert not waited.wait(0.3)  # queued behind "a", then running: the scheduler waits
+    busy.set()
+    assert not waited.wait(0.3)
+    worker.wait_for_first_audio(limit=0.1)  # but never longer than its limit
+    assert not waited.is_set()
+    urgent_gate.set()
+    assert waited.wait(10)
+    worker.close()
+    worker.join(10)
+
+
+def test_the_next_step_waits_for_a_first_chunk(servers, monkeypatch):
+    """While a request's first chunk is decoded on the audio thread, the scheduler neither
+    steps nor prefills: the chunk has the processor to itself."""
+    _, threaded = servers
+    events: list[str] = []
+    original_flush, original_step = StreamingDecoder._flush_pending, FrameBatch.step
+
+    def flush(self) -> np.ndarray:
+        first = self._position == 0
+        events.append("first chunk starts" if first else "chunk")
+        if first:
+            time.sleep(0.3)  # long enough for a step to start beside it, if one could
+            events.append("first chunk ends")
+        return original_flush(self)
+
+    def step(self):
+        events.append("step")
+        return original_step(self)
+
+    monkeypatch.setattr(StreamingDecoder, "_flush_pending", flush)
+    monkeypatch.setattr(FrameBatch, "step", step)
+    speech(threaded, stream=True)
+    start = events.index("first chunk starts")
+    assert events[start + 1] == "first chunk ends" and "step" in events[start + 2 :]
 
 
 def test_auto_decodes_on_its_own_thread_unless_a_cpu_runs_one_thread(monkeypatch):

@@ -199,6 +199,8 @@ class Scheduler:
 
     def iterate(self) -> Decision[Request]:
         """One turn of the loop after ``receive``: decide, execute, update."""
+        if self._audio is not None:  # a first chunk being decoded has the processor to itself
+            self._audio.wait_for_first_audio()
         self._take_live_text()
         for request in self._waiting:
             if request.needs_encoder:
