@@ -8,7 +8,9 @@
 
 Every request makes exactly --frames frames (random weights never end early). Throughput is
 audio seconds per wall second; TTFA percentiles are over the C requests of a level (for
-serial: time until each request's audio is complete, counting its wait in the queue).
+serial: time until each request's audio is complete, counting its wait in the queue); at
+concurrency 1, --lone-requests requests one after another, whose median TTFA is what
+p95/single divides by.
 
     uv run python bench/concurrency.py --model demo
     uv run python bench/concurrency.py --model 0.6b --frames 50 --concurrency 1 4 8
@@ -35,6 +37,7 @@ from latency import (  # noqa: E402 (sibling script)
     run_server,
     save_json,
     server_process,
+    text_tokens,
 )
 
 
@@ -54,10 +57,13 @@ def serial(tts, frames: int, count: int) -> dict:
     return {"throughput": audio / wall, "ttfa": done_at, "wall": wall}
 
 
-def concurrent(url: str, count: int) -> dict:
+def concurrent(url: str, count: int, rounds: int = 1) -> dict:
+    """``count`` clients at once, ``rounds`` times in a row (their TTFAs pooled)."""
     started = time.perf_counter()
+    results = []
     with ThreadPoolExecutor(count) as pool:
-        results = list(pool.map(lambda _: run_server(url, True), range(count)))
+        for _ in range(rounds):
+            results += list(pool.map(lambda _: run_server(url, True), range(count)))
     wall = time.perf_counter() - started
     return {"throughput": sum(r["audio"] for r in results) / wall, "ttfa": [r["ttfa"] for r in results], "wall": wall}
 
@@ -68,6 +74,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument(
         "--serial-requests", type=int, default=4, help="requests in the serial baseline (0: our server alone)"
+    )
+    parser.add_argument(
+        "--lone-requests", type=int, default=5, help="requests one after another at concurrency 1 (median TTFA)"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -88,13 +97,15 @@ def main() -> int:
         with server_process(path, args.device, variant, ATTN, extra_env=extra) as url:
             run_server(url, True)
             for level in args.concurrency:
-                rows.append((f"{variant}@{level}", concurrent(url, level)))
+                rounds = args.lone_requests if level == 1 else 1  # one request's TTFA is noisy
+                rows.append((f"{variant}@{level}", concurrent(url, level, rounds)))
                 if level == 1:
                     singles[variant] = statistics.median(rows[-1][1]["ttfa"])
 
     print(
         f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} "
-        f"servers={','.join(variants)} torch_threads={torch.get_num_threads()} cpu={cpu_model()}"
+        f"servers={','.join(variants)} text_tokens={text_tokens(path)} torch_threads={torch.get_num_threads()} "
+        f"cpu={cpu_model()}"
     )
     width = max(12, *(len(name) + 2 for name, _ in rows))  # rows: the servers' at least
     print(f"{'path':<{width}}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")

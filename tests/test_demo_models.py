@@ -10,6 +10,7 @@ from qwen_tts import Qwen3TTSModel
 
 from qwen_tts_api.cli import main
 from qwen_tts_api.devtools.demo_models import (
+    COMMON_WORDS,
     PUBLISHED,
     PUBLISHED_TOKEN_IDS,
     build_model,
@@ -157,6 +158,23 @@ def test_published_token_ids_are_where_the_config_expects_them(tmp_path):
     assert (ids["<tts_text_bos>"], ids["<tts_text_eod>"]) == (config["tts_bos_token_id"], config["tts_eos_token_id"])
     tokens = AutoTokenizer.from_pretrained(str(tmp_path))("<|im_start|>assistant\nHi<|im_end|>\n")["input_ids"]
     assert tokens[0] == 151644 and 151645 in tokens and max(tokens) < config["talker_config"]["text_vocab_size"]
+
+
+def test_benchmark_models_read_common_words_as_one_token_each(tmp_path):
+    """The published sizes' tokenizer (benchmarks) spells common English words as single
+    tokens, as the real vocabulary does, so a benchmark's prompt is as long as a real one;
+    the prompt template's tokens and the special ids stay where the package expects them."""
+    from transformers import AutoTokenizer
+
+    build_text_tokenizer(tmp_path, PUBLISHED_TOKEN_IDS, COMMON_WORDS)
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+    assert pieces[:4] == ["The", "Ġquick", "Ġbrown", "Ġfox"] and len(pieces) == 18
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert len(tokenizer("Zyxw")["input_ids"]) > 1  # other words: pieces, down to bytes
+    template = tokenizer("<|im_start|>assistant\nHi<|im_end|>\n")["input_ids"]
+    assert template[0] == 151644 and len(template) == 7 and 151645 in template
 
 
 def test_demo_models_command_writes_the_frame_budget(tmp_path):

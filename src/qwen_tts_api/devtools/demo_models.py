@@ -83,6 +83,34 @@ DEMO_FAMILIES = {"customvoice": ("custom_voice", 0), "base": ("base", 100), "voi
 KINDS = tuple(kind for kind, _ in DEMO_FAMILIES.values())
 # Words the prompt template relies on being single tokens ("<|im_start|>assistant\n").
 SINGLE_TOKEN_WORDS = ["assistant", "user"]
+# Common English words (and the benchmarks' own), each one token in the published-size models'
+# tokenizer, as in Qwen's real vocabulary: without them every letter is a token and a
+# benchmark's prompt is three times as long as the real model's, which inflates its prefill.
+_COMMON_WORDS_TEXT = """
+the be to of and a in that have i it for not on with he as you do at this but his by from they
+we say her she or an will my one all would there their what so up out if about who get which go
+me when make can like time no just him know take people into year your good some could them see
+other than then now look only come its over think also back after use two how our work first well
+way even new want because any these give day most us is are was were been has had did said does
+made here more very much many such own same each few where why while through down before off again
+still under between never always every should may might must shall let keep keeps kept long great
+little old right big high small large next early young important public bad able last far near hello
+thank thanks please yes today tomorrow yesterday morning evening night weather sunny rain world life
+hand part place case week company system program question government number point home water room
+mother father area money story fact month lot book eye job word business issue side kind head house
+service friend power hour game line end member law car city name president team minute idea body
+information school face others level office door health person art war history party result change
+reason research girl guy moment air teacher force education voice speech speak speaking spoke said
+tell told call called ask asked need needed feel felt become became leave left put mean meant begin
+began seem seemed help helped talk talked turn turned start started show showed hear heard play
+played run running move moved live lived believe hold bring happen write provide sit stand lose pay
+meet include continue set learn lead understand watch follow stop create open walk win offer remember
+love consider appear buy wait serve die send expect build stay fall cut reach kill remain suggest
+raise pass sell require report decide pull generated generate faster fast slow quick quickly brown
+fox jumps jump lazy dog cat beyond hill hills ladies gentlemen hope benchmark sentence server test
+audio sound music read reading text model request requests stream streaming response answer
+"""
+COMMON_WORDS = _COMMON_WORDS_TEXT.split()
 
 
 @dataclass(frozen=True)
@@ -116,25 +144,31 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = None) -> dict[str, int]:
+def build_text_tokenizer(
+    directory: Path, special_ids: dict[str, int] | None = None, words: list[str] | None = None
+) -> dict[str, int]:
     """Write a small byte-level BPE Qwen2 tokenizer; return its special tokens' ids.
 
     By default special tokens sit right after the byte alphabet and merges, so the text
     embedding table stays small. ``special_ids`` pins them where a published vocabulary has
-    them instead (the ids in between stay unused).
+    them instead (the ids in between stay unused). ``words``: English words that become one
+    token each (alone, capitalised, and after a space), as a real vocabulary has them; the
+    other text is spelt byte by byte.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    merges: list[tuple[str, str]] = []
-    for word in SINGLE_TOKEN_WORDS:
-        prefix = word[0]
-        for ch in word[1:]:
-            merges.append((prefix, ch))
-            prefix += ch
-            vocab.setdefault(prefix, len(vocab))
+    qwen2_pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    vocab, merges = _word_merges(pre_tokenizer, words) if words else _template_merges()
     for token in SPECIAL_TOKENS:
         vocab[token] = (special_ids or {}).get(token, len(vocab))
     taken = set(vocab.values())
@@ -143,16 +177,7 @@ def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = N
     vocab.update({f"<|unused_{i}|>": i for i in range(max(taken)) if i not in taken})
     bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
     tok = Tokenizer(bpe)
-    qwen2_pattern = (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-    )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     fast = Qwen2TokenizerFast(
         tokenizer_object=tok,
@@ -172,6 +197,44 @@ def build_text_tokenizer(directory: Path, special_ids: dict[str, int] | None = N
     ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     assert all(isinstance(i, int) for i in ids.values())
     return ids  # type: ignore[return-value]  # each one an int, checked above
+
+
+def _template_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte alphabet and the merges that make the prompt template's words single tokens."""
+    from tokenizers import pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges: list[tuple[str, str]] = []
+    for word in SINGLE_TOKEN_WORDS:
+        prefix = word[0]
+        for ch in word[1:]:
+            merges.append((prefix, ch))
+            prefix += ch
+            vocab.setdefault(prefix, len(vocab))
+    return vocab, merges
+
+
+def _word_merges(pre_tokenizer, words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte alphabet and the BPE merges that make each of ``words`` one token (the prompt
+    template's as they are; the others also capitalised, and each after a space), learnt by
+    the tokenizers library's trainer so the merges never compete with one another."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    forms = list(SINGLE_TOKEN_WORDS)
+    for word in dict.fromkeys(w for w in words if w not in SINGLE_TOKEN_WORDS):
+        forms += [word, f" {word}", word.capitalize(), f" {word.capitalize()}"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + sum(map(len, forms)) + 1,  # room for every merge: all words whole
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(forms, trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), merges  # type: ignore[return-value]  # pairs, split above
 
 
 def _talker_config(shape: ModelShape, text_vocab_size: int, with_speakers: bool) -> dict:
@@ -365,7 +428,7 @@ def build_model(
         shape = shape or (ModelShape(size_tag="1b7") if kind == "voice_design" else ModelShape.tiny())
         config_dict = _tiny_config(kind, shape, build_text_tokenizer(directory))
     else:
-        build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS)
+        build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS, COMMON_WORDS)
         config_dict = published_config(size, kind)
     torch.manual_seed(seed)
     config = Qwen3TTSConfig(**config_dict)
