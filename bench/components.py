@@ -18,7 +18,8 @@ step and prefill rows with the talker quantised as ``QWEN_TTS_QUANTIZE`` would; 
 adds the step rows of the compiled forwards (``QWEN_TTS_COMPILE=on``) beside the eager ones,
 and the time their graphs took to compile. ``--prefill-chunk N`` times a 400-position prompt
 (an in-context clone's) joining a speaking row, prefilled whole and in chunks of N
-(``QWEN_TTS_PREFILL_CHUNK``): the speaking row's longest wait and the joining row's first frame.
+(``QWEN_TTS_PREFILL_CHUNK``): the speaking row's longest wait and the joining row's first frame;
+and C prompts of 100 positions (a paragraph) joining it at once, whole and in groups of N.
 
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels
     uv run python bench/components.py --model 0.6b --model-dir /tmp/benchmodels --quantize int8
@@ -100,33 +101,35 @@ def _qconfigured(linear: torch.nn.Linear) -> torch.nn.Linear:
     return linear
 
 
-def joining_rows(tts, params, prompt, chunk: int, positions: int = 400) -> dict[str, float]:
-    """A prompt of ``positions`` (the length of an in-context clone's prompt) joins a batch
-    where one row is speaking: the speaking row's longest wait between two frames, and the
-    joining row's wait for its first frame, with the prefill whole and in chunks."""
+def joining_rows(tts, params, prompt, chunk: int, positions: int = 400, count: int = 1) -> dict[str, float]:
+    """``count`` prompts of ``positions`` each (400: an in-context clone's prompt) join at once
+    a batch where one row is speaking: the speaking row's longest wait between two frames,
+    and the wait for the last joining row's first frame, with the prefill whole and in
+    chunks (several prompts: in groups of at most a chunk's positions)."""
     import dataclasses
 
-    from qwen_tts_api.engine.generation.batching import FrameBatch
+    from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
 
     repeats = -(-positions // prompt.prefill.shape[1])
     long = dataclasses.replace(prompt, prefill=torch.cat([prompt.prefill] * repeats, dim=1)[:, :positions])
+    what = f"join a {positions}-position prompt" if count == 1 else f"join {count} prompts of {positions} positions"
     figures = {}
     for label, size in (("whole", 0), (f"chunks of {chunk}", chunk)):
         batch = FrameBatch(tts, params, prefill_chunk=size)
         speaking = batch.add(prompt, max_frames=10_000)
         batch.step()
         started = last_frame = time.perf_counter()
-        joining = batch.add(long, max_frames=10_000)
+        waiting = set(batch.add_many([RowSpec(long, 10_000) for _ in range(count)]))
         longest = 0.0
-        while True:
+        while waiting:
             frames = [row for row, _ in batch.step()[0]]
             now = time.perf_counter()
             if speaking in frames:
                 longest, last_frame = max(longest, now - last_frame), now
-            if joining in frames:
-                break
-        figures[f"join a {positions}-position prompt, {label}: speaking row's longest wait"] = longest
-        figures[f"join a {positions}-position prompt, {label}: its first frame"] = now - started
+            waiting -= set(frames)
+        figures[f"{what}, {label}: speaking row's longest wait"] = longest
+        first = "its first frame" if count == 1 else "the last one's first frame"
+        figures[f"{what}, {label}: {first}"] = now - started
     return figures
 
 
@@ -201,6 +204,7 @@ def main() -> int:
                 )
         if args.prefill_chunk:
             figures.update(joining_rows(tts, params, prompt, args.prefill_chunk))
+            figures.update(joining_rows(tts, params, prompt, args.prefill_chunk, positions=100, count=c))
         codes = torch.randint(0, 1000, (c, 16, 48))
         package_decoder = tts.model.speech_tokenizer.model.decoder
         for dtype in (torch.float32, torch.bfloat16) if args.codec_bfloat16 else (torch.float32,):

@@ -9,7 +9,7 @@ import torch
 from helpers import TEST_DEVICE, LiveServer, cpu_settings
 from qwen_tts import Qwen3TTSModel
 
-from qwen_tts_api.engine.generation.batching import FrameBatch
+from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
 from qwen_tts_api.engine.generation.frames import FrameGenerator
 from qwen_tts_api.engine.generation.prefill import Prefill
 from qwen_tts_api.engine.generation.prompt import build_prompt
@@ -60,7 +60,7 @@ def test_speaking_rows_step_between_the_chunks_of_a_joining_prompt(customvoice, 
     batch = FrameBatch(customvoice, params, prefill_chunk=chunk)
     speaking = batch.add(short, max_frames=30)
     batch.step()
-    joining = batch.add(long, max_frames=5)  # its first chunk runs now
+    joining = batch.add(long, max_frames=5)  # nothing runs yet: its chunks go with the steps
     first_frame_at, made = None, [expected[0]]
     assert len(expected) > chunks + 1  # the speaking row outlasts the joining prompt's prefill
     for step in range(1, chunks + 1):
@@ -73,8 +73,8 @@ def test_speaking_rows_step_between_the_chunks_of_a_joining_prompt(customvoice, 
             first_frame_at = step
         if first_frame_at is None:
             assert batch.joining, "still prefilling"
-    # One chunk at the step it joined, one more at each step after; its frame the step the last ran.
-    assert first_frame_at == chunks - 1
+    # One chunk at each step after it joined; its first frame at the step its last chunk ran.
+    assert first_frame_at == chunks
     assert torch.equal(torch.stack(made), expected[: len(made)])
 
 
@@ -111,6 +111,39 @@ def test_a_prefill_failing_midway_fails_its_rows_only(customvoice, params, monke
     while len(batch):
         made += [codes for row, codes in batch.step()[0] if row is speaking]
     assert torch.equal(torch.stack(made), expected), "the speaking row went on as alone"
+
+
+def test_prompts_joining_at_once_are_prefilled_a_chunk_of_them_per_step(customvoice, params):
+    """Four short prompts join a speaking row at once with room for two per chunk: two
+    groups, one per step, the speaking row making a frame at each; every row's codes are
+    its codes alone."""
+    short = build_prompt(customvoice, "Hello there.", "English", speaker="Vivian")
+    texts = ["One.", "Two words.", "Three more words.", "And four of them."]
+    prompts = [build_prompt(customvoice, text, "English", speaker="Ryan") for text in texts]
+    chunk = 2 * max(p.prefill.shape[1] for p in prompts)  # padded to the longest: two fit
+    frames = 6
+    alone = []
+    for prompt in prompts:
+        lone = FrameBatch(customvoice, params, prefill_chunk=chunk)
+        lone.add(prompt, max_frames=frames)
+        alone.append(torch.stack([codes for _ in range(frames + 1) for _, codes in lone.step()[0]]))
+    expected = torch.stack(list(FrameGenerator(customvoice, short, params, max_frames=20)))
+    batch = FrameBatch(customvoice, params, prefill_chunk=chunk)
+    speaking = batch.add(short, max_frames=20)
+    made = {speaking: [codes for _, codes in batch.step()[0]]}
+    joining = batch.add_many([RowSpec(prompt, frames) for prompt in prompts])
+    assert [len(group.rows) for group in batch.joining] == [2, 2]
+    made |= {row: [] for row in joining}
+    first_frames = []
+    while len(batch):
+        frames_made, _ = batch.step()
+        first_frames.append(sum(1 for row, _ in frames_made if row in joining and not made[row]))
+        for row, codes in frames_made:
+            made[row].append(codes)
+    assert first_frames[:3] == [2, 2, 0]  # a group a step
+    assert torch.equal(torch.stack(made[speaking]), expected[: len(made[speaking])])
+    for row, codes in zip(joining, alone):
+        assert torch.equal(torch.stack(made[row]), codes)
 
 
 @pytest.mark.skipif(TEST_DEVICE != "cpu", reason="fbgemm's int8 kernel runs on the CPU")

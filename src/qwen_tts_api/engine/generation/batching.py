@@ -4,8 +4,9 @@ between steps (the core of continuous batching).
 Joining requests run their prefill together through the package's own modules (left-padded,
 masked, ``prefill.py``); each row's real positions are then copied into its own slot of a
 preallocated talker cache, at indices from 0. A prompt longer than ``prefill_chunk``
-positions is prefilled in chunks: while other rows are speaking, one chunk per step, so
-they wait for one chunk at a time; the joining rows take their slots when it ends. Per frame
+positions is prefilled in chunks, and prompts joining at once go in groups of at most that
+many positions: while other rows are speaking, one chunk per step, so they wait for one
+chunk at a time; the joining rows take their slots when their group's prefill ends. Per frame
 the talker step and the code predictor's 15 passes run through the compact forward in
 ``lean.py`` over those caches: each row writes its own next position and attends only to
 its own positions, so rows of different lengths share a step without padding games. The
@@ -162,32 +163,56 @@ class FrameBatch:
     @torch.inference_mode()
     def add_many(self, specs: Sequence[RowSpec]) -> list[BatchRow]:
         """Rows for joining prompts, prefilled together in one forward pass of the package's
-        modules (``prefill.py``). With no row speaking they join at once; otherwise a prefill
-        in chunks runs its first chunk now and one at each next step (``_prefill_more``), and
-        its rows make their first frame at the step where it ends."""
+        modules (``prefill.py``), in groups that fit one chunk (``_prefill_groups``). With no
+        row speaking the first group is prefilled whole now and its rows join at once. The
+        others wait their turn: while rows speak, each step first runs one chunk of the
+        oldest prefill (``_advance_joining``), and a group's rows make their first frame at
+        the step where its prefill ends."""
         pending = torch.empty(0, device=self.talker.device)  # a joining row's token and state
-        prefill = Prefill(self.talker.model, [spec.prompt.prefill for spec in specs], self.prefill_chunk)
-        self._prefill_more(prefill)
-        rows = [
-            BatchRow(
-                prompt=spec.prompt,
-                max_frames=spec.max_frames,
-                should_stop=spec.should_stop or _never,
-                position=length,
-                token=pending,
-                hidden=pending,
-                sampling=spec.sampling or RowSampling(self.params),
-                seen=self.chooser.nothing_seen(),
-                owner=spec.owner,
-            )
-            for spec, length in zip(specs, prefill.lengths)
-        ]
-        group = _Joining(prefill, dict(enumerate(rows)))
-        if prefill.finished:
-            self._join(group)
-        else:
-            self.joining.append(group)
+        rows: list[BatchRow] = []
+        for index, group in enumerate(self._prefill_groups(specs)):
+            prefill = Prefill(self.talker.model, [spec.prompt.prefill for spec in group], self.prefill_chunk)
+            if index == 0 and not self.rows:
+                prefill.run()
+            joining = _Joining(prefill, {})
+            for i, (spec, length) in enumerate(zip(group, prefill.lengths)):
+                joining.rows[i] = BatchRow(
+                    prompt=spec.prompt,
+                    max_frames=spec.max_frames,
+                    should_stop=spec.should_stop or _never,
+                    position=length,
+                    token=pending,
+                    hidden=pending,
+                    sampling=spec.sampling or RowSampling(self.params),
+                    seen=self.chooser.nothing_seen(),
+                    owner=spec.owner,
+                )
+            rows += joining.rows.values()
+            if prefill.finished:
+                self._join(joining)
+            else:
+                self.joining.append(joining)
         return rows
+
+    def _prefill_groups(self, specs: Sequence[RowSpec]) -> list[list[RowSpec]]:
+        """The joining prompts in arrival order, in groups whose padded prefill (prompts x
+        the longest) fits ``prefill_chunk`` positions; a longer prompt is a group of its own
+        (prefilled in chunks). So a burst of prompts joining speaking rows holds a step up
+        for about one chunk, as one long prompt does. A prompt's result does not depend on
+        its group (the batching tests compare it alone)."""
+        if not self.prefill_chunk:
+            return [list(specs)]
+        groups: list[list[RowSpec]] = []
+        longest = 0
+        for spec in specs:
+            length = spec.prompt.prefill.shape[1]
+            if groups and (len(groups[-1]) + 1) * max(longest, length) <= self.prefill_chunk:
+                groups[-1].append(spec)
+                longest = max(longest, length)
+            else:
+                groups.append([spec])
+                longest = length
+        return groups
 
     def _advance_joining(self) -> list[BatchRow]:
         """One chunk of the oldest joining prefill (all of it when no row is speaking);
