@@ -45,7 +45,7 @@ import torch
 
 from qwen_tts_api.cli import quiet_third_party_logs
 from qwen_tts_api.devtools import free_port, wait_until_ready
-from qwen_tts_api.devtools.demo_models import COMMON_WORDS, PUBLISHED_TOKEN_IDS, build_model, build_text_tokenizer
+from qwen_tts_api.devtools.demo_models import build_model, write_text_tokenizer
 
 TEXT = "The quick brown fox jumps over the lazy dog, and keeps running far beyond the hills."
 SAMPLE_RATE = 24000
@@ -55,17 +55,16 @@ PACKAGE_SAMPLING = {"do_sample": True, "subtalker_dosample": True}
 
 def build(kind: str, frames: int, directory: Path) -> Path:
     path = directory / f"{kind}-customvoice"
+    size = "tiny" if kind == "demo" else kind
     if not (path / "config.json").exists():
         started = time.perf_counter()
-        size = "tiny" if kind == "demo" else kind
         generation = {**PACKAGE_SAMPLING, "max_new_tokens": frames}
         build_model(path, "custom_voice", seed=0, size=size, generation=generation)
         print(f"built {kind} model in {time.perf_counter() - started:.0f}s at {path}", file=sys.stderr)
     else:  # the frame budget changes between runs; a folder built before may have an older tokenizer
         config = json.loads((path / "generation_config.json").read_text())
         (path / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": frames}, indent=2))
-        if kind != "demo":
-            build_text_tokenizer(path, PUBLISHED_TOKEN_IDS, COMMON_WORDS)
+        write_text_tokenizer(path, size)
     return path
 
 

@@ -199,6 +199,15 @@ def build_text_tokenizer(
     return ids  # type: ignore[return-value]  # each one an int, checked above
 
 
+def write_text_tokenizer(directory: Path, size: str) -> dict[str, int]:
+    """The text tokenizer a demo model of ``size`` has, written into ``directory``: the tiny
+    models' keeps its ids small; the published sizes' has the published special ids and
+    reads common English words whole (benchmarks). Returns the special tokens' ids."""
+    if size == "tiny":
+        return build_text_tokenizer(directory)
+    return build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS, COMMON_WORDS)
+
+
 def _template_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A byte alphabet and the merges that make the prompt template's words single tokens."""
     from tokenizers import pre_tokenizers
@@ -426,9 +435,9 @@ def build_model(
     if size == "tiny":
         # VoiceDesign is published at 1.7B only: its tiny model says so (instructions are kept).
         shape = shape or (ModelShape(size_tag="1b7") if kind == "voice_design" else ModelShape.tiny())
-        config_dict = _tiny_config(kind, shape, build_text_tokenizer(directory))
+        config_dict = _tiny_config(kind, shape, write_text_tokenizer(directory, size))
     else:
-        build_text_tokenizer(directory, PUBLISHED_TOKEN_IDS, COMMON_WORDS)
+        write_text_tokenizer(directory, size)
         config_dict = published_config(size, kind)
     torch.manual_seed(seed)
     config = Qwen3TTSConfig(**config_dict)

@@ -38,7 +38,8 @@ def _pause_host() -> Callable[[], int] | None:
         except (OSError, AttributeError):
             continue
         pause.argtypes, pause.restype, host.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int, ctypes.c_int
-        return lambda: pause(OMP_PAUSE_SOFT, host())
+        device = host()  # the host's device number: fixed for the process
+        return lambda: pause(OMP_PAUSE_SOFT, device)
     return None
 
 
