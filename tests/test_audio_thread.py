@@ -167,6 +167,35 @@ def test_the_next_step_waits_for_a_first_chunk(servers, monkeypatch):
     assert events[start + 1] == "first chunk ends" and "step" in events[start + 2 :]
 
 
+def test_a_complete_response_has_no_urgent_work_and_the_streams_samples(servers, monkeypatch):
+    """No one hears a complete response's first chunk early, so none of its work goes ahead
+    of others' or holds a step; it is decoded in the stream's chunks, to the same bytes."""
+    _, threaded = servers
+    chunks: list[int] = []
+    urgent: list[bool] = []
+    original_flush, original_submit = StreamingDecoder._flush_pending, AudioWorker.submit
+
+    def flush(self) -> np.ndarray:
+        chunks.append(len(self.pending))
+        return original_flush(self)
+
+    def submit(self, stream, work, urgent_work: bool = False) -> None:
+        urgent.append(urgent_work)
+        original_submit(self, stream, work, urgent_work)
+
+    monkeypatch.setattr(StreamingDecoder, "_flush_pending", flush)
+    monkeypatch.setattr(AudioWorker, "submit", submit)
+    seen = {}
+    for stream in (True, False):
+        chunks.clear()
+        urgent.clear()
+        audio = speech(threaded, stream=stream)
+        seen[stream] = (list(chunks), any(urgent), audio)
+    (streamed, streamed_urgent, streamed_audio), (whole, whole_urgent, whole_audio) = seen[True], seen[False]
+    assert streamed_urgent and not whole_urgent
+    assert whole == streamed and whole[0] == 1 and whole_audio == streamed_audio
+
+
 def test_auto_decodes_on_its_own_thread_unless_a_cpu_runs_one_thread(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)

@@ -142,6 +142,11 @@ class SpeechRequest(SamplingFields, SpeechChecks):
         return value
 
     @property
+    def whole_body(self) -> bool:
+        """One complete audio body (``stream`` false), not audio sent as it is made."""
+        return self.stream_format == "audio" and not self.stream
+
+    @property
     def output_rate(self) -> int:
         return output_rate(self.response_format, self.sample_rate)
 

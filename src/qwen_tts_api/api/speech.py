@@ -109,6 +109,7 @@ async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Setti
         sampling=SamplingChoice(**body.sampling_choice()),
         max_frames=body.max_new_tokens,
         first_chunk_frames=body.initial_codec_chunk_frames or None,
+        streaming=not body.whole_body,
     )
     headers = dict(voice.headers)
     if markup.ignored:  # SSML elements whose text was spoken but whose meaning was not applied
@@ -149,7 +150,7 @@ async def create_speech(
         record.stream = stream
     fmt = body.response_format
     try:
-        if body.stream_format == "audio" and not body.stream:
+        if body.whole_body:
             # Whole body: exact length, and mp3 carries its gapless header.
             waveform = await until_ready(request, asyncio.ensure_future(stream.collect()), stream)
             audio = await asyncio.to_thread(Renderer(fmt, body.speed, body.output_rate).whole, waveform)

@@ -126,6 +126,7 @@ async def design_voice(
         # The sample becomes reference audio: no longer than a reference may be.
         max_frames=int(settings.audio_sample_max_seconds * SAMPLE_RATE / SAMPLES_PER_FRAME),
         sampling=SamplingChoice(seed=ask.seed),
+        streaming=False,  # collected whole, then cloned
     )
     stream = engine.start(ModelKind.VOICEDESIGN, job)  # EngineBusy: 429 (errors.py)
     try:

@@ -44,6 +44,9 @@ class SpeechJob:
     live: LiveText | None = None  # text still arriving (a voice agent's turn); ``text`` is then empty
     max_frames: int | None = None  # a cap on each segment's frames below the model's own
     first_chunk_frames: int | None = None  # frames of the first audio chunk (else the engine's setting)
+    # Whether the client hears audio as it is made. A complete response's first chunk (False)
+    # is heard no sooner for going ahead of other work, so it does not.
+    streaming: bool = True
     sampling: SamplingChoice = SamplingChoice()
     normalize: bool = False  # live text: numbers written out in ``language`` as they arrive
     announce_parts: bool = False  # each segment's start and end in the stream (a WebSocket SSML turn)

@@ -165,7 +165,10 @@ class Request:
             max_chunk=config.max_chunk_frames,
             context=self.decoder_context,
         )
-        self.first_audio_frames = first_chunk or 0
+        # Urgent work (ahead of other streams', the next step waiting for it) only where a
+        # client hears it early. A complete response keeps the stream's chunks all the same,
+        # so the two carry the same samples (docs/STREAMING.md).
+        self.first_audio_frames = (first_chunk or 0) if job.streaming else 0
         sampling = self.sampling(params, model.tts.model.talker.device)
         self.stretch = TempoFilter(segment.rate) if segment.rate != 1.0 else None
         if job.announce_parts:
