@@ -7,7 +7,9 @@ Each turn of the loop is decide → execute → update:
 2. **decide** with ``policy.py``, from plain facts (the waiting requests, free slots, queued
    encoder work): which requests leave the queue, which one encoder call runs, which join;
 3. **execute** with the ``BatchRunner`` (``runner.py``): the encoder call, the joining
-   rows' prefill (one batch), then one step of each model's batch, whose frames it decodes
+   rows' prefill (one batch), the requests that arrived meanwhile (they join too, their
+   prefill with the step: a burst's first frames come from one step), then one step of each
+   model's batch, whose frames it decodes
    and hands to their requests as audio (with ``QWEN_TTS_DECODE_THREAD``, the decoding is
    handed to a thread of its own, ``audio_worker.py``, and the next step starts at once);
 4. **update** each request's state (``requests.py``) from what the runner reports: a row that
@@ -80,6 +82,7 @@ class Scheduler:
         self._observers: list[StepObserver] = []
         self._failure: str | None = None
         self._closed = False
+        self._close_received = False  # the loop has taken close()'s mark from the inbox
         self._inbox: queue.SimpleQueue[_InboxItem] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()  # arrival order
         self._tasks: deque[EncoderTask] = deque()  # encoder work (clone prompts), one between two steps
@@ -182,12 +185,15 @@ class Scheduler:
 
     def receive(self, block: bool = True) -> bool:
         """Take what has arrived (waiting for it when there is nothing to do and ``block``);
-        False on close."""
+        False on close (and on every call after it)."""
+        if self._close_received:
+            return False
         idle = block and not self._has_work()
         try:
             while True:
                 item = self._inbox.get(timeout=0.5) if idle else self._inbox.get_nowait()
                 if item is None:
+                    self._close_received = True
                     return False
                 if isinstance(item, EncoderTask):
                     self._tasks.append(item)
@@ -207,10 +213,24 @@ class Scheduler:
                 self.runner.look_up_prompt(request)
         decision = policy.decide(self._waiting, self.free_slots(), len(self._tasks))
         self._execute(decision)
+        if decision.joining:
+            self._admit_latecomers()
         for kind, batch in list(self.runner.batches.items()):
             if len(batch):
                 self._update(self.runner.step(kind, self._active))
         return decision
+
+    def _admit_latecomers(self) -> None:
+        """Requests that arrived while this turn's prefill ran join before the step, so a
+        burst's first frames come from one step, not a step for the first arrival and then
+        one for the rest (which waited for it, its first chunk included). Their prompts are
+        prefilled with that step (``FrameBatch``'s joining groups); the encoders are not
+        called again this turn."""
+        if not self.receive(block=False):
+            return  # closing: the loop sees it at its next receive
+        latecomers = [r for r in self._waiting if not r.needs_encoder]
+        if latecomers:
+            self._execute(policy.decide(latecomers, self.free_slots(), 0))
 
     def free_slots(self) -> dict[ModelKind, int]:
         """Free slots per model: a live turn between two parts keeps its own."""
