@@ -9,9 +9,9 @@ Each turn of the loop is decide → execute → update:
 3. **execute** with the ``BatchRunner`` (``runner.py``): the encoder call, the joining
    rows' prefill (one batch), the requests that arrived meanwhile (they join too, their
    prefill with the step: a burst's first frames come from one step), then one step of each
-   model's batch, whose frames it decodes
-   and hands to their requests as audio (with ``QWEN_TTS_DECODE_THREAD``, the decoding is
-   handed to a thread of its own, ``audio_worker.py``, and the next step starts at once);
+   model's batch, whose frames it decodes and hands to their requests as audio (with
+   ``QWEN_TTS_DECODE_THREAD``, the decoding is handed to a thread of its own,
+   ``audio_worker.py``, and the next step starts at once);
 4. **update** each request's state (``requests.py``) from what the runner reports: a row that
    ended starts the request's next segment or live part, or finishes it.
 
