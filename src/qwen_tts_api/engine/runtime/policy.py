@@ -7,8 +7,8 @@ queued encoder work, it decides:
 - a waiting request whose client left or whose deadline passed leaves the queue;
 - requests join their model's batch in arrival order while it has free slots (those that
   join together prefill as one batch, in groups of at most ``QWEN_TTS_PREFILL_CHUNK``
-  positions); a request that cannot start yet (a live turn
-  still waiting for its first clause) keeps its place and lets the ones behind it pass;
+  positions); a request that cannot start yet (a live turn still waiting for its first
+  clause) keeps its place and lets the ones behind it pass;
 - the encoders run at most once between two steps: one queued task (a voice upload's clone
   prompt), or else one waiting request's inline reference, whose prompt is then computed
   and which joins at once. Others that need the encoders wait for a later step, so the rows

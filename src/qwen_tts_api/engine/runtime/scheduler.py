@@ -211,26 +211,28 @@ class Scheduler:
         for request in self._waiting:
             if request.needs_encoder:
                 self.runner.look_up_prompt(request)
-        decision = policy.decide(self._waiting, self.free_slots(), len(self._tasks))
-        self._execute(decision)
-        if decision.joining:
-            self._admit_latecomers()
+        decision = self._admit(encoders=True)
+        # Requests that arrived while that prefill ran join before the step, so a burst's
+        # first frames come from one step, not a step for the first arrival and then one for
+        # the rest (which waited for it, its first chunk included); their prompts are
+        # prefilled with the step (``FrameBatch``'s joining groups). A closing inbox is seen
+        # at the loop's next receive.
+        if decision.joining and self.receive(block=False):
+            self._admit(encoders=False)
         for kind, batch in list(self.runner.batches.items()):
             if len(batch):
                 self._update(self.runner.step(kind, self._active))
         return decision
 
-    def _admit_latecomers(self) -> None:
-        """Requests that arrived while this turn's prefill ran join before the step, so a
-        burst's first frames come from one step, not a step for the first arrival and then
-        one for the rest (which waited for it, its first chunk included). Their prompts are
-        prefilled with that step (``FrameBatch``'s joining groups); the encoders are not
-        called again this turn."""
-        if not self.receive(block=False):
-            return  # closing: the loop sees it at its next receive
-        latecomers = [r for r in self._waiting if not r.needs_encoder]
-        if latecomers:
-            self._execute(policy.decide(latecomers, self.free_slots(), 0))
+    def _admit(self, encoders: bool) -> Decision[Request]:
+        """Decide and execute the waiting requests' admission. ``encoders``: this turn's one
+        encoder call may run (otherwise a request that needs one waits for a later turn)."""
+        if encoders:
+            decision = policy.decide(self._waiting, self.free_slots(), len(self._tasks))
+        else:
+            decision = policy.decide([r for r in self._waiting if not r.needs_encoder], self.free_slots(), 0)
+        self._execute(decision)
+        return decision
 
     def free_slots(self) -> dict[ModelKind, int]:
         """Free slots per model: a live turn between two parts keeps its own."""
