@@ -261,7 +261,7 @@ def test_cuda_diagnosis_names_the_likely_cause(monkeypatch):
     assert "CPU-only build" in loading.cuda_diagnosis()
 
 
-def test_dtype_auto(caplog):
+def test_dtype_auto(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="qwen_tts_api.engine.models.precision")
     assert resolve_dtype("auto", "cuda:0") == "bfloat16"
     # A CPU without native bfloat16 (AVX2 only) stays in float32, and the log says why.
@@ -270,6 +270,18 @@ def test_dtype_auto(caplog):
     # With native bfloat16 it is measured; either answer is a real dtype.
     assert resolve_dtype("auto", "cpu", flags={"avx512_bf16"}) in ("bfloat16", "float32")
     assert resolve_dtype("float32", "cuda:0") == "float32"  # an explicit choice is obeyed
+    # bfloat16 only where the product is 1.25 times as fast: a near-tie (what a Zen 4 measured
+    # with one weight in cache, which went either way from one start to the next) is float32.
+    seconds = {torch.float32: 272e-6, torch.bfloat16: 242e-6}
+    monkeypatch.setattr(precision, "_seconds_per_product", lambda dtype: seconds[dtype])
+    assert resolve_dtype("auto", "cpu", flags={"avx512_bf16"}) == "float32"
+    seconds[torch.bfloat16] = 200e-6
+    assert resolve_dtype("auto", "cpu", flags={"amx_bf16"}) == "bfloat16"
+    # With int8 products the rest runs in float32 on a CPU, unmeasured; CUDA keeps bfloat16.
+    assert resolve_dtype("auto", "cpu", flags={"amx_bf16"}, quantize="int8") == "float32"
+    assert resolve_dtype("auto", "cuda:0", quantize="int8") == "bfloat16"
+    monkeypatch.undo()
+    assert precision._seconds_per_product(torch.float32) > 0
 
 
 def test_codec_dtype_auto(monkeypatch):

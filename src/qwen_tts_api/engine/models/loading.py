@@ -145,7 +145,7 @@ def load_model(
     from qwen_tts import Qwen3TTSModel
 
     _check_device(settings.device)
-    dtype = dtype or resolve_dtype(settings.dtype, settings.device)
+    dtype = dtype or resolve_dtype(settings.dtype, settings.device, quantize=settings.quantize)
     kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, dtype)}
     attn = resolve_attention(settings.attn_implementation, settings.device)
     if attn:
@@ -190,7 +190,7 @@ def load_models(
     """Every configured model (``sources``: already resolved, else resolved here)."""
     settings = settings.model_copy(update={"device": resolve_device(settings.device)})
     _check_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, settings.device)
+    dtype = resolve_dtype(settings.dtype, settings.device, quantize=settings.quantize)
     codec_dtype = codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if sources is None:
         sources = resolve_sources(settings.model_paths())

@@ -1,10 +1,18 @@
 """Which floating-point type the models run in (``QWEN_TTS_DTYPE``).
 
 ``auto`` picks bfloat16 on CUDA. On a CPU it picks bfloat16 only where the processor does
-bfloat16 arithmetic natively (AVX512-BF16 or AMX) and a matrix product of the talker's
-shape measures faster in it than in float32; elsewhere bfloat16 is emulated and slower,
-so float32. float16 is obeyed with a warning: it is reported to give non-finite logits
-in the code predictor.
+bfloat16 arithmetic natively (AVX512-BF16 or AMX) and a talker-sized matrix product measures
+at least 1.25 times as fast in it as in float32; elsewhere bfloat16 is emulated and slower,
+so float32. The product is measured as a step meets it, weights read from memory (a step
+reads hundreds of megabytes of them, far more than any cache holds), and the best of a few
+rounds is taken. Measured on one weight kept in cache, as a mean right after start-up, the
+two dtypes came out within noise of each other on an AVX512-BF16 Zen 4 and the choice
+flipped from one start to the next, with it a seed's audio; read from memory, bfloat16 is
+1.6-2x as fast there, and the server's default 0.6B path ran 1.39x as fast in it
+(docs/BENCHMARKS.md). With ``QWEN_TTS_QUANTIZE=int8`` the talker's products run in int8
+whatever the dtype, and ``auto`` takes float32 on a CPU: what is left ran faster in it.
+float16 is obeyed with a warning: it is reported to give non-finite logits in the code
+predictor.
 
 The codec (speech tokenizer, ``QWEN_TTS_CODEC_DTYPE``) is another matter: its convolutions
 are compute-bound. On a CPU without native bfloat16 they ran 46 times slower in bfloat16
@@ -19,13 +27,16 @@ that the choice does not flip from one start to the next with the measurement's 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+TALKER_BF16_GAIN = 1.25  # how many times faster a talker-sized product must be in bfloat16 for auto to take it
 CODEC_BF16_GAIN = 1.5  # how many times faster a codec convolution must be in bfloat16 for auto to take it
 FLOAT16_WARNING = (
     "QWEN_TTS_DTYPE=float16 is reported to give non-finite logits in the code predictor "
@@ -44,23 +55,36 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def _seconds_per_product(dtype, repeat: int = 20) -> float:
+def _best_seconds(run: Callable[[], object], calls: int, rounds: int) -> float:
+    """Seconds per call of ``run``: the best of ``rounds`` rounds of ``calls`` calls each, after
+    one call to warm up. Start-up is a noisy moment to measure; the best round is the steadiest."""
     import torch
 
-    # One talker MLP projection (1024 -> 3072) for one row: what a step mostly is on a CPU.
-    weight = torch.randn(3072, 1024).to(dtype)
-    x = torch.randn(1, 1024).to(dtype)
+    best = float("inf")
     with torch.inference_mode():
-        for _ in range(3):
-            torch.nn.functional.linear(x, weight)
-        started = time.perf_counter()
-        for _ in range(repeat):
-            torch.nn.functional.linear(x, weight)
-    return (time.perf_counter() - started) / repeat
+        run()
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(calls):
+                run()
+            best = min(best, (time.perf_counter() - started) / calls)
+    return best
 
 
-def resolve_dtype(requested: str, device: str, flags: set[str] | None = None) -> str:
-    """The dtype name to load with, logging why when it was chosen for the user."""
+def _seconds_per_product(dtype, matrices: int = 8) -> float:
+    import torch
+
+    # One talker MLP projection (1024 -> 3072) for one row, what a step mostly is on a CPU,
+    # taking turns over several weights (100 MB in float32) so that each is read from memory.
+    weights = torch.empty(matrices, 3072, 1024).uniform_(-0.05, 0.05).to(dtype)
+    x = torch.randn(1, 1024).to(dtype)
+    turn = itertools.cycle(weights)
+    return _best_seconds(lambda: torch.nn.functional.linear(x, next(turn)), calls=2 * matrices, rounds=5)
+
+
+def resolve_dtype(requested: str, device: str, flags: set[str] | None = None, quantize: str = "none") -> str:
+    """The dtype name to load with, logging why when it was chosen for the user. ``quantize``:
+    ``QWEN_TTS_QUANTIZE``."""
     if requested == "float16":
         log.warning(FLOAT16_WARNING)
     if requested != "auto":
@@ -73,10 +97,16 @@ def resolve_dtype(requested: str, device: str, flags: set[str] | None = None) ->
         missing = " or ".join(NATIVE_BF16_FLAGS)
         log.info("QWEN_TTS_DTYPE=auto: float32 (this CPU has no native bfloat16: no %s)", missing)
         return "float32"
+    if quantize == "int8":
+        # The products bfloat16 would speed up run in int8 (on float32 rows); what is left
+        # around them (norms, attention, output heads) ran a 0.6B utterance 6-8% faster in
+        # float32 than in bfloat16 on a Zen 4, compiled (docs/BENCHMARKS.md).
+        log.info("QWEN_TTS_DTYPE=auto: float32 (QWEN_TTS_QUANTIZE=int8 runs the talker's products in int8)")
+        return "float32"
     import torch
 
     bf16, fp32 = _seconds_per_product(torch.bfloat16), _seconds_per_product(torch.float32)
-    chosen = "bfloat16" if bf16 < fp32 else "float32"
+    chosen = "bfloat16" if TALKER_BF16_GAIN * bf16 <= fp32 else "float32"
     log.info(
         "QWEN_TTS_DTYPE=auto: %s (CPU has %s; a talker-sized product takes %.0f us in bfloat16, %.0f us in float32)",
         chosen,
@@ -87,22 +117,14 @@ def resolve_dtype(requested: str, device: str, flags: set[str] | None = None) ->
     return chosen
 
 
-def _seconds_per_convolution(dtype, repeat: int = 3) -> float:
+def _seconds_per_convolution(dtype) -> float:
     import torch
 
     # A kernel-7 convolution of the codec's last block (96 channels, 16384 positions: under a
     # 16-frame tile), laid out as the decoder runs it on a CPU (a one-row image, channels-last).
-    # The best of a few runs: start-up is a noisy moment to measure.
     weight = torch.randn(96, 96, 1, 7).to(dtype).contiguous(memory_format=torch.channels_last)
     x = torch.randn(1, 96, 1, 16384 + 6).to(dtype).contiguous(memory_format=torch.channels_last)
-    best = float("inf")
-    with torch.inference_mode():
-        torch.nn.functional.conv2d(x, weight)
-        for _ in range(repeat):
-            started = time.perf_counter()
-            torch.nn.functional.conv2d(x, weight)
-            best = min(best, time.perf_counter() - started)
-    return best
+    return _best_seconds(lambda: torch.nn.functional.conv2d(x, weight), calls=1, rounds=3)
 
 
 def codec_dtype_for(requested: str, device: str, model_dtype: str, flags: set[str] | None = None) -> str:
