@@ -8,7 +8,7 @@ reads hundreds of megabytes of them, far more than any cache holds), and the bes
 rounds is taken. Measured on one weight kept in cache, as a mean right after start-up, the
 two dtypes came out within noise of each other on an AVX512-BF16 Zen 4 and the choice
 flipped from one start to the next, with it a seed's audio; read from memory, bfloat16 is
-1.6-2x as fast there, and the server's default 0.6B path ran 1.39x as fast in it
+1.6-2.3x as fast there, and the server's default 0.6B path ran 1.39x as fast in it
 (docs/BENCHMARKS.md). With ``QWEN_TTS_QUANTIZE=int8`` the talker's products run in int8
 whatever the dtype, and ``auto`` takes float32 on a CPU: what is left ran faster in it.
 float16 is obeyed with a warning: it is reported to give non-finite logits in the code
