@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ def _best_seconds(run: Callable[[], object], calls: int, rounds: int) -> float:
     return best
 
 
+def _measured_choice(seconds_in: Callable[[Any], float], gain: float) -> tuple[str, float, float]:
+    """``(dtype, bfloat16 s, float32 s)``: bfloat16 where ``seconds_in`` measures it at least
+    ``gain`` times as fast as float32, else float32."""
+    import torch
+
+    bf16, fp32 = seconds_in(torch.bfloat16), seconds_in(torch.float32)
+    return ("bfloat16" if gain * bf16 <= fp32 else "float32"), bf16, fp32
+
+
 def _seconds_per_product(dtype, matrices: int = 8) -> float:
     import torch
 
@@ -103,10 +113,7 @@ def resolve_dtype(requested: str, device: str, flags: set[str] | None = None, qu
         # float32 than in bfloat16 on a Zen 4, compiled (docs/BENCHMARKS.md).
         log.info("QWEN_TTS_DTYPE=auto: float32 (QWEN_TTS_QUANTIZE=int8 runs the talker's products in int8)")
         return "float32"
-    import torch
-
-    bf16, fp32 = _seconds_per_product(torch.bfloat16), _seconds_per_product(torch.float32)
-    chosen = "bfloat16" if TALKER_BF16_GAIN * bf16 <= fp32 else "float32"
+    chosen, bf16, fp32 = _measured_choice(_seconds_per_product, TALKER_BF16_GAIN)
     log.info(
         "QWEN_TTS_DTYPE=auto: %s (CPU has %s; a talker-sized product takes %.0f us in bfloat16, %.0f us in float32)",
         chosen,
@@ -135,10 +142,7 @@ def codec_dtype_for(requested: str, device: str, model_dtype: str, flags: set[st
         return model_dtype
     if not set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags):
         return "float32"
-    import torch
-
-    bf16, fp32 = _seconds_per_convolution(torch.bfloat16), _seconds_per_convolution(torch.float32)
-    chosen = "bfloat16" if CODEC_BF16_GAIN * bf16 <= fp32 else "float32"
+    chosen, bf16, fp32 = _measured_choice(_seconds_per_convolution, CODEC_BF16_GAIN)
     log.info(
         "QWEN_TTS_CODEC_DTYPE=auto: %s (a codec convolution takes %.1f ms in bfloat16, %.1f ms in float32)",
         chosen,
