@@ -9,9 +9,12 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import av
 import numpy as np
@@ -20,9 +23,13 @@ import soundfile as sf
 
 from qwen_tts_api.constants import SAMPLE_RATE as SR
 from qwen_tts_api.devtools import BackgroundServer, cpu_settings
+from qwen_tts_api.engine.generation.prefill import Prefill
 
 if TYPE_CHECKING:
     import openai
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "OPENAI_CONTENT_TYPES",
@@ -43,6 +50,7 @@ __all__ = [
     "tone_wav",
     "batch_sizes",
     "slowed_steps",
+    "burst_in_one_step",
 ]
 
 
@@ -243,6 +251,31 @@ def slowed_steps(engine, seconds: float) -> Iterator[None]:
         yield
     finally:
         remove()
+
+
+def burst_in_one_step(monkeypatch, ask: Callable[[T], R], items: list[T]) -> list[R]:
+    """``ask(item)`` for every item, each from its own thread, with the first request's
+    prefill held until the others have been sent: they reach the scheduler during it and
+    join its step, so the whole burst starts at one step on any machine."""
+
+    prefilling, arrived = threading.Event(), threading.Event()
+    original = Prefill.run
+
+    def held_first_prefill(prefill) -> None:
+        if not prefilling.is_set():
+            prefilling.set()
+            arrived.wait(30)
+            time.sleep(0.3)  # their requests reach the scheduler's inbox
+        original(prefill)
+
+    monkeypatch.setattr(Prefill, "run", held_first_prefill)
+    with ThreadPoolExecutor(len(items)) as pool:
+        first = pool.submit(ask, items[0])
+        assert prefilling.wait(60)
+        later = [pool.submit(ask, item) for item in items[1:]]
+        time.sleep(0.5)  # sent while the first prefill is held
+        arrived.set()
+        return [first.result(), *(f.result() for f in later)]
 
 
 def first_fast(cases: list) -> list:

@@ -9,6 +9,7 @@ import pytest
 from helpers import (
     LiveServer,
     batch_sizes,
+    burst_in_one_step,
     cpu_settings,
     decode_audio,
     raw_speech_request,
@@ -17,7 +18,6 @@ from helpers import (
 )
 
 from qwen_tts_api.engine.errors import EngineBusy
-from qwen_tts_api.engine.generation.prefill import Prefill
 from qwen_tts_api.engine.runtime.admission import Admission
 
 BODY = {
@@ -53,28 +53,14 @@ def test_requests_arriving_during_a_prefill_make_their_first_frame_with_it(serve
     before its first step, so all first frames come from one step (the latecomers do not
     wait for the first one's step and first chunk)."""
     engine = server.app.state.server.engine
-    prefilling, arrived = threading.Event(), threading.Event()
-    original = Prefill.run
-
-    def slow_first_prefill(self) -> None:
-        if not prefilling.is_set():
-            prefilling.set()
-            arrived.wait(30)
-            time.sleep(0.3)  # their requests reach the scheduler's inbox
-        original(self)
 
     def ask(text: str) -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=300) as http:
             return http.post("/v1/audio/speech", json={**BODY, "input": text, "max_new_tokens": 6})
 
-    monkeypatch.setattr(Prefill, "run", slow_first_prefill)
-    with batch_sizes(engine) as steps, ThreadPoolExecutor(4) as pool:
-        first = pool.submit(ask, "The first of a burst.")
-        assert prefilling.wait(60)
-        later = [pool.submit(ask, f"Latecomer number {i}.") for i in range(3)]
-        time.sleep(0.5)  # sent while the first prefill is held
-        arrived.set()
-        responses = [first.result(), *(f.result() for f in later)]
+    texts = ["The first of a burst.", *(f"Latecomer number {i}." for i in range(3))]
+    with batch_sizes(engine) as steps:
+        responses = burst_in_one_step(monkeypatch, ask, texts)
     assert all(r.status_code == 200 for r in responses)
     assert steps[0] == 4, steps  # not [1, 4, ...]
 

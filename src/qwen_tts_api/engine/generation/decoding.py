@@ -8,7 +8,9 @@ inputs it saw, each transposed convolution its last inputs, and the transformer 
 cache. Chunk by chunk, the output is the one-pass decode, and each frame is decoded once.
 
 The first chunk is small so audio starts early; later chunks double in size up to
-``max_chunk`` to keep the per-call overhead low.
+``max_chunk`` to keep the per-call overhead low. Streams that start together (prefilled in
+one step) can decode their first chunks in one call (``FirstChunks``), where a probe found
+that call's samples and state equal to lone decodes to the bit (``probe_first_chunks``).
 
 Speed on a CPU, where this decoder is a quarter of a frame's time: the signal is held as a
 one-row image in channels-last memory so that oneDNN picks its fast NHWC convolutions, the
@@ -21,6 +23,7 @@ channels-last depthwise convolution took 65 of a 48-frame chunk's 82 ms on an H2
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,9 +32,12 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
+log = logging.getLogger(__name__)
 MATRIX = "_qwen_tts_api_transposed_rows"  # a transposed convolution's weight as a matrix (see _overlap_add)
 IMAGE = "_qwen_tts_api_image"  # a convolution's weight as a one-row image's, in the device's memory format
 TILE_FRAMES = 16  # frames of one stream the later upsampling blocks take at a time (see StreamingDecoder._decode)
+TOGETHER = "_qwen_tts_api_first_chunks_together"  # {chunk frames: batch sizes decoded together exactly}
+TOGETHER_LIMIT = 8  # streams whose first chunks one call decodes at most
 
 
 class _LayerStates:
@@ -70,7 +76,9 @@ class _LayerStates:
         tail = self._tails.get(id(module))
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], 1, keep).contiguous(memory_format=memory_format(x))
-        joined = torch.cat([tail, x], dim=-1)
+        # In the device's memory format whatever cat chose (a one-position tail fits either, and
+        # then the rows of a transposed convolution's product would lie differently alone and in a batch).
+        joined = torch.cat([tail, x], dim=-1).contiguous(memory_format=memory_format(x))
         self._tails[id(module)] = joined[..., -keep:].clone()  # a view would hold all of x between chunks
         return joined
 
@@ -85,10 +93,10 @@ def _kept(conv, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 
 def forget_kept_weights(decoder: torch.nn.Module) -> None:
-    """Drop the weight layouts kept on ``decoder``'s modules (made again at next use): after
-    its dtype or the memory format changes."""
+    """Drop the weight layouts kept on ``decoder``'s modules (made again at next use), and
+    what ``probe_first_chunks`` found: after its dtype or the memory format changes."""
     for module in decoder.modules():
-        for name in (IMAGE, MATRIX):
+        for name in (IMAGE, MATRIX, TOGETHER):
             if hasattr(module, name):
                 delattr(module, name)
 
@@ -104,7 +112,10 @@ def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     stride, batch, frames = conv.stride[0], joined.shape[0], joined.shape[-1]
     overlap = conv.kernel_size[0] // stride
     rows = joined.permute(0, 2, 3, 1).reshape(batch, frames, -1)  # (B, L, in): channels-last memory, no copy
-    spans = torch.matmul(rows, weight).view(batch, frames, overlap, stride, -1)
+    # Each stream's rows in a product of their own, as when it is decoded alone: a product of
+    # all streams' rows may round differently, and a batched matmul copies the weight per stream.
+    products = [torch.matmul(rows[b : b + 1], weight) for b in range(batch)]
+    spans = (products[0] if batch == 1 else torch.cat(products)).view(batch, frames, overlap, stride, -1)
     out = spans[:, :, 0] if overlap == 1 else spans[:, 1:, 0] + spans[:, :-1, 1]  # (B, L', s, out)
     if conv.bias is not None:
         out = out + conv.bias
@@ -152,6 +163,7 @@ class StreamingDecoder:
         self._states = _LayerStates()
         self._cache = DynamicCache(config=self.decoder.pre_transformer.config)
         self._position = 0
+        self.together: FirstChunks | None = None  # decodes its first chunk with other streams'
         if context is not None:
             # Tails are replaced, never written in place, so sharing them is safe; the KV cache is copied.
             self._states._tails = dict(context.tails)
@@ -172,7 +184,16 @@ class StreamingDecoder:
 
     def _flush_pending(self) -> np.ndarray:
         frames, self.pending = torch.stack(self.pending), []
-        return self._run(frames).float().cpu().numpy()
+        together, self.together = self.together, None
+        samples = together.samples_for(self, frames) if together is not None else None
+        if samples is None:
+            samples = self._run(frames)
+        return samples.float().cpu().numpy()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether it has decoded nothing yet and starts from silence."""
+        return self._position == 0 and not self._states._tails
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         """Decode (n, 16) codes continuing from the state; returns n * 1920 samples."""
@@ -231,6 +252,131 @@ class StreamingDecoder:
         h = self._states.conv(block.dwconv, x)[:, :, 0].transpose(1, 2)  # (B, L, C)
         h = block.pwconv2(block.act(block.pwconv1(block.norm(h))))
         return x + _image((block.gamma * h).transpose(1, 2))
+
+
+@dataclass(frozen=True)
+class _Share:
+    """One stream's part of a decode of several: its samples and the state it goes on from."""
+
+    codes: torch.Tensor  # (n, 16)
+    samples: torch.Tensor  # (n * 1920,)
+    tails: dict[int, torch.Tensor]
+    cache: DynamicCache
+    position: int
+
+
+class FirstChunks:
+    """The first chunks of streams that start from silence at the same step, decoded in one
+    call of the codec, each stream then going on alone from its own share of the state.
+
+    Streams prefilled together make their first frames at the same step, and on a CPU one
+    call for several of them costs far less than one call each (weights read once, less
+    overhead per operator); each stream's audio is then heard sooner. The decode runs when
+    the first member needs its chunk (on the audio thread); the others take their share. It
+    is used only at batch sizes where ``probe_first_chunks`` found every stream's samples and
+    state equal to a lone decode's, so a stream sounds the same alone or in a group. A member
+    whose chunk turns out different from the codes it was given, or a group whose decode
+    fails, decodes alone."""
+
+    def __init__(self, tts, members: list[tuple[StreamingDecoder, torch.Tensor]]):
+        """``members``: each stream's decoder (fresh) and the (n, 16) codes of its first chunk."""
+        self._tts = tts
+        self._members = members
+        self._shares: dict[int, _Share] | None = None
+
+    def samples_for(self, decoder: StreamingDecoder, frames: torch.Tensor) -> torch.Tensor | None:
+        """``decoder``'s samples for its first chunk ``frames``, its state set to go on from
+        them; None where it must decode them itself."""
+        if self._shares is None:
+            try:
+                self._shares = self._decode()
+            except Exception:  # noqa: BLE001 - each member then decodes alone and reports its own failure
+                log.exception("decoding %d first chunks together failed; each decodes alone", len(self._members))
+                self._shares = {}
+        share = self._shares.pop(id(decoder), None)
+        if share is None or not decoder.fresh or not torch.equal(share.codes, frames):
+            return None
+        decoder._states._tails = share.tails
+        decoder._cache = share.cache
+        decoder._position = share.position
+        return share.samples
+
+    def _decode(self) -> dict[int, _Share]:
+        codes = torch.stack([chunk for _, chunk in self._members])  # (B, n, 16)
+        together = StreamingDecoder(self._tts)
+        samples = together._decode(codes.transpose(1, 2))
+        shares = {}
+        for b, (decoder, chunk) in enumerate(self._members):
+            cache = copy.deepcopy(together._cache)
+            cache.batch_select_indices(torch.tensor([b], device=codes.device))
+            tails = {key: tail[b : b + 1].clone() for key, tail in together._states._tails.items()}
+            shares[id(decoder)] = _Share(chunk, samples[b], tails, cache, together._position)
+        return shares
+
+
+def together_sizes(tts, frames: int) -> frozenset[int]:
+    """Batch sizes at which first chunks of ``frames`` frames are decoded together (empty
+    until ``probe_first_chunks`` ran)."""
+    return getattr(tts.model.speech_tokenizer.model.decoder, TOGETHER, {}).get(frames, frozenset())
+
+
+def decode_together(tts, openings: list[tuple[StreamingDecoder, torch.Tensor]]) -> None:
+    """Streams whose first chunks (``openings``: fresh decoder, (n, 16) codes) complete at
+    the same step: group them, as many as the probe allowed per group, to decode together."""
+    by_length: dict[int, list[tuple[StreamingDecoder, torch.Tensor]]] = {}
+    for decoder, chunk in openings:
+        by_length.setdefault(chunk.shape[0], []).append((decoder, chunk))
+    for frames, members in by_length.items():
+        sizes = together_sizes(tts, frames)
+        while len(members) > 1:
+            size = max((s for s in sizes if s <= len(members)), default=0)
+            if not size:
+                break
+            group = FirstChunks(tts, members[:size])
+            for decoder, _ in members[:size]:
+                decoder.together = group
+            members = members[size:]
+
+
+@torch.inference_mode()
+def probe_first_chunks(tts, frames: int, limit: int = TOGETHER_LIMIT) -> frozenset[int]:
+    """Find the batch sizes (2 to ``limit``) at which first chunks of ``frames`` frames decoded
+    in one call give every stream exactly the samples and state of a lone decode, with the
+    codec's kernels on this machine (which a batch's size can change), and keep them on the
+    codec for ``decode_together``. Seeded codes stand in for a model's: which kernels run,
+    and so whether their sums round alike, depends on the shapes, not the values."""
+    codec = tts.model.speech_tokenizer.model.decoder
+    device = next(codec.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, codec.config.codebook_size, (limit, frames, 16), generator=generator).to(device)
+    lone = []
+    for chunk in codes:
+        decoder = StreamingDecoder(tts)
+        lone.append((decoder._run(chunk), decoder))
+    sizes = set()
+    for size in range(2, limit + 1):
+        members = [(StreamingDecoder(tts), codes[b]) for b in range(size)]
+        shares = FirstChunks(tts, members)._decode()
+        if all(_same(shares[id(decoder)], *lone[b]) for b, (decoder, _) in enumerate(members)):
+            sizes.add(size)
+    found = frozenset(sizes)
+    setattr(codec, TOGETHER, {**getattr(codec, TOGETHER, {}), frames: found})
+    return found
+
+
+def _same(share: _Share, samples: torch.Tensor, decoder: StreamingDecoder) -> bool:
+    if not torch.equal(share.samples, samples) or share.tails.keys() != decoder._states._tails.keys():
+        return False
+    if not all(torch.equal(tail, decoder._states._tails[key]) for key, tail in share.tails.items()):
+        return False
+    ours, theirs = share.cache.layers, decoder._cache.layers
+    return len(ours) == len(theirs) and all(
+        _equal(a.keys, b.keys) and _equal(a.values, b.values) for a, b in zip(ours, theirs)
+    )
+
+
+def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is b if a is None or b is None else torch.equal(a, b)
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -14,7 +14,6 @@ from ...text.budget import frame_budget
 from ...text.live import Part, PartSplitter
 from ...text.normalize import normalize
 from ..generation.batching import RowSpec
-from ..generation.decoding import StreamingDecoder
 from ..generation.joining import SegmentJoiner
 from ..generation.live_tokens import PartTokens
 from ..generation.prompt import build_live_prompt, live_start_tokens, text_embeddings
@@ -139,9 +138,7 @@ class LiveRequest(Request):
             final=part.closed,
         )
         self._prime_decoder(model, prompt.ref_codes)
-        self.decoder = StreamingDecoder(
-            model.tts, first_chunk=self.first_chunk, max_chunk=config.max_chunk_frames, context=self.decoder_context
-        )
+        self.start_decoder(model, self.first_chunk, config.max_chunk_frames)
         self.first_audio_frames = self.first_chunk
         spoken = self.spoken(part.text)
         self.stream.emit(PartStarted(self.index, spoken))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 
 import numpy as np
+import torch
 
 from ...audio.tempo import TempoFilter
 from ...constants import SAMPLE_RATE, ModelKind
@@ -92,6 +93,8 @@ class Request:
         self.began: float | None = None  # when it left the queue
         self.audio_error: Exception | None = None  # its decoding failed on the audio thread
         self.first_audio_frames = 0  # frames still to come before its first audio chunk (urgent work)
+        self._opening: list[torch.Tensor] | None = None  # see start_decoder
+        self._opening_frames = 0
         self._sampling: RowSampling | None = None
 
     def __repr__(self) -> str:
@@ -159,12 +162,7 @@ class Request:
         self._prime_decoder(model, prompt.ref_codes)
         # Only the very first chunk of a request is small: it sets the time to first audio.
         first_chunk = (job.first_chunk_frames or config.first_chunk_frames) if self.index == 0 else None
-        self.decoder = StreamingDecoder(
-            model.tts,
-            first_chunk=first_chunk or config.max_chunk_frames,
-            max_chunk=config.max_chunk_frames,
-            context=self.decoder_context,
-        )
+        self.start_decoder(model, first_chunk or config.max_chunk_frames, config.max_chunk_frames)
         # Urgent work (ahead of other streams', the next step waiting for it) only where a
         # client hears it early. A complete response keeps the stream's chunks all the same,
         # so the two carry the same samples (docs/STREAMING.md).
@@ -176,6 +174,21 @@ class Request:
         self.emit_silence(segment.pause_before)
         frames = min(segment.max_frames, job.max_frames or segment.max_frames)  # max_new_tokens caps each segment
         return RowSpec(prompt, frames, self.stream.should_stop, sampling, owner=self.id)
+
+    def start_decoder(self, model: LoadedModel, first_chunk: int, max_chunk: int) -> None:
+        """A decoder for the segment (or part) about to start."""
+        self.decoder = StreamingDecoder(model.tts, first_chunk, max_chunk, context=self.decoder_context)
+        # Its first chunk's codes as they come, so that streams starting from silence together
+        # can decode their first chunks in one call (``runner.step``, ``decoding.FirstChunks``).
+        self._opening = [] if self.decoder_context is None else None
+        self._opening_frames = first_chunk
+
+    def opening_with(self, codes: torch.Tensor) -> torch.Tensor | None:
+        """The (n, 16) codes of its decoder's first chunk if this step's frame ``codes``
+        completes it and the decoder starts from silence; else None."""
+        if self._opening is None or len(self._opening) + 1 != self._opening_frames:
+            return None
+        return torch.stack([*self._opening, codes])
 
     def _prime_decoder(self, model: LoadedModel, ref_codes) -> None:
         if ref_codes is not None and self.decoder_context is None:
@@ -228,6 +241,10 @@ class Request:
 
         self.audio(decode, urgent=self.first_audio_frames > 0)
         self.first_audio_frames = max(self.first_audio_frames - 1, 0)
+        if self._opening is not None:
+            self._opening.append(codes)
+            if len(self._opening) >= self._opening_frames:
+                self._opening = None
 
     def end_audio(self) -> None:
         """The current segment's (or part's) last audio, its rate's tail after it."""

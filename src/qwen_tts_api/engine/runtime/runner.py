@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
+
 from ...constants import ModelKind
 from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable, generation_error
 from ..generation.batching import BatchRow, FrameBatch, StepParts
 from ..generation.clone import PromptCache
 from ..generation.compiled import compile_choice, keep_compiled_graphs_in, talker_graph_rows
+from ..generation.decoding import decode_together
 from ..generation.sampling import SamplingParams
 from ..models.loading import LoadedModel
 from .jobs import EngineConfig
@@ -135,10 +138,9 @@ class BatchRunner:
         if made:
             outcome.stats = StepStats(kind, len(made), time.perf_counter() - started, batch.cache_length)
         failed: set[str] = set()
-        for row, codes in made:
-            request = _owner(row, owners)
-            if request is None:
-                continue
+        owned = [(request, codes) for row, codes in made if (request := _owner(row, owners)) is not None]
+        self._open_together(kind, owned)
+        for request, codes in owned:
             try:
                 request.decoded(codes)
             except Exception as exc:
@@ -167,6 +169,19 @@ class BatchRunner:
             else:
                 outcome.ended.append((request, row))
         return outcome
+
+    def _open_together(self, kind: ModelKind, owned: list[tuple[Request, torch.Tensor]]) -> None:
+        """Streams whose first chunks this step completes decode them together (``decoding.decode_together``)."""
+        openings = [
+            (request.decoder, chunk)
+            for request, codes in owned
+            if request.decoder is not None and (chunk := request.opening_with(codes)) is not None
+        ]
+        if len(openings) > 1:
+            try:
+                decode_together(self.models[kind].tts, openings)
+            except Exception:  # noqa: BLE001 - only a saving: each stream then decodes alone
+                log.exception("grouping first chunks failed")
 
     def remove(
         self, request: Request, owners: Mapping[str, Request], exc: Exception

@@ -3,8 +3,10 @@ batched prefill of two prompts of different lengths (VoiceDesign's with a descri
 two-row generation step, streaming decoding and, for Base, a clone prompt from reference
 audio (speaker and codec encoders) spoken both ways (x-vector and in-context). The first
 user request is otherwise the one that pays for allocator growth, kernel selection and
-first-use caches on each path. With the compiled step (``QWEN_TTS_COMPILE``), a lone request
-follows, so that both of its graphs (one row, several rows) are compiled here too."""
+first-use caches on each path. Before them, a probe finds how many streams starting
+together may decode their first chunks in one call (``decoding.probe_first_chunks``). With
+the compiled step (``QWEN_TTS_COMPILE``), a lone request follows, so that both of its graphs
+(one row, several rows) are compiled here too."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ...constants import SAMPLE_RATE, ModelKind
 from ...text.prepare import PreparedText, prepare
 from ...voices.prompt import ClonePrompt
 from ..generation.clone import compute_clone_prompt
+from ..generation.decoding import TOGETHER_LIMIT, probe_first_chunks
 from ..models.loading import LoadedModel
 from .engine import Engine
 from .jobs import SpeechJob
@@ -63,9 +66,21 @@ async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[Spe
     ]
 
 
+async def _probe_first_chunks(engine: Engine, model: LoadedModel) -> None:
+    """Which numbers of streams starting together decode their first chunks in one call
+    here (``decoding.probe_first_chunks``); measured on the scheduler thread, which owns the model."""
+    frames, limit = engine.config.first_chunk_frames, min(TOGETHER_LIMIT, engine.config.max_batch)
+    sizes = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_first_chunks(model.tts, frames, limit)))
+    if sizes:
+        log.info("%s: first chunks of %s streams starting together are decoded in one call", model.name, sorted(sizes))
+    else:
+        log.info("%s: first chunks are decoded one stream at a time (a batch's differ from lone ones)", model.name)
+
+
 async def warm_up(engine: Engine, readiness: Readiness) -> None:
     try:
         for kind, model in engine.models.items():
+            await _probe_first_chunks(engine, model)
             jobs = await _jobs(engine, kind, model)
             streams = engine.start_together(kind, jobs)
             audio = await asyncio.gather(*(stream.collect() for stream in streams))
