@@ -170,3 +170,19 @@ def test_a_burst_gets_its_lone_bytes_with_first_chunks_decoded_together(demo_mod
         burst = burst_in_one_step(monkeypatch, ask, texts)
         assert burst == alone
         assert groups == ([4] if 4 in together_sizes(tts, 1) else [])
+
+
+def test_a_failing_probe_leaves_the_server_ready_decoding_alone(demo_models, monkeypatch, caplog):
+    def failing(*args, **kwargs):
+        raise RuntimeError("no batched convolution here")
+
+    monkeypatch.setattr("qwen_tts_api.engine.runtime.warmup.probe_first_chunks", failing)
+    settings = cpu_settings(customvoice_model_path=demo_models["customvoice"])
+    with caplog.at_level(logging.ERROR), LiveServer(settings) as server:
+        assert server.app.state.server.readiness.ready
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            assert httpx.get(f"{server.url}/ready").status_code == 200
+            r = http.post("/v1/audio/speech", json={**BODY, "input": "Still speaking.", "max_new_tokens": 4})
+        assert r.status_code == 200 and len(r.content) > 0
+        assert together_sizes(server.app.state.server.engine.models["customvoice"].tts, 1) == frozenset()
+    assert "each stream decodes alone" in caplog.text

@@ -344,21 +344,24 @@ def probe_first_chunks(tts, frames: int, limit: int = TOGETHER_LIMIT) -> frozens
     in one call give every stream exactly the samples and state of a lone decode, with the
     codec's kernels on this machine (which a batch's size can change), and keep them on the
     codec for ``decode_together``. Seeded codes stand in for a model's: which kernels run,
-    and so whether their sums round alike, depends on the shapes, not the values."""
+    and so whether their sums round alike, depends on the shapes, not the values. It stops
+    at the first size that differs (where two streams already do, as a float32 codec's on a
+    CPU, larger batches are not worth the start-up time)."""
     codec = tts.model.speech_tokenizer.model.decoder
     device = next(codec.parameters()).device
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(0, codec.config.codebook_size, (limit, frames, 16), generator=generator).to(device)
-    lone = []
-    for chunk in codes:
-        decoder = StreamingDecoder(tts)
-        lone.append((decoder._run(chunk), decoder))
+    lone: list[tuple[torch.Tensor, StreamingDecoder]] = []
     sizes = set()
     for size in range(2, limit + 1):
+        while len(lone) < size:  # each stream's lone decode, made when a batch first includes it
+            decoder = StreamingDecoder(tts)
+            lone.append((decoder._run(codes[len(lone)]), decoder))
         members = [(StreamingDecoder(tts), codes[b]) for b in range(size)]
         shares = FirstChunks(tts, members)._decode()
-        if all(_same(shares[id(decoder)], *lone[b]) for b, (decoder, _) in enumerate(members)):
-            sizes.add(size)
+        if not all(_same(shares[id(decoder)], *lone[b]) for b, (decoder, _) in enumerate(members)):
+            break
+        sizes.add(size)
     found = frozenset(sizes)
     setattr(codec, TOGETHER, {**getattr(codec, TOGETHER, {}), frames: found})
     return found

@@ -70,7 +70,11 @@ async def _probe_first_chunks(engine: Engine, model: LoadedModel) -> None:
     """Which numbers of streams starting together decode their first chunks in one call
     here (``decoding.probe_first_chunks``); measured on the scheduler thread, which owns the model."""
     frames, limit = engine.config.first_chunk_frames, min(TOGETHER_LIMIT, engine.config.max_batch)
-    sizes = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_first_chunks(model.tts, frames, limit)))
+    try:
+        sizes = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_first_chunks(model.tts, frames, limit)))
+    except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
+        log.exception("%s: probing first chunks decoded together failed; each stream decodes alone", model.name)
+        return
     if sizes:
         log.info("%s: first chunks of %s streams starting together are decoded in one call", model.name, sorted(sizes))
     else:
