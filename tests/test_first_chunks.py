@@ -44,6 +44,14 @@ def random_codes(tts, streams: int, seed: int = 1) -> torch.Tensor:
     return codes.to(next(codec.parameters()).device)
 
 
+def counted_group_decodes(monkeypatch) -> list[int]:
+    """The size of each group decoded from now on (the list grows as they are)."""
+    groups: list[int] = []
+    original = FirstChunks._decode
+    monkeypatch.setattr(FirstChunks, "_decode", lambda self: groups.append(len(self._members)) or original(self))
+    return groups
+
+
 def streamed(tts, codes: torch.Tensor, together: bool, grouped_codes: torch.Tensor | None = None):
     """Each stream's chunks (first chunk one frame, then 2 and 4), pushed frame by frame,
     streams in turn as the audio thread runs them; ``together``: their first chunks grouped
@@ -90,9 +98,7 @@ def test_each_stream_goes_on_from_its_own_share_of_a_groups_state(tts, monkeypat
     monkeypatch.setattr(tts.model.speech_tokenizer.model.decoder, decoding.TOGETHER, {1: frozenset({3})}, raising=False)
     codes = random_codes(tts, 3, seed=2)
     lone, _ = streamed(tts, codes, together=False)
-    calls = []
-    original = FirstChunks._decode
-    monkeypatch.setattr(FirstChunks, "_decode", lambda self: calls.append(len(self._members)) or original(self))
+    calls = counted_group_decodes(monkeypatch)
     grouped, decoders = streamed(tts, codes, together=True)
     assert calls == [3]
     tolerance = 1e-4 if tts.model.speech_tokenizer.model.dtype == torch.float32 else 0.05  # bfloat16: 8-bit mantissa
@@ -162,11 +168,7 @@ def test_a_burst_gets_its_lone_bytes_with_first_chunks_decoded_together(demo_mod
                 return r.content
 
         alone = [ask(text) for text in texts]
-        groups: list[int] = []
-        original_decode = FirstChunks._decode
-        monkeypatch.setattr(
-            FirstChunks, "_decode", lambda self: groups.append(len(self._members)) or original_decode(self)
-        )
+        groups = counted_group_decodes(monkeypatch)
         burst = burst_in_one_step(monkeypatch, ask, texts)
         assert burst == alone
         assert groups == ([4] if 4 in together_sizes(tts, 1) else [])
@@ -181,7 +183,7 @@ def test_a_failing_probe_leaves_the_server_ready_decoding_alone(demo_models, mon
     with caplog.at_level(logging.ERROR), LiveServer(settings) as server:
         assert server.app.state.server.readiness.ready
         with httpx.Client(base_url=server.url, timeout=120) as http:
-            assert httpx.get(f"{server.url}/ready").status_code == 200
+            assert http.get("/ready").status_code == 200
             r = http.post("/v1/audio/speech", json={**BODY, "input": "Still speaking.", "max_new_tokens": 4})
         assert r.status_code == 200 and len(r.content) > 0
         assert together_sizes(server.app.state.server.engine.models["customvoice"].tts, 1) == frozenset()

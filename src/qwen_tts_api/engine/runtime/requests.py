@@ -30,7 +30,7 @@ from ...constants import SAMPLE_RATE, ModelKind
 from ...voices.prompt import ClonePrompt
 from ..errors import generation_error
 from ..generation.batching import BatchRow, RowSpec
-from ..generation.decoding import DecoderContext, StreamingDecoder
+from ..generation.decoding import DecoderContext, StreamingDecoder, together_sizes
 from ..generation.joining import SegmentJoiner
 from ..generation.prompt import build_prompt
 from ..generation.sampling import RowSampling, SamplingParams
@@ -179,8 +179,10 @@ class Request:
         """A decoder for the segment (or part) about to start."""
         self.decoder = StreamingDecoder(model.tts, first_chunk, max_chunk, context=self.decoder_context)
         # Its first chunk's codes as they come, so that streams starting from silence together
-        # can decode their first chunks in one call (``runner.step``, ``decoding.FirstChunks``).
-        self._opening = [] if self.decoder_context is None else None
+        # can decode their first chunks in one call (``runner.step``, ``decoding.FirstChunks``);
+        # only where the probe found a chunk of that length exact in some batch.
+        together = self.decoder_context is None and together_sizes(model.tts, first_chunk)
+        self._opening = [] if together else None
         self._opening_frames = first_chunk
 
     def opening_with(self, codes: torch.Tensor) -> torch.Tensor | None:
