@@ -28,6 +28,8 @@ def test_client_recipes_run(server, tmp_path, monkeypatch):
     assert decode_audio(Path("designed.mp3").read_bytes()).duration > 0.5
     assert decode_audio(Path("host.mp3").read_bytes()).duration > 0.5
     assert Path("speech.pcm").stat().st_size > SR  # more than half a second of 16-bit samples
+    assert namespace["named"]("a%2C%20b, c%0A (and 2 more)") == ["a, b", "c\n"]
+    assert namespace["named"]("(and 1 more)") == [] and namespace["named"](None) == []
     frames = list(namespace["pcm_frames"]("Frames for a voice agent."))
     assert frames and all(len(frame) == 960 for frame in frames)
 

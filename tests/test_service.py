@@ -19,7 +19,7 @@ import pytest
 from helpers import SR, LiveServer, cpu_settings, decode_audio, error_of
 from prometheus_client.parser import text_string_to_metric_families
 
-from qwen_tts_api.api.auth import key_matches
+from qwen_tts_api.api.auth import KeyRing
 from qwen_tts_api.devtools import free_port
 
 SPEECH = {"model": "qwen3-tts", "voice": "alloy", "input": "Service checks.", "response_format": "wav"}
@@ -72,10 +72,14 @@ def test_wrong_or_missing_key_is_401_in_the_envelope(keyed):
 
 
 def test_key_comparison():
-    keys = [b"alpha", b"beta", b"gamma"]
-    assert key_matches("alpha", keys) and key_matches("gamma", keys)
-    assert not key_matches("alph", keys) and not key_matches("alphaa", keys) and not key_matches("", keys)
-    assert not key_matches("delta", keys)
+    keys = KeyRing(cpu_settings(api_keys=["alpha", "beta"], admin_api_keys=["gamma"]))
+    alpha, gamma = keys.viewer("alpha"), keys.viewer("gamma")
+    assert alpha is not None and gamma is not None
+    assert not alpha.sees_all and gamma.sees_all  # an admin key sees every voice
+    assert alpha.owner != gamma.owner and alpha.owner == keys.viewer("alpha").owner  # type: ignore[union-attr]
+    assert "alpha" not in (alpha.owner or "")  # a digest, never the key
+    for wrong in ("alph", "alphaa", "", "delta", "Alpha"):
+        assert keys.viewer(wrong) is None, wrong
 
 
 def test_keys_off_by_default(client):

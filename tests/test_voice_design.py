@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 from qwen_tts_api.constants import ModelKind
 from qwen_tts_api.voices.scripts import SAMPLE_SCRIPTS
-from qwen_tts_api.voices.store import VoiceStore
+from qwen_tts_api.voices.store import EVERYONE, VoiceStore
 
 FRAME = 1920 / SR
 TEXT = "A designed voice reads this sentence aloud."
@@ -326,7 +326,7 @@ def test_voicedesign_alone_speaks_but_cannot_keep_voices(voicedesign_only):
         client.audio.voices.create(name=unique_name(), prompt=DESCRIPTION, type="prompt")
     assert "BASE_MODEL_PATH" in caught.value.body["message"]
     # Nothing was stored.
-    assert VoiceStore(voicedesign_only.app.state.server.voices.directory).list() == []
+    assert VoiceStore(voicedesign_only.app.state.server.voices.directory).list(EVERYONE) == []
     # A built-in voice needs CustomVoice, and says so.
     with pytest.raises(openai.BadRequestError) as caught:
         client.audio.speech.create(model="qwen3-tts", voice="alloy", input=TEXT)

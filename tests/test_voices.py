@@ -15,7 +15,7 @@ import soundfile as sf
 from helpers import SR, LiveServer, cpu_settings, decode_audio, error_of
 
 from qwen_tts_api.engine.generation.clone import PromptCache, compute_clone_prompt
-from qwen_tts_api.voices.store import VoiceNameError, VoiceStore
+from qwen_tts_api.voices.store import EVERYONE, CallerVoices, VoiceNameError, VoiceStore
 
 TEXT = "Saved voices speak like this."
 
@@ -125,7 +125,7 @@ def test_in_context_voice_from_transcript(server, http):
     audio, transcript = wav_bytes(269), "This is the reference."
     r = upload(http, unique_name(), audio, audio_sample_text=transcript)
     assert r.status_code == 200, r.text
-    stored = server.app.state.server.voices.get(r.json()["id"]).prompt
+    stored = server.app.state.server.voices.get(r.json()["id"], EVERYONE).prompt
     assert stored.in_context and stored.reference_text == transcript and stored.reference_codes.shape[1] == 16
     inline = speak(http, audio_sample=base64.b64encode(audio).decode(), audio_sample_text=transcript)
     assert speak(http, voice={"id": r.json()["id"]}) == inline
@@ -283,11 +283,16 @@ def test_voices_survive_restart_and_corrupt_files_are_skipped(demo_models, tmp_p
     assert any("0" * 24 in m for m in skipped) and any("1" * 24 in m for m in skipped)
 
 
+def keyless_store(directory) -> CallerVoices:
+    """A voices folder as a server without keys sees it."""
+    return VoiceStore(directory).seen_by(EVERYONE)
+
+
 def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
     prompt = compute_clone_prompt(
         server.app.state.server.engine.models["base"].tts, np.sin(np.arange(SR) / 10).astype(np.float32) * 0.3, None
     )
-    store = VoiceStore(tmp_path)
+    store = keyless_store(tmp_path)
 
     def crash(*_):
         raise OSError("disk gone")
@@ -296,9 +301,9 @@ def test_crash_while_writing_leaves_no_voice(server, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         store.add("Halfway", prompt)
     monkeypatch.undo()
-    assert os.listdir(tmp_path) == [] and store.list() == [] and VoiceStore(tmp_path).list() == []
+    assert os.listdir(tmp_path) == [] and store.list() == [] and keyless_store(tmp_path).list() == []
     saved = store.add("Halfway", prompt)
-    reread = VoiceStore(tmp_path).get(saved.id)
+    reread = keyless_store(tmp_path).get(saved.id)
     assert reread.name == "Halfway" and reread.prompt.reference_codes is None
     assert np.array_equal(reread.prompt.speaker_embedding.numpy(), prompt.speaker_embedding.float().numpy())
 
@@ -307,7 +312,7 @@ def test_replicas_sharing_a_directory_see_each_others_changes(server, tmp_path):
     prompt = compute_clone_prompt(
         server.app.state.server.engine.models["base"].tts, np.sin(np.arange(SR) / 7).astype(np.float32) * 0.3, None
     )
-    first, second = VoiceStore(tmp_path), VoiceStore(tmp_path)
+    first, second = keyless_store(tmp_path), keyless_store(tmp_path)
     voice = first.add("Shared", prompt)
     assert second.find("shared").id == voice.id
     with pytest.raises(VoiceNameError):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 
 from . import __version__
 from .api import health, live, metrics, models, playground, speech, voices
-from .api.auth import ApiKeyMiddleware
-from .api.errors import install_error_handlers
+from .api.auth import ApiKeyMiddleware, KeyRing
+from .api.errors import SafeJSONResponse, install_error_handlers
+from .api.limits import ClientLimits
 from .api.protocol import stream_event_schemas
 from .api.state import ServerState
 from .engine.runtime.engine import Engine
@@ -21,6 +24,16 @@ from .settings import Settings
 from .telemetry.metrics import ServerMetrics
 from .telemetry.middleware import RequestTelemetry
 from .voices.store import VoiceStore
+
+log = logging.getLogger(__name__)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn must be told for the app's limits (``uvicorn.run``/``uvicorn.Config``
+    keywords): WebSocket messages past twice QWEN_TTS_WS_MAX_MESSAGE_BYTES are refused by the
+    protocol itself (close 1009) before they are read; those in between get the app's own
+    ``error`` event saying why (api/live.py)."""
+    return {"ws_max_size": 2 * settings.ws_max_message_bytes}
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -33,6 +46,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal engine
         state.voices = await asyncio.to_thread(VoiceStore, settings.voices_dir)
+        unowned = await asyncio.to_thread(state.voices.unowned)
+        if settings.keys_required and unowned and not settings.share_unowned_voices:
+            log.warning(
+                "%d saved voices have no owner (saved without keys): only admin keys see them "
+                "(QWEN_TTS_ADMIN_API_KEYS), unless QWEN_TTS_SHARE_UNOWNED_VOICES=true shares them with every key",
+                unowned,
+            )
         if engine is None:
             from .engine.models.loading import load_models
 
@@ -51,11 +71,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 await warming
             engine.close()
 
-    app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.server = state  # read only through api/state.py's typed dependencies
     install_error_handlers(app)
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    # Inside the key check (a caller without a key holds nothing), outside everything else.
+    app.add_middleware(ClientLimits, settings=settings)
+    if settings.keys_required:
+        app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings))
     # Outermost, so every response (401s and 500s included) carries its request id and is logged.
     app.add_middleware(RequestTelemetry, metrics=state.metrics)
     app.include_router(speech.router)

@@ -43,7 +43,7 @@ def serve(demo: bool = False) -> int:
 
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, server_options
     from .engine.models.loading import ModelLoadError, load_models
     from .engine.runtime.engine import Engine
     from .engine.runtime.jobs import EngineConfig
@@ -62,6 +62,7 @@ def serve(demo: bool = False) -> int:
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]  # any seconds
+        **server_options(settings),
     )
     return 0
 

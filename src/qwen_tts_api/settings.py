@@ -104,6 +104,23 @@ class Settings(BaseSettings):
         default=30.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_WS_IDLE_TIMEOUT")
     )
 
+    # --- what one client may hold (ours; api/limits.py) ---
+    # A JSON (or plain form) body: refused with a 413 from Content-Length, or as it arrives.
+    # Multipart voice uploads have their own limit: QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES.
+    max_body_bytes: int = Field(default=1 * MiB, ge=1024, validation_alias=AliasChoices("QWEN_TTS_MAX_BODY_BYTES"))
+    # One WebSocket message (a session.config with ref_audio is the largest a client sends).
+    ws_max_message_bytes: int = Field(
+        default=1 * MiB, ge=1024, validation_alias=AliasChoices("QWEN_TTS_WS_MAX_MESSAGE_BYTES")
+    )
+    # Open /v1/audio/speech/stream sockets, all clients together; past it the handshake gets a 429.
+    ws_max_sessions: int = Field(
+        default=128, ge=1, le=100_000, validation_alias=AliasChoices("QWEN_TTS_WS_MAX_SESSIONS")
+    )
+    # Seconds one write to a client (a chunk of audio, a WebSocket message) may wait for the
+    # client to read; past it the response is abandoned and its generation stopped (nginx's
+    # send_timeout, with its default).
+    send_timeout_seconds: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("QWEN_TTS_SEND_TIMEOUT"))
+
     # --- saved voices and clone prompts (ours) ---
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias=AliasChoices("QWEN_TTS_DATA_DIR"))
     prompt_cache_size: int = Field(
@@ -114,6 +131,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("QWEN_TTS_API_KEYS")
     )
+    # Keys that are accepted like QWEN_TTS_API_KEYS and see (use, delete) every saved voice.
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("QWEN_TTS_ADMIN_API_KEYS")
+    )
+    # With keys: voices saved before voices had owners (or while keys were off) are seen by
+    # admin keys only, unless this shares them with every key.
+    share_unowned_voices: bool = Field(default=False, validation_alias=AliasChoices("QWEN_TTS_SHARE_UNOWNED_VOICES"))
     shutdown_timeout_seconds: float = Field(
         default=30.0, ge=0, validation_alias=AliasChoices("QWEN_TTS_SHUTDOWN_TIMEOUT")
     )
@@ -122,7 +146,7 @@ class Settings(BaseSettings):
     # unless a request says `normalize: false`.
     normalize: bool = Field(default=True, validation_alias=AliasChoices("QWEN_TTS_NORMALIZE"))
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # One or several keys separated by commas; blanks ignored.
@@ -145,6 +169,11 @@ class Settings(BaseSettings):
             parts = re.split(f"[,{re.escape(os.pathsep)}]", value)
             return [p.strip() for p in parts if p.strip()]
         return value
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether /v1 needs a key (any key configured, admin or not)."""
+        return bool(self.api_keys or self.admin_api_keys)
 
     @property
     def voices_dir(self) -> Path:

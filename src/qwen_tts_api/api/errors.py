@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,10 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
 from ..settings import Settings
+from ..text.echo import loggable
 from .protocol import ErrorDetail, ErrorResponse
 from .state import server_state
 
 log = logging.getLogger(__name__)
+
+ROUTE_LIMIT = 200  # characters of a requested path repeated in a 404 or 405
 
 _TYPES_BY_STATUS = {
     400: "invalid_request_error",
@@ -80,9 +84,37 @@ def engine_error(exc: EngineFailure, timeout_seconds: float) -> APIError:
     return APIError(500, str(exc), type="server_error", code="generation_failed")
 
 
+class ClientStalled(Exception):
+    """The client read nothing for QWEN_TTS_SEND_TIMEOUT seconds: its response is abandoned
+    (api/limits.py). Not an OSError, which Starlette would take for a disconnect."""
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that any string fits: UTF-8 as FastAPI sends it, or, where a string cannot be
+    UTF-8 (a lone surrogate a client sent as a field name), ASCII with ``\\u`` escapes."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(err: APIError) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=err.message, type=err.type, param=err.param, code=err.code))
-    return JSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
+    return SafeJSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
+
+
+async def refuse_websocket(err: APIError, scope: Scope, receive: Receive, send: Send, close_code: int) -> None:
+    """Answer a WebSocket upgrade with ``err`` as an HTTP response where the server can (the
+    ASGI denial-response extension: uvicorn has it), else close before accepting with
+    ``close_code`` (the client sees a 403)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(err)(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": close_code, "reason": err.message[:120]})
 
 
 def _validation_to_error(exc: RequestValidationError) -> APIError:
@@ -126,10 +158,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = loggable(request.url.path, ROUTE_LIMIT)  # the client's own: one line, clipped
         if exc.status_code == 404:
-            message = f"Unknown route: {request.method} {request.url.path}"
+            message = f"Unknown route: {request.method} {path}"
         elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
+            message = f"Method {request.method} is not allowed on {path}"
         else:
             message = str(exc.detail)
         return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
@@ -161,8 +194,10 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientStalled:
+            raise  # not an error of ours: api/limits.py ends the response
         except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            log.exception("unhandled error on %s %s", scope.get("method"), loggable(scope.get("path")))
             if response_started:
                 raise  # too late for an error body; the server closes the connection
             err = APIError(500, "The server had an error while processing the request", type="server_error")

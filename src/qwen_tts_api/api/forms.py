@@ -34,4 +34,8 @@ def text_field(form: FormData, name: str, required: bool = False) -> str | None:
     value = form.get(name)
     if not isinstance(value, str):
         raise invalid_request(f"{name!r} must be a text field, not a file", param=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry and nothing can store
+        raise invalid_request(f"{name!r} is not valid Unicode text", param=name) from None
     return value.strip()

@@ -19,8 +19,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -33,8 +34,10 @@ from ..engine.runtime.live_text import LiveText
 from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
+from ..text.echo import loggable, quoted
 from ..text.markup import is_ssml
 from ..text.prepare import PreparedText
+from ..voices.store import CallerVoices
 from .errors import APIError, engine_error
 from .protocol import (
     LiveAudioDone,
@@ -44,22 +47,31 @@ from .protocol import (
     LiveSessionConfig,
     LiveSessionDone,
     SpeechUsage,
+    json_text,
 )
 from .speech import speakable_input
-from .state import ServerState, StateDep
+from .state import ServerState, StateDep, VoicesDep
 from .voice_plan import VoiceAsk, VoicePlan, plan_voice
 
 ROUTE = "/v1/audio/speech/stream"
 MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
+# Turns sent while one is speaking wait for it, their text counted against MAX_TURN_CHARS too.
+MAX_WAITING_TURNS = 8
+MESSAGE_TOO_BIG = 1009  # the WebSocket close code for a message past the size limit
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 
 
 @router.websocket(ROUTE)
-async def speech_stream(websocket: WebSocket, state: StateDep) -> None:
+async def speech_stream(websocket: WebSocket, state: StateDep, voices: VoicesDep) -> None:
     await websocket.accept()
-    await LiveSession(websocket, state).run()
+    await LiveSession(websocket, state, voices).run()
+
+
+def _message_bytes(message: Mapping[str, Any]) -> int:
+    text = message.get("text")
+    return len(text.encode()) if text is not None else len(message.get("bytes") or b"")
 
 
 class _Closed(Exception):
@@ -99,10 +111,10 @@ class _Queued:
 
 
 class LiveSession:
-    def __init__(self, websocket: WebSocket, state: ServerState):
+    def __init__(self, websocket: WebSocket, state: ServerState, voices: CallerVoices):
         self.ws = websocket
         self.engine, self.settings = state.require_engine(), state.settings
-        self.store, self.metrics = state.require_voices(), state.metrics
+        self.store, self.metrics = voices, state.metrics
         self.config: LiveSessionConfig | None = None
         self.voice: VoicePlan | None = None
         self.turn: _Turn | None = None
@@ -138,6 +150,10 @@ class LiveSession:
                 await self._close_with("timeout", reason)
             if message["type"] == "websocket.disconnect":
                 raise _Closed
+            size, limit = _message_bytes(message), self.settings.ws_max_message_bytes
+            if size > limit:
+                reason = f"a message of {size} bytes is larger than {limit} bytes (QWEN_TTS_WS_MAX_MESSAGE_BYTES)"
+                await self._close_with("message_too_large", reason, MESSAGE_TOO_BIG)
             if message.get("text") is None:
                 await self._error("send JSON text frames; binary frames are not read", "invalid_message")
                 continue
@@ -156,7 +172,7 @@ class LiveSession:
         if kind == "session.config":
             await self._configure(message)
         elif kind not in ("input.text", "input.done", "session.close"):
-            await self._error(f"unknown message type {kind!r}", "unknown_type", "type")
+            await self._error(f"unknown message type {quoted(kind)}", "unknown_type", "type")
         elif self.config is None:
             await self._error(f"send session.config before {kind}", "session_not_configured", "type")
         elif kind == "input.text":
@@ -183,7 +199,7 @@ class LiveSession:
             first = exc.errors()[0]
             param = ".".join(str(part) for part in first["loc"]) or None
             code = "unknown_parameter" if first["type"] == "extra_forbidden" else "invalid_value"
-            await self._error(f"Invalid {param!r}: {first['msg']}", code, param)
+            await self._error(f"Invalid {quoted(param)}: {first['msg']}", code, param)
             return
         ask = VoiceAsk(
             voice=config.voice,
@@ -209,17 +225,37 @@ class LiveSession:
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(part) for part in first["loc"]) or None
-            await self._error(f"Invalid {param!r}: {first['msg']}", "invalid_value", param)
+            await self._error(f"Invalid {quoted(param)}: {first['msg']}", "invalid_value", param)
             return
         if not text:
             return
         if self.queued or (self.turn is not None and self.turn.flushed):
             # The next turn, sent while this one is still speaking: it starts when this one ends.
+            waiting = sum(len(fragment) for queued in self.queued for fragment in queued.fragments)
+            if waiting + len(text) > MAX_TURN_CHARS:
+                await self._error(
+                    f"the turns waiting for the one being spoken hold at most {MAX_TURN_CHARS} characters",
+                    "input_too_long",
+                    "text",
+                )
+                return
             if not self.queued or self.queued[-1].flushed:
+                if not await self._room_to_wait():
+                    return
                 self.queued.append(_Queued())
             self.queued[-1].fragments.append(text)
             return
         await self._append(text)
+
+    async def _room_to_wait(self) -> bool:
+        """Whether another turn may wait for the one being spoken (else an ``error`` says not)."""
+        if len(self.queued) < MAX_WAITING_TURNS:
+            return True
+        await self._error(
+            f"at most {MAX_WAITING_TURNS} turns may wait for the one being spoken; wait for its session.done",
+            "too_many_turns",
+        )
+        return False
 
     async def _append(self, text: str) -> None:
         turn = self.turn or self._start_turn(text)
@@ -296,7 +332,7 @@ class LiveSession:
             await self._error(exc.message, exc.code or "invalid_markup", exc.param)
             return
         if markup.ignored:
-            log.info("SSML turn: elements kept as text only: %s", ", ".join(markup.ignored))
+            log.info("SSML turn: kept as text only: %s", loggable(", ".join(markup.ignored)))
         job = self._job(prepared, announce_parts=True)
         self._run(turn, lambda: self.engine.start(voice.kind, job))
 
@@ -304,7 +340,7 @@ class LiveSession:
         if self.queued or (self.turn is not None and self.turn.flushed):
             if self.queued and not self.queued[-1].flushed:
                 self.queued[-1].flushed = True
-            else:
+            elif await self._room_to_wait():
                 self.queued.append(_Queued(flushed=True))
             return
         await self._flush_current()
@@ -436,11 +472,12 @@ class LiveSession:
 
     async def _send(self, event: BaseModel) -> None:
         try:
-            await self.ws.send_text(event.model_dump_json(exclude_none=True))
+            await self.ws.send_text(json_text(event))
         except Exception as exc:  # the client is gone
             raise _Closed from exc
 
-    async def _close_with(self, code: str, reason: str) -> None:
+    async def _close_with(self, code: str, reason: str, close_code: int = 1000) -> None:
         await self._error(f"closing the socket: {reason}", code)
-        await self.ws.close(1000, reason)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.ws.close(close_code, reason[:120])  # a close reason holds at most 123 bytes
         raise _Closed

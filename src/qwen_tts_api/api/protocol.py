@@ -4,14 +4,17 @@ the wire, errors included."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import models_json_schema
+from pydantic_core import PydanticSerializationError
 
 from ..audio.encode import DEFAULT_SAMPLE_RATES, RESPONSE_FORMATS, UNSUPPORTED_RATES
 from ..audio.resample import SAMPLE_RATES
 from ..constants import SAMPLE_RATE, TaskType
+from ..text.echo import quoted
 from ..voices.speakers import DEFAULT_VOICE
 
 MAX_INPUT_CHARS = 4096
@@ -39,7 +42,7 @@ assert set(RESPONSE_FORMATS) == set(get_args(ResponseFormat))  # one list of for
 def canonical_language(value: str) -> str:
     canonical = _LANGUAGE_BY_LOWER.get(value.strip().lower())
     if canonical is None:
-        raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
+        raise ValueError(f"unsupported language {quoted(value)}; use one of {', '.join(LANGUAGES)}")
     return canonical
 
 
@@ -195,7 +198,7 @@ _ERROR_DESCRIPTIONS = {
     400: "Invalid request: `param` names the field",
     401: "Missing or invalid API key (when QWEN_TTS_API_KEYS is set)",
     404: "Unknown model, voice or route",
-    413: "Reference audio larger than QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES",
+    413: "Body larger than QWEN_TTS_MAX_BODY_BYTES (JSON, a form) or QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES (an upload)",
     429: "Queue full: retry after the seconds in the Retry-After header",
     500: "Generation failed for this request (the server goes on)",
     503: "The engine has stopped: the server must be restarted",
@@ -426,6 +429,15 @@ class LiveError(BaseModel):
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None  # server_busy: seconds, as Retry-After on HTTP
+
+
+def json_text(message: BaseModel) -> str:
+    """A message as JSON text, unset fields left out: any string fits (one that cannot be
+    UTF-8, a lone surrogate, goes out as a ``\\u`` escape)."""
+    try:
+        return message.model_dump_json(exclude_none=True)
+    except PydanticSerializationError:
+        return json.dumps(message.model_dump(exclude_none=True), ensure_ascii=True)
 
 
 # What goes over /v1/audio/speech/stream besides binary audio, both ways.

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from ..audio.encode import CONTENT_TYPES
 from ..audio.render import Renderer
@@ -18,19 +17,18 @@ from ..engine.models.loading import LoadedModel
 from ..engine.runtime.jobs import SamplingChoice, SpeechJob
 from ..settings import Settings
 from ..telemetry.record import record_of
+from ..text.echo import loggable
 from ..text.markup import Markup, MarkupError
 from ..text.prepare import PreparedText, prepare, read_markup
-from ..voices.store import VoiceStore
+from ..voices.store import CallerVoices
 from .errors import invalid_request, timeout_error
+from .headers import SSML_IGNORED_HEADER, UNUSED_FIELDS_HEADER, header_list, safe_headers
 from .protocol import STREAM_EVENTS, SpeechRequest, error_responses
 from .state import EngineDep, SettingsDep, VoicesDep
-from .streaming import ClientGone, audio_body, sse_body, until_ready
+from .streaming import ClientGone, SpeechStreamingResponse, audio_body, sse_body, until_ready
 from .voice_plan import VoiceAsk, plan_voice
 
 router = APIRouter()
-
-UNUSED_FIELDS_HEADER = "X-Unused-Fields"  # request fields this server does not know, so did not use
-SSML_IGNORED_HEADER = "X-SSML-Ignored"  # SSML elements kept as text only
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ def speakable_input(
             raise invalid_request(
                 f"Invalid '{param}': <lang> {segment.language} is not spoken by model {model.name}", param=param
             )
-    log.debug("speaking: %s", prepared.text)
+    log.debug("speaking: %s", loggable(prepared.text))
     return prepared, markup
 
 
@@ -100,7 +98,7 @@ def _voice_ask(body: SpeechRequest) -> VoiceAsk:
     )
 
 
-async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> SpeechPlan:
+async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Settings, store: CallerVoices) -> SpeechPlan:
     voice = await plan_voice(_voice_ask(body), engine, settings, store)
     normalized = settings.normalize if body.normalize is None else body.normalize
     prepared, markup = speakable_input(voice.model, body.input, body.language, normalized, body.speed)
@@ -111,11 +109,11 @@ async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Setti
         first_chunk_frames=body.initial_codec_chunk_frames or None,
         streaming=not body.whole_body,
     )
-    headers = dict(voice.headers)
+    headers = safe_headers(voice.headers)
     if markup.ignored:  # SSML elements whose text was spoken but whose meaning was not applied
-        headers[SSML_IGNORED_HEADER] = ", ".join(markup.ignored)
+        headers[SSML_IGNORED_HEADER] = header_list(markup.ignored)
     if body.model_extra:  # never dropped in silence: the client learns what was not used
-        headers[UNUSED_FIELDS_HEADER] = ", ".join(sorted(body.model_extra))
+        headers[UNUSED_FIELDS_HEADER] = header_list(sorted(body.model_extra))
     return SpeechPlan(voice.kind, job, voice.voice_kind, headers)
 
 
@@ -133,7 +131,7 @@ async def plan_speech(body: SpeechRequest, engine: SpeechEngine, settings: Setti
                 },
             },
         },
-        **error_responses(400, 429, 500, 503, 504),
+        **error_responses(400, 413, 429, 500, 503, 504),
     },
 )
 async def create_speech(
@@ -166,12 +164,12 @@ async def create_speech(
         stream.cancel()
         raise
     if body.stream_format == "sse":
-        return StreamingResponse(
+        return SpeechStreamingResponse(
             sse_body(first, chunks, stream, fmt, body.speed, body.output_rate),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", **plan.headers},
         )
-    return StreamingResponse(
+    return SpeechStreamingResponse(
         audio_body(first, chunks, stream, fmt, body.speed, body.output_rate),
         media_type=CONTENT_TYPES[fmt],
         headers=plan.headers,

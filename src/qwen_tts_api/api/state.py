@@ -17,7 +17,7 @@ from ..engine.interface import SpeechEngine
 from ..engine.runtime.readiness import Readiness
 from ..settings import Settings
 from ..telemetry.metrics import ServerMetrics
-from ..voices.store import VoiceStore
+from ..voices.store import EVERYONE, NOBODY, CallerVoices, Viewer, VoiceStore
 
 
 @dataclass
@@ -54,8 +54,21 @@ def _settings(connection: HTTPConnection) -> Settings:
     return server_state(connection).settings
 
 
-def _voices(connection: HTTPConnection) -> VoiceStore:
-    return server_state(connection).require_voices()
+VIEWER_STATE = "viewer"  # where api/auth.py keeps the caller's Viewer in scope["state"]
+
+
+def viewer_of(connection: HTTPConnection) -> Viewer:
+    """Whose saved voices this caller sees: its key's (api/auth.py), or every voice when
+    the server has no keys. A keyed server never falls back to every voice."""
+    viewer = connection.scope.get("state", {}).get(VIEWER_STATE)
+    if isinstance(viewer, Viewer):
+        return viewer
+    return NOBODY if server_state(connection).settings.keys_required else EVERYONE
+
+
+def _voices(connection: HTTPConnection) -> CallerVoices:
+    """The saved voices this caller sees (and saves as its own)."""
+    return server_state(connection).require_voices().seen_by(viewer_of(connection))
 
 
 def _metrics(connection: HTTPConnection) -> ServerMetrics:
@@ -69,6 +82,6 @@ def _readiness(connection: HTTPConnection) -> Readiness:
 StateDep = Annotated[ServerState, Depends(server_state)]
 EngineDep = Annotated[SpeechEngine, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-VoicesDep = Annotated[VoiceStore, Depends(_voices)]
+VoicesDep = Annotated[CallerVoices, Depends(_voices)]
 MetricsDep = Annotated[ServerMetrics, Depends(_metrics)]
 ReadinessDep = Annotated[Readiness, Depends(_readiness)]

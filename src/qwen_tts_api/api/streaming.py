@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Send
 
 from ..audio.render import Renderer
 from ..constants import SAMPLE_RATE
@@ -47,6 +49,20 @@ async def until_ready(request: Request, work: asyncio.Future | asyncio.Task, str
         work.cancel()
         raise ClientGone
     return work.result()
+
+
+class SpeechStreamingResponse(StreamingResponse):
+    """A streamed body that is closed as soon as the response ends, early or not: a client
+    that left, or one that stopped reading (api/limits.py), stops its generation at once,
+    not when the abandoned body happens to be collected."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fmt: str, speed: float, rate: int):

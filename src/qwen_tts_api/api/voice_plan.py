@@ -14,10 +14,11 @@ from ..engine.interface import SpeechEngine
 from ..engine.models.loading import LoadedModel
 from ..engine.runtime.jobs import ReferenceAudio, SpeechJob
 from ..settings import Settings
+from ..text.echo import quoted
 from ..text.prepare import PreparedText, clean
 from ..voices.prompt import ClonePrompt
 from ..voices.speakers import is_builtin_voice, resolve_speaker, voice_names
-from ..voices.store import SavedVoice, VoiceStore
+from ..voices.store import CallerVoices, SavedVoice
 from .errors import invalid_request
 from .protocol import VoiceRef
 from .routing import names_voicedesign, require_model
@@ -91,14 +92,14 @@ async def _reference(ask: VoiceAsk, settings: Settings, model: LoadedModel) -> R
     )
 
 
-async def _saved_voice(ask: VoiceAsk, store: VoiceStore) -> SavedVoice | None:
+async def _saved_voice(ask: VoiceAsk, store: CallerVoices) -> SavedVoice | None:
     """The saved voice a request names: ``{"id": ...}``, or a string that is not a built-in
     voice and matches a saved voice's id or name."""
     voice = ask.voice
     if isinstance(voice, VoiceRef):
         saved = await asyncio.to_thread(store.get, voice.id.strip())
         if saved is None:
-            message = f"no saved voice with id {voice.id!r}"
+            message = f"no saved voice with id {quoted(voice.id)}"
             raise invalid_request(message, param=ask.name("voice"), code="voice_not_found")
         return saved
     if is_builtin_voice(voice):
@@ -110,7 +111,7 @@ def _design_plan(ask: VoiceAsk, engine: SpeechEngine) -> VoicePlan:
     """VoiceDesign: the voice is whatever ``instructions`` describe."""
     if ask.task_type not in (None, "VoiceDesign"):
         raise invalid_request(
-            f"model {ask.model!r} is the VoiceDesign model; task_type {ask.task_type} needs another model",
+            f"model {quoted(ask.model)} is the VoiceDesign model; task_type {ask.task_type} needs another model",
             param=ask.name("task_type"),
         )
     if ask.audio_sample is not None:
@@ -166,7 +167,7 @@ def _embedding_plan(ask: VoiceAsk, engine: SpeechEngine, instructions: str | Non
     return VoicePlan(ModelKind.BASE, model, ask.language, "embedding", voice_prompt=prompt, headers=headers)
 
 
-async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, store: VoiceStore) -> VoicePlan:
+async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, store: CallerVoices) -> VoicePlan:
     if ask.task_type == "VoiceDesign" or names_voicedesign(engine, ask.model):
         return _design_plan(ask, engine)
     instructions = (ask.instructions or "").strip() or None
@@ -203,7 +204,7 @@ async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, st
 
     if ask.task_type == "Base":
         raise invalid_request(
-            f"task_type Base speaks saved voices or {ask.name('audio_sample')}; {ask.voice!r} is neither",
+            f"task_type Base speaks saved voices or {ask.name('audio_sample')}; {quoted(ask.voice)} is neither",
             param=ask.name("voice"),
             code="invalid_voice",
         )
@@ -218,7 +219,7 @@ async def plan_voice(ask: VoiceAsk, engine: SpeechEngine, settings: Settings, st
             v.name for v in await asyncio.to_thread(store.list)
         ]
         raise invalid_request(
-            f"unknown voice {ask.voice!r}; available: {', '.join(names) or 'none'}",
+            f"unknown voice {quoted(ask.voice)}; available: {', '.join(names) or 'none'}",
             param=ask.name("voice"),
             code="invalid_voice",
         )

@@ -22,54 +22,39 @@ from ..engine.interface import SpeechEngine
 from ..engine.models.loading import LoadedModel
 from ..settings import Settings
 from ..telemetry.record import record_of
+from ..text.echo import quoted
 from ..text.prepare import clean
 from ..voices.prompt import ClonePrompt
 from ..voices.speakers import available_aliases
-from ..voices.store import SavedVoice, VoiceNameError, VoiceStore
+from ..voices.store import CallerVoices, SavedVoice, VoiceNameError
 from .errors import APIError, invalid_request
 from .forms import text_field
+from .headers import UNUSED_FIELDS_HEADER, header_list
+from .limits import upload_too_large
 from .protocol import VoiceCard, VoiceDeleted, VoiceEntry, VoiceList, error_responses, voice_creation_body
 from .routing import require_model
 from .state import EngineDep, SettingsDep, VoicesDep
 from .streaming import ClientGone
-from .voice_design import asks_for_design, design_ask, design_voice
+from .voice_design import DESCRIPTION_FIELDS, SAMPLE_TEXT_FIELDS, asks_for_design, design_ask, design_voice
 
 router = APIRouter()
 
-_FORM_OVERHEAD = 64 * 1024  # room for the text fields and multipart framing beside the file
+# Every field a voice creation reads (an upload's, a design's, either name of each).
+VOICE_FIELDS = frozenset(
+    {"name", "type", "consent", "audio_sample", "audio_sample_text", "language", "seed"}
+    | set(DESCRIPTION_FIELDS)
+    | set(SAMPLE_TEXT_FIELDS)
+)
+MAX_FORM_FIELDS = 16
 
 
-def _too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        f"audio_sample is larger than the {limit // (1024 * 1024)} MiB limit (QWEN_TTS_AUDIO_SAMPLE_MAX_BYTES)",
-        param="audio_sample",
-        code="file_too_large",
-    )
-
-
-async def _read_form(request: Request, file_limit: int) -> FormData:
-    """Parse the multipart body, refusing it as soon as it passes the size limit (before
-    any of it is spooled to disk). A designed voice may come as JSON instead (OpenAI's
+async def _read_form(request: Request) -> FormData:
+    """Parse the multipart body (api/limits.py refuses one past its size limit as it streams
+    in, before it is spooled to disk). A designed voice may come as JSON instead (OpenAI's
     ``type: "prompt"`` request), read into the same shape."""
-    limit = file_limit + _FORM_OVERHEAD
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(file_limit)
-    received = 0
-
-    async def receive():
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _too_large(file_limit)
-        return message
-
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        return await _read_json(Request(request.scope, receive))
+        return await _read_json(request)
     # A plain form (curl -d) can only carry a designed voice: it has no file.
     if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise invalid_request(
@@ -78,13 +63,19 @@ async def _read_form(request: Request, file_limit: int) -> FormData:
             code="invalid_content_type",
         )
     try:
-        return await Request(request.scope, receive).form(max_files=1, max_fields=16)
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
     except APIError:
         raise
     except Exception as exc:  # malformed multipart: starlette raises its own HTTP errors
         raise invalid_request(
             f"could not read the multipart body: {getattr(exc, 'detail', exc)}", code="invalid_multipart"
         ) from exc
+    if len(form) > MAX_FORM_FIELDS:  # a plain form: Starlette counts only multipart fields
+        await form.close()
+        raise invalid_request(
+            f"a voice has at most {MAX_FORM_FIELDS} fields; {len(form)} were sent", code="invalid_multipart"
+        )
+    return form
 
 
 async def _read_json(request: Request) -> FormData:
@@ -95,9 +86,11 @@ async def _read_json(request: Request) -> FormData:
     if not isinstance(body, dict):
         raise invalid_request("the body must be a JSON object", code="invalid_json")
     fields: list[tuple[str, str | UploadFile]] = []
+    if len(body) > MAX_FORM_FIELDS:
+        raise invalid_request(f"a voice has at most {MAX_FORM_FIELDS} fields; {len(body)} were sent")
     for key, value in body.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise invalid_request(f"{key!r} must be a string or a number", param=key)
+            raise invalid_request(f"{quoted(key)} must be a string or a number", param=key)
         fields.append((key, str(value)))
     return FormData(fields)
 
@@ -129,14 +122,15 @@ def _voice_type(form: FormData) -> str:
     openapi_extra=voice_creation_body(),
 )
 async def create_voice(
-    request: Request, engine: EngineDep, settings: SettingsDep, store: VoicesDep
+    request: Request, response: Response, engine: EngineDep, settings: SettingsDep, store: VoicesDep
 ) -> VoiceCard | Response:
     """A saved voice from an uploaded sample (multipart: ``name``, ``audio_sample``,
     ``consent``, our ``audio_sample_text``), or designed from a description (``name``,
     ``prompt``/``description``, optional ``script_hint``/``sample_text``, ``language``,
     ``seed``: api/voice_design.py)."""
-    form = await _read_form(request, settings.audio_sample_max_bytes)
+    form = await _read_form(request)
     try:
+        unused = sorted(set(form.keys()) - VOICE_FIELDS)
         kind = _voice_type(form)
         name = text_field(form, "name", required=True)
         consent = text_field(form, "consent")
@@ -163,6 +157,8 @@ async def create_voice(
     if (record := record_of(request)) is not None:  # the log line says which model made it
         record.voice_kind = "designed" if design else "clone"
         record.model = engine.models[ModelKind.VOICEDESIGN if design else ModelKind.BASE].name
+    if unused:  # never dropped in silence, as on /v1/audio/speech
+        response.headers[UNUSED_FIELDS_HEADER] = header_list(unused)
     return _card(voice)
 
 
@@ -191,7 +187,7 @@ async def _read_upload(form: FormData, model: LoadedModel, limit: int) -> _Uploa
         )
     data = await sample.read(limit + 1)
     if len(data) > limit:
-        raise _too_large(limit)
+        raise upload_too_large(limit)
     return _Upload(data, clean(text_field(form, "audio_sample_text") or "", model.control_tokens) or None)
 
 
@@ -219,7 +215,7 @@ def _name_error(exc: VoiceNameError) -> APIError:
     return invalid_request(str(exc), param="name", code="voice_name_taken" if exc.taken else "invalid_voice_name")
 
 
-def _check_new_name(store: VoiceStore, name: str) -> None:
+def _check_new_name(store: CallerVoices, name: str) -> None:
     try:
         store.check_new_name(name)
     except VoiceNameError as exc:
@@ -246,7 +242,7 @@ async def list_voices(engine: EngineDep, store: VoicesDep) -> VoiceList:
 
 
 def _not_found(voice_id: str) -> APIError:
-    return APIError(404, f"no saved voice with id {voice_id!r}", param="voice_id", code="voice_not_found")
+    return APIError(404, f"no saved voice with id {quoted(voice_id)}", param="voice_id", code="voice_not_found")
 
 
 @router.get(

@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from ..text.echo import quoted
 from .reference import AudioSampleError
 
 MAX_REDIRECTS = 3
@@ -33,7 +34,7 @@ async def _resolve(host: str, port: int) -> list[str]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise AudioSampleError(f"audio_sample URL host {host!r} could not be resolved") from exc
+        raise AudioSampleError(f"audio_sample URL host {quoted(host)} could not be resolved") from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -44,7 +45,7 @@ async def _checked_address(url: httpx.URL, allow_private: bool) -> str:
     refused = [a for a in addresses if not address_allowed(a, allow_private)]
     if refused or not addresses:
         raise AudioSampleError(
-            f"audio_sample URL host {url.host!r} resolves to a private or reserved address; "
+            f"audio_sample URL host {quoted(url.host)} resolves to a private or reserved address; "
             "set QWEN_TTS_ALLOW_PRIVATE_URLS=true to allow local addresses"
         )
     return addresses[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from ..app import create_app
+from ..app import create_app, server_options
 from ..settings import Settings
 
 
@@ -65,7 +65,8 @@ class BackgroundServer:
     def __init__(self, settings: Settings):
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        options = server_options(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

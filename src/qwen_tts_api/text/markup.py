@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .echo import quoted
+
 MAX_PAUSE_SECONDS = 10.0  # one pause
 MAX_TOTAL_PAUSE_SECONDS = 60.0  # all of a request's pauses together
 MIN_RATE, MAX_RATE = 0.25, 4.0  # as `speed`
@@ -76,12 +78,12 @@ def pause_tags(text: str) -> Markup:
         seconds = duration_seconds(match.group(1))
         if seconds is None:
             raise MarkupError(
-                f"{match.group(0)!r} at character {match.start()} is not a pause: "
+                f"{quoted(match.group(0))} at character {match.start()} is not a pause: "
                 "write it as [pause:500ms] or [pause:1.5s]"
             )
         if text[start : match.start()].strip():
             pieces.append(Speech(text[start : match.start()]))
-        pieces.append(checked_pause(seconds, f"{match.group(0)!r} at character {match.start()}"))
+        pieces.append(checked_pause(seconds, f"{quoted(match.group(0))} at character {match.start()}"))
         start = match.end()
     if text[start:].strip():
         pieces.append(Speech(text[start:]))

@@ -5,7 +5,8 @@ Supported: ``speak``, ``p`` and ``s`` (segment boundaries), ``break`` (``time``,
 ``strength``), ``sub alias``, ``say-as`` (``characters``/``spell-out``, ``cardinal``,
 ``ordinal``, ``digits``, ``telephone``, ``date``, ``time``), ``prosody rate`` (a time
 stretch of the span), ``lang xml:lang`` (and ``xml:lang`` on ``speak``, ``p``, ``s``),
-``emphasis`` (its text). Any other element keeps its text and is named in ``ignored``.
+``emphasis`` (its text). Any other element keeps its text and is named in ``ignored``, as
+is any attribute these do not read (``element@attribute``, e.g. ``prosody@pitch``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import defusedxml.ElementTree as SafeXML
 from defusedxml import DefusedXmlException
 
 from . import normalize as words
+from .echo import quoted
 from .markup import MAX_RATE, MIN_RATE, Markup, MarkupError, Piece, Speech, check_total, checked_pause
 from .markup import duration_seconds as tag_duration
 
@@ -31,6 +33,15 @@ BREAK_STRENGTHS = {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.5, "str
 RATE_NAMES = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "fast": 1.25, "x-fast": 1.5, "default": 1.0}
 BOUNDARIES = {"p", "s", "paragraph", "sentence"}
 KEPT = {"speak", "emphasis", "sub", "say-as", "prosody", "lang", "break", *BOUNDARIES}
+XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
+# The attributes each element is read for (xml:lang on any), and speak's document attributes.
+READ_ATTRIBUTES = {
+    "speak": {"version", f"{XSI}schemaLocation"},
+    "break": {"time", "strength"},
+    "sub": {"alias"},
+    "say-as": {"interpret-as", "format"},
+    "prosody": {"rate"},
+}
 
 
 def _name(element: Element) -> str:
@@ -40,7 +51,7 @@ def _name(element: Element) -> str:
 def _language(tag: str) -> str:
     language = LANGUAGE_TAGS.get(tag.split("-")[0].split("_")[0].lower())
     if language is None:
-        raise MarkupError(f"xml:lang {tag!r} is not a language this server speaks")
+        raise MarkupError(f"xml:lang {quoted(tag)} is not a language this server speaks")
     return language
 
 
@@ -50,7 +61,7 @@ def _rate(value: str) -> float:
         return RATE_NAMES[value]
     match = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)(%?)", value)
     if match is None:
-        raise MarkupError(f"prosody rate {value!r}: use x-slow .. x-fast, a percentage or a number")
+        raise MarkupError(f"prosody rate {quoted(value)}: use x-slow .. x-fast, a percentage or a number")
     sign, number, percent = match.groups()
     amount = float(number)
     if percent:
@@ -79,8 +90,8 @@ def _say_as(element: Element, text: str, language: str) -> str:
             hour, minute = (int(part) for part in re.split(r"[:h.]", stripped)[:2])
             return words.time_words(hour, minute, locale)
     except (ValueError, IndexError) as exc:
-        raise MarkupError(f"say-as {kind} cannot read {stripped!r}") from exc
-    raise MarkupError(f"say-as interpret-as {kind!r} is not supported")
+        raise MarkupError(f"say-as {quoted(kind)} cannot read {quoted(stripped)}") from exc
+    raise MarkupError(f"say-as interpret-as {quoted(kind)} is not supported")
 
 
 def _date(text: str, order: str) -> datetime.date:
@@ -102,8 +113,16 @@ class _Reader:
     def pause(self, seconds: float, where: str) -> None:
         self.pieces.append(checked_pause(seconds, where))
 
+    def note_ignored(self, what: str) -> None:
+        if what not in self.ignored:
+            self.ignored.append(what)
+
     def walk(self, element: Element, language: str | None, rate: float) -> None:
         name = _name(element)
+        if name in KEPT:
+            for attribute in element.attrib:
+                if attribute != XML_LANG and attribute not in READ_ATTRIBUTES.get(name, ()):
+                    self.note_ignored(f"{name}@{attribute.rsplit('}', 1)[-1]}")
         if element.get(XML_LANG):
             language = _language(element.get(XML_LANG, ""))
         if name == "break":
@@ -117,8 +136,8 @@ class _Reader:
                 rate *= _rate(element.get("rate", ""))
                 if not MIN_RATE <= rate <= MAX_RATE:
                     raise MarkupError(f"prosody rate makes {rate:g}x; it must stay within {MIN_RATE}..{MAX_RATE}")
-            if name not in KEPT and name not in self.ignored:
-                self.ignored.append(name)
+            if name not in KEPT:
+                self.note_ignored(name)
             if name in BOUNDARIES:
                 self.pause(0.0, f"<{name}>")
             self.speak(element.text, language, rate)
@@ -133,11 +152,11 @@ class _Reader:
         if element.get("time"):
             seconds = tag_duration(element.get("time", ""))
             if seconds is None:
-                raise MarkupError(f"<break time={element.get('time')!r}>: write it as 500ms or 1.5s")
+                raise MarkupError(f"<break time={quoted(element.get('time'))}>: write it as 500ms or 1.5s")
             return seconds
         strength = element.get("strength", "medium")
         if strength not in BREAK_STRENGTHS:
-            raise MarkupError(f"<break strength={strength!r}>: use one of {', '.join(BREAK_STRENGTHS)}")
+            raise MarkupError(f"<break strength={quoted(strength)}>: use one of {', '.join(BREAK_STRENGTHS)}")
         return BREAK_STRENGTHS[strength]
 
 

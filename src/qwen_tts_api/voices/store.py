@@ -10,6 +10,11 @@ voice or none. A file that cannot be read is logged and skipped.
 The directory is the source of truth: every lookup rescans it (a directory listing, plus
 reading files that are new or changed), so replicas sharing the directory see each other's
 uploads and deletions.
+
+With API keys, a voice belongs to the key that saved it: its file records the key's digest
+(``owner``, never the key), and every query is made for a ``Viewer`` that sees its own
+voices, and all of them for an admin key. Names are unique among the voices a viewer sees,
+so two keys may each have a "Narrator" and neither learns of the other's.
 """
 
 from __future__ import annotations
@@ -54,6 +59,29 @@ class SavedVoice:
     prompt: ClonePrompt
     consent: str | None = None
     description: str | None = None  # designed voices: what VoiceDesign was asked for
+    owner: str | None = None  # digest of the API key that saved it; None: saved without keys
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Whose saved voices a caller sees: without keys (the default) every voice; with keys,
+    those its own key saved (``owner``), the unowned ones where they are shared, or every
+    voice for an admin key."""
+
+    owner: str | None = None  # the caller's key digest, recorded on the voices it saves
+    sees_all: bool = True
+    sees_unowned: bool = True
+
+    def sees(self, voice: SavedVoice) -> bool:
+        if self.sees_all:
+            return True
+        if voice.owner is None:
+            return self.sees_unowned
+        return voice.owner == self.owner
+
+
+EVERYONE = Viewer()  # no API keys: one shared set of voices
+NOBODY = Viewer(sees_all=False, sees_unowned=False)  # a caller no key vouched for
 
 
 def check_name(name: str) -> str:
@@ -79,39 +107,55 @@ class VoiceStore:
         self._skipped: set[tuple[str, int, int]] = set()  # unreadable files, reported once
         self.refresh()
 
+    def seen_by(self, viewer: Viewer) -> CallerVoices:
+        """The voices ``viewer`` sees, and saves as its own."""
+        return CallerVoices(self, viewer)
+
     # --- queries (each rescans the directory first) ---
-    def list(self) -> list[SavedVoice]:
+    def list(self, viewer: Viewer) -> list[SavedVoice]:
         with self._lock:
             self.refresh()
-            return sorted(self._voices.values(), key=lambda v: (v.created_at, v.id))
+            return sorted((v for v in self._voices.values() if viewer.sees(v)), key=lambda v: (v.created_at, v.id))
 
-    def get(self, voice_id: str) -> SavedVoice | None:
+    def get(self, voice_id: str, viewer: Viewer) -> SavedVoice | None:
         with self._lock:
             self.refresh()
-            return self._voices.get(voice_id)
+            voice = self._voices.get(voice_id)
+            return voice if voice is not None and viewer.sees(voice) else None
 
-    def find(self, id_or_name: str) -> SavedVoice | None:
-        """A saved voice by id, or by name in any case."""
+    def find(self, id_or_name: str, viewer: Viewer) -> SavedVoice | None:
+        """A saved voice by id, or by name in any case (an admin seeing several voices of one
+        name gets its own first, then the oldest)."""
         key = id_or_name.strip()
         with self._lock:
-            self.refresh()
-            return self._voices.get(key) or next(
-                (v for v in self._voices.values() if v.name.lower() == key.lower()), None
-            )
+            by_id = self.get(key, viewer)
+            if by_id is not None:
+                return by_id
+            named = [v for v in self.list(viewer) if v.name.lower() == key.lower()]
+            return min(named, key=lambda v: v.owner != viewer.owner or viewer.owner is None, default=None)
+
+    def unowned(self) -> int:
+        """How many saved voices have no owner (saved without keys, or before voices had owners)."""
+        return sum(voice.owner is None for voice in self.list(EVERYONE))
 
     # --- changes ---
-    def check_new_name(self, name: str) -> str:
-        """The name, cleaned, if a new voice may take it; else VoiceNameError."""
+    def check_new_name(self, name: str, viewer: Viewer) -> str:
+        """The name, cleaned, if a new voice of ``viewer``'s may take it; else VoiceNameError."""
         name = check_name(name)
-        if self.find(name) is not None:
+        if self.find(name, viewer) is not None:
             raise VoiceNameError(f"a voice named {name!r} already exists", taken=True)
         return name
 
     def add(
-        self, name: str, prompt: ClonePrompt, consent: str | None = None, description: str | None = None
+        self,
+        name: str,
+        prompt: ClonePrompt,
+        viewer: Viewer,
+        consent: str | None = None,
+        description: str | None = None,
     ) -> SavedVoice:
         with self._lock:
-            name = self.check_new_name(name)
+            name = self.check_new_name(name, viewer)
             voice = SavedVoice(
                 id=ID_PREFIX + secrets.token_hex(12),
                 name=name,
@@ -119,15 +163,15 @@ class VoiceStore:
                 prompt=prompt,
                 consent=consent,
                 description=description,
+                owner=viewer.owner,
             )
             self._write(voice)
             self._voices[voice.id] = voice
             return voice
 
-    def delete(self, voice_id: str) -> bool:
+    def delete(self, voice_id: str, viewer: Viewer) -> bool:
         with self._lock:
-            self.refresh()
-            if voice_id not in self._voices:
+            if self.get(voice_id, viewer) is None:
                 return False
             self._path(voice_id).unlink(missing_ok=True)
             del self._voices[voice_id]
@@ -149,6 +193,8 @@ class VoiceStore:
             metadata["consent"] = voice.consent
         if voice.description:
             metadata["description"] = voice.description
+        if voice.owner:
+            metadata["owner"] = voice.owner
         data = safetensors_bytes(tensors, metadata=metadata)
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".part")
@@ -190,6 +236,34 @@ class VoiceStore:
             self._voices[voice.id] = voice
 
 
+class CallerVoices:
+    """The saved voices one caller sees (``VoiceStore`` queries bound to its ``Viewer``): what
+    the routes are handed, so no route can forget whose voices it is looking at."""
+
+    def __init__(self, store: VoiceStore, viewer: Viewer):
+        self.store, self.viewer = store, viewer
+
+    def list(self) -> list[SavedVoice]:
+        return self.store.list(self.viewer)
+
+    def get(self, voice_id: str) -> SavedVoice | None:
+        return self.store.get(voice_id, self.viewer)
+
+    def find(self, id_or_name: str) -> SavedVoice | None:
+        return self.store.find(id_or_name, self.viewer)
+
+    def check_new_name(self, name: str) -> str:
+        return self.store.check_new_name(name, self.viewer)
+
+    def add(
+        self, name: str, prompt: ClonePrompt, consent: str | None = None, description: str | None = None
+    ) -> SavedVoice:
+        return self.store.add(name, prompt, self.viewer, consent, description)
+
+    def delete(self, voice_id: str) -> bool:
+        return self.store.delete(voice_id, self.viewer)
+
+
 def _voice_id(file_name: str) -> str:
     """The voice id a saved voice's file name holds (the name matched ``_FILE``)."""
     found = _FILE.match(file_name)
@@ -215,6 +289,7 @@ def _read(path: Path, voice_id: str) -> SavedVoice:
         prompt=prompt,
         consent=meta.get("consent"),
         description=meta.get("description"),
+        owner=meta.get("owner"),
     )
 
 
