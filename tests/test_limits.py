@@ -25,6 +25,8 @@ from helpers import (
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from qwen_tts_api.constants import ModelKind
+
 KiB = 1024
 SPEECH = {"model": "qwen3-tts", "voice": "alloy", "input": "Limits.", "response_format": "pcm", "stream": False}
 ROUTE = "/v1/audio/speech/stream"
@@ -243,3 +245,26 @@ def test_idle_sockets_and_stalled_readers_do_not_crowd_out_a_new_request(crowded
         idle[0].send(json.dumps({"type": "input.text", "text": "Still here."}))
         idle[0].send(json.dumps({"type": "input.done"}))
         assert event(idle[0])["type"] == "audio.start"
+
+
+def test_a_websocket_that_stops_reading_frees_its_row(crowded):
+    engine = crowded.app.state.server.engine
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", crowded.port))
+    url = crowded.url.replace("http://", "ws://") + ROUTE
+    # max_queue=1: the client stops taking frames off the socket once one is waiting unread.
+    with connect(url, sock=sock, max_queue=1, open_timeout=30) as ws:
+        config = {"type": "session.config", "voice": "vivian", "response_format": "pcm", "stream_audio": True}
+        ws.send(json.dumps({**config, "sample_rate": 48000}))
+        ws.send(json.dumps({"type": "input.text", "text": "Nobody reads this long answer. " * 60}))
+        ws.send(json.dumps({"type": "input.done"}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not engine.runner.batches[ModelKind.CUSTOMVOICE]:
+            time.sleep(0.05)  # until it speaks
+        assert engine.runner.batches[ModelKind.CUSTOMVOICE]
+        while time.monotonic() < deadline and engine.runner.batches[ModelKind.CUSTOMVOICE]:
+            time.sleep(0.1)
+        assert not engine.runner.batches[ModelKind.CUSTOMVOICE]  # its row left, the socket still open
+    with httpx.Client(base_url=crowded.url, timeout=30) as http:
+        assert 'route="/v1/audio/speech/stream",status="499"' in http.get("/metrics").text

@@ -143,6 +143,8 @@ class ClientLimits:
 
     def _timed(self, send: Send, exchange: _Exchange) -> Callable[[Message], Awaitable[None]]:
         async def timed_send(message: Message) -> None:
+            if exchange.stalled:  # once stalled, every later write (a close too) fails at once
+                raise ClientStalled
             try:
                 async with asyncio.timeout(self.send_timeout):
                     await send(message)
