@@ -192,15 +192,12 @@ class ClientLimits:
 async def _read_body(receive: Receive, limit: int, too_large: BodyTooLarge) -> list[Message] | None:
     """The body's messages, read whole; ``too_large`` raised once past ``limit`` bytes (the
     rest is left unread), None when the client disconnects first."""
+    counted = _counting(receive, limit, too_large)
     messages: list[Message] = []
-    size = 0
     while True:
-        message = await receive()
+        message = await counted()
         if message["type"] != "http.request":
             return None
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise too_large
         messages.append(message)
         if not message.get("more_body", False):
             return messages

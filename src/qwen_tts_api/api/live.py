@@ -119,6 +119,7 @@ class LiveSession:
         self.voice: VoicePlan | None = None
         self.turn: _Turn | None = None
         self.queued: deque[_Queued] = deque()
+        self.queued_chars = 0  # the text of the queued turns, together
         self.utterances = 0
 
     async def run(self) -> None:
@@ -231,8 +232,7 @@ class LiveSession:
             return
         if self.queued or (self.turn is not None and self.turn.flushed):
             # The next turn, sent while this one is still speaking: it starts when this one ends.
-            waiting = sum(len(fragment) for queued in self.queued for fragment in queued.fragments)
-            if waiting + len(text) > MAX_TURN_CHARS:
+            if self.queued_chars + len(text) > MAX_TURN_CHARS:
                 await self._error(
                     f"the turns waiting for the one being spoken hold at most {MAX_TURN_CHARS} characters",
                     "input_too_long",
@@ -244,6 +244,7 @@ class LiveSession:
                     return
                 self.queued.append(_Queued())
             self.queued[-1].fragments.append(text)
+            self.queued_chars += len(text)
             return
         await self._append(text)
 
@@ -462,6 +463,7 @@ class LiveSession:
         await self._send(LiveSessionDone(utterance_index=turn.index, total_sentences=turn.parts, usage=usage))
         if self.queued:
             queued = self.queued.popleft()
+            self.queued_chars -= sum(len(fragment) for fragment in queued.fragments)
             for fragment in queued.fragments:
                 await self._append(fragment)
             if queued.flushed:

@@ -112,27 +112,29 @@ class VoiceStore:
         return CallerVoices(self, viewer)
 
     # --- queries (each rescans the directory first) ---
+    def _visible(self, viewer: Viewer) -> dict[str, SavedVoice]:
+        """The voices ``viewer`` sees, after one rescan (call with the lock held)."""
+        self.refresh()
+        return {voice_id: voice for voice_id, voice in self._voices.items() if viewer.sees(voice)}
+
     def list(self, viewer: Viewer) -> list[SavedVoice]:
         with self._lock:
-            self.refresh()
-            return sorted((v for v in self._voices.values() if viewer.sees(v)), key=lambda v: (v.created_at, v.id))
+            return sorted(self._visible(viewer).values(), key=lambda v: (v.created_at, v.id))
 
     def get(self, voice_id: str, viewer: Viewer) -> SavedVoice | None:
         with self._lock:
-            self.refresh()
-            voice = self._voices.get(voice_id)
-            return voice if voice is not None and viewer.sees(voice) else None
+            return self._visible(viewer).get(voice_id)
 
     def find(self, id_or_name: str, viewer: Viewer) -> SavedVoice | None:
         """A saved voice by id, or by name in any case (an admin seeing several voices of one
         name gets its own first, then the oldest)."""
         key = id_or_name.strip()
         with self._lock:
-            by_id = self.get(key, viewer)
-            if by_id is not None:
-                return by_id
-            named = [v for v in self.list(viewer) if v.name.lower() == key.lower()]
-            return min(named, key=lambda v: v.owner != viewer.owner or viewer.owner is None, default=None)
+            seen = self._visible(viewer)
+        if key in seen:
+            return seen[key]
+        named = sorted((v for v in seen.values() if v.name.lower() == key.lower()), key=lambda v: (v.created_at, v.id))
+        return min(named, key=lambda v: v.owner != viewer.owner or viewer.owner is None, default=None)
 
     def unowned(self) -> int:
         """How many saved voices have no owner (saved without keys, or before voices had owners)."""
@@ -171,7 +173,7 @@ class VoiceStore:
 
     def delete(self, voice_id: str, viewer: Viewer) -> bool:
         with self._lock:
-            if self.get(voice_id, viewer) is None:
+            if voice_id not in self._visible(viewer):
                 return False
             self._path(voice_id).unlink(missing_ok=True)
             del self._voices[voice_id]
