@@ -79,7 +79,7 @@ def kernel_rows(talker, repeat: int) -> dict[str, float]:
 
 def head_rows(heads, repeat: int) -> dict[str, float]:
     """The code predictor's fifteen output heads (float, never quantised) for a frame: BLAS's
-    product over all rows at once, and one matrix-vector product per row (``lean.per_row``,
+    product over all rows at once, and one matrix-vector product per row (``transformer.per_row``,
     what the step runs: a row's logits then never depend on its batch)."""
     from qwen_tts_api.engine.generation.lean import per_row
 
@@ -108,7 +108,8 @@ def joining_rows(tts, params, prompt, chunk: int, positions: int = 400, count: i
     chunks (several prompts: in groups of at most a chunk's positions)."""
     import dataclasses
 
-    from qwen_tts_api.engine.generation.batching import FrameBatch, RowSpec
+    from qwen_tts_api.engine.generation.batching import FrameBatch
+    from qwen_tts_api.engine.generation.rows import RowSpec
 
     repeats = -(-positions // prompt.prefill.shape[1])
     long = dataclasses.replace(prompt, prefill=torch.cat([prompt.prefill] * repeats, dim=1)[:, :positions])
@@ -154,11 +155,12 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.generation import decoding
-    from qwen_tts_api.engine.generation.batching import FrameBatch, StepParts
-    from qwen_tts_api.engine.generation.decoding import StreamingDecoder
+    from qwen_tts_api.engine.generation import codec_layers
+    from qwen_tts_api.engine.generation.batching import FrameBatch
     from qwen_tts_api.engine.generation.prompt import build_prompt
     from qwen_tts_api.engine.generation.sampling import SamplingParams
+    from qwen_tts_api.engine.generation.step_parts import StepParts
+    from qwen_tts_api.engine.generation.streaming_decoder import StreamingDecoder
 
     talker = tts.model.talker
     params = SamplingParams.from_generate_config(tts.generate_defaults)
@@ -209,14 +211,14 @@ def main() -> int:
         package_decoder = tts.model.speech_tokenizer.model.decoder
         for dtype in (torch.float32, torch.bfloat16) if args.codec_bfloat16 else (torch.float32,):
             package_decoder.to(dtype)
-            decoding.forget_kept_weights(package_decoder)  # our decoder's layouts, made again in this dtype
+            codec_layers.forget_kept_weights(package_decoder)  # our decoder's layouts, made again in this dtype
             suffix = "" if dtype == torch.float32 else ", bfloat16"
             figures[f"decode 48 frames, per frame x1, the package's one pass{suffix}"] = (
                 timed(lambda: package_decoder(codes[:1]), args.repeat) / 48
             )
             for n in (3, 48):
-                one = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:1, :, :n]), args.repeat)
-                many = timed(lambda n=n: StreamingDecoder(tts, n, n)._decode(codes[:, :, :n]), args.repeat)
+                one = timed(lambda n=n: StreamingDecoder(tts, n, n).decode_batch(codes[:1, :, :n]), args.repeat)
+                many = timed(lambda n=n: StreamingDecoder(tts, n, n).decode_batch(codes[:, :, :n]), args.repeat)
                 figures[f"decode {n} frames, per frame x1{suffix}"] = one / n
                 figures[f"decode {n} frames, per frame per row x{c} batched{suffix}"] = many / n / c
         package_decoder.to(torch.float32)

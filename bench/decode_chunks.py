@@ -52,7 +52,7 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.generation.decoding import StreamingDecoder
+    from qwen_tts_api.engine.generation.streaming_decoder import DecoderState, StreamingDecoder
 
     device = torch.device(args.device)
     sync = synchronised(device)
@@ -62,18 +62,18 @@ def main() -> int:
 
     def primed(streams: int) -> StreamingDecoder:
         decoder = StreamingDecoder(tts)
-        decoder._decode(codes[:streams, :, :64])  # mid-stream: 64 frames of cache and context
+        decoder.decode_batch(codes[:streams, :, :64])  # mid-stream: 64 frames of cache and context
         return decoder
 
     def continue_from(streams: int, frames: int):
         """(setup, run): setup puts the primed state back, run decodes the next ``frames``."""
         decoder = primed(streams)
-        tails, cache, position = dict(decoder._states._tails), decoder._cache, decoder._position
+        primed_state = decoder.state()
 
         def setup():
-            decoder._states._tails, decoder._cache, decoder._position = dict(tails), copy.deepcopy(cache), position
+            decoder.restore(DecoderState(primed_state.tails, copy.deepcopy(primed_state.cache), primed_state.position))
 
-        return setup, lambda: decoder._decode(codes[:streams, :, 64 : 64 + frames])
+        return setup, lambda: decoder.decode_batch(codes[:streams, :, 64 : 64 + frames])
 
     print(
         f"model={args.model} device={args.device} dtype={args.dtype} codec dtype={next(package.parameters()).dtype} "

@@ -121,9 +121,9 @@ await_model() {
 FIRST="batched_codes_equal_solo or does_not_recompile or streamed_waveform or shared_unchanged or keeps_only_its_left"
 KEEP_SERVERS=1 section "tests on $DEVICE: equivalence, batching (eager, compiled, CUDA graphs)" 210 12 \
   bash -c "QWEN_TTS_TEST_DEVICE=$DEVICE ${PY[*]} -m pytest -q -rfE -p no:cacheprovider --maxfail=3 --no-header -k '$FIRST' \
-    tests/test_generation_equivalence.py tests/test_batching.py; [ \$? -ne 2 ] || exit 2; \
+    tests/engine/generation/test_generation_equivalence.py tests/engine/generation/test_batching.py; [ \$? -ne 2 ] || exit 2; \
     QWEN_TTS_TEST_DEVICE=$DEVICE ${PY[*]} -m pytest -q -rfE -p no:cacheprovider --maxfail=3 --no-header -k 'not ($FIRST)' \
-    tests/test_generation_equivalence.py tests/test_batching.py"
+    tests/engine/generation/test_generation_equivalence.py tests/engine/generation/test_batching.py"
 
 grep -aE "^(FAILED|ERROR) |[0-9]+ (passed|failed)|no tests ran|Interrupted" "$LOG" | tail -12
 log "waiting for the models and their first compile"

@@ -1,22 +1,25 @@
 """Shared fixtures: demo models (built once), live servers, the real openai client.
-Helpers the tests import are in helpers.py.
+Helpers the tests import are in helpers.py; each folder has its own (``runtime_fakes.py``,
+``live_socket.py``, ...).
 
-Tiers: a test that starts a server (the shared ``server``, its own ``LiveServer``, the CLI in
-a subprocess) is marked ``slow``, and one that drives Chromium ``browser``, here, from what
-it uses; ``uv run pytest -m "not slow"`` is the inner loop, the whole suite what CI runs."""
+Tiers, chosen explicitly: a test that starts a server is ``slow``: it uses a fixture made
+with ``helpers.server_fixture`` (as ``server``, ``http`` and ``client`` are), lives in
+``tests/e2e``, or is marked ``@pytest.mark.slow`` itself; one that drives Chromium is marked
+``browser``. A server started by a test outside the slow tier fails that test
+(``helpers.require_slow_tier``), so no test moves between tiers unseen.
+``uv run pytest -m "not slow"`` is the inner loop, the whole suite what CI runs."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import helpers
 import httpx
 import pytest
 import soundfile as sf
-from helpers import SR, LiveServer, cpu_settings, tone
+from helpers import SERVER_FIXTURES, SR, LiveServer, cpu_settings, server_fixture, tone
 
 from qwen_tts_api.cli import quiet_third_party_logs
 
@@ -41,7 +44,7 @@ def sample_dir(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def server(demo_models, sample_dir) -> Iterator[LiveServer]:
     settings = cpu_settings(
         customvoice_model_path=demo_models["customvoice"],
@@ -65,27 +68,12 @@ def http(server) -> Iterator[httpx.Client]:
         yield c
 
 
-_SERVER_FIXTURES = {"server", "http", "client"}
-_STARTS_A_SERVER = ("LiveServer(", "BackgroundServer(", "subprocess.", "serving(", "_serve(")
-
-
-def _sources(item: pytest.Item) -> list[str]:
-    """The test's own code and that of every fixture it uses."""
-    functions = [getattr(item, "function", None)]
-    functions += [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]  # type: ignore[attr-defined]
-    sources = []
-    for function in functions:
-        with contextlib.suppress(OSError, TypeError):  # no source to read (a builtin)
-            sources.append(inspect.getsource(function))
-    return sources
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        sources = _sources(item)
-        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
-            start in source for source in sources for start in _STARTS_A_SERVER
-        ):
+        if "e2e" in item.path.parts or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if any("chromium" in source.lower() or "playwright" in source for source in sources):
-            item.add_marker(pytest.mark.browser)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures: whether it may start a server."""
+    helpers.slow_tier.allowed = item.get_closest_marker("slow") is not None

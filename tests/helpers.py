@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., object])
 
 __all__ = [
     "OPENAI_CONTENT_TYPES",
@@ -51,8 +52,24 @@ __all__ = [
     "batch_sizes",
     "slowed_steps",
     "burst_in_one_step",
+    "SERVER_FIXTURES",
+    "server_fixture",
+    "require_slow_tier",
+    "GREEDY_PCM",
 ]
 
+
+# A speech request that is greedy and capped: each piece has a known length and the same
+# audio alone or beside others.
+GREEDY_PCM = {
+    "model": "qwen3-tts",
+    "voice": "vivian",
+    "language": "English",
+    "stream": False,
+    "response_format": "pcm",
+    "temperature": 0,
+    "max_new_tokens": 6,
+}
 
 # What OpenAI sends for each response_format (written out here, not read from the server).
 # Where the model-level tests (equivalence, batching) load their models: a GPU check runs
@@ -69,7 +86,34 @@ OPENAI_CONTENT_TYPES = {
 }
 
 
+# ---------- tiers (conftest.py) ----------
+
+SERVER_FIXTURES = {"http", "client"}  # fixtures that start a server (``server_fixture`` adds to it)
+slow_tier = threading.local()  # ``allowed``: the running test is in the slow tier (set by conftest.py)
+
+
+def server_fixture(scope: str = "function") -> Callable[[F], F]:
+    """``@pytest.fixture(scope=...)`` for a fixture that starts a server: the tests that use
+    it are ``slow``."""
+
+    def fixture(function: F) -> F:
+        SERVER_FIXTURES.add(function.__name__)
+        return pytest.fixture(scope=scope)(function)  # type: ignore[call-overload]
+
+    return fixture
+
+
+def require_slow_tier() -> None:
+    """Starting a server: the running test must be in the slow tier (else it says how)."""
+    if not getattr(slow_tier, "allowed", True):
+        raise RuntimeError("this test starts a server: mark it @pytest.mark.slow or use a @server_fixture fixture")
+
+
 class LiveServer(BackgroundServer):
+    def __enter__(self) -> LiveServer:
+        require_slow_tier()
+        return super().__enter__()
+
     def openai(self) -> openai.OpenAI:
         import openai  # (imported when a test needs it: it is slow to import)
 
@@ -198,6 +242,7 @@ def hub_cache(hf_home: Path, models: dict[str, Path]) -> None:
 @contextlib.contextmanager
 def serving(env: dict[str, str], *args: str, timeout: float = 300) -> Iterator[str]:
     """``qwen-tts-api serve`` as its own process with ``env`` added; yields its URL once /ready."""
+    require_slow_tier()
     import os
     import subprocess
     import sys

@@ -120,6 +120,7 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # starts a server
 def test_serve_offline_without_the_default_models_cached(tmp_path):
     """With no model variable set, serve uses the Hub's 0.6B models; offline and not cached,
     it exits 2 naming the variable and the id (never the network: HF_HUB_OFFLINE=1)."""
@@ -131,6 +132,7 @@ def test_serve_offline_without_the_default_models_cached(tmp_path):
     assert result.returncode == 2 and "BASE_MODEL_PATH=someone/no-such-model" in result.stderr
 
 
+@pytest.mark.slow  # starts a server
 def test_hub_ids_and_the_default_models_come_from_the_cache(tmp_path, demo_models):
     """The Hub ids resolve through huggingface_hub's cache, offline: the defaults when no
     model variable is set, named as their repos."""
@@ -154,6 +156,7 @@ def test_hub_ids_and_the_default_models_come_from_the_cache(tmp_path, demo_model
         assert speech.status_code == 200 and decode_audio(speech.content).duration > 0.5
 
 
+@pytest.mark.slow  # starts a server
 def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models):
     """All three families by Hub id (offline, from the cache): listed by repo name, with the
     VoiceDesign alias, and the VoiceDesign id as vLLM-Omni's clients send it routes there."""
@@ -181,6 +184,7 @@ def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models):
         assert by_id.content == by_alias.content
 
 
+@pytest.mark.slow  # starts a server
 def test_serve_demo_answers_speech(tmp_path):
     with serving({"QWEN_TTS_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}, "--demo") as url:
         speech = httpx.post(
@@ -206,12 +210,14 @@ def test_device_auto(clean_env):
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
 
 
+@pytest.mark.slow  # starts a server
 def test_serve_refuses_non_model_directory(tmp_path):
     result = _serve({"BASE_MODEL_PATH": str(tmp_path)})
     assert result.returncode == 2
     assert f"BASE_MODEL_PATH={tmp_path}" in result.stderr and "not a model directory" in result.stderr
 
 
+@pytest.mark.slow  # starts a server
 def test_serve_refuses_missing_cuda(demo_models):
     import torch
 

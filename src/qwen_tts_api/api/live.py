@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..audio.render import Renderer
 from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
 from ..engine.runtime.jobs import SamplingChoice, SpeechJob
-from ..engine.runtime.live_text import LiveText
 from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
@@ -39,6 +34,8 @@ from ..text.markup import is_ssml
 from ..text.prepare import PreparedText
 from ..voices.store import CallerVoices
 from .errors import APIError, engine_error
+from .live_messages import MESSAGE_TOO_BIG, Refusal, read_message, validated
+from .live_turns import MAX_TURN_CHARS, MAX_WAITING_TURNS, Turn, TurnQueue
 from .protocol import (
     LiveAudioDone,
     LiveAudioStart,
@@ -54,10 +51,7 @@ from .state import ServerState, StateDep, VoicesDep
 from .voice_plan import VoiceAsk, VoicePlan, plan_voice
 
 ROUTE = "/v1/audio/speech/stream"
-MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
 # Turns sent while one is speaking wait for it, their text counted against MAX_TURN_CHARS too.
-MAX_WAITING_TURNS = 8
-MESSAGE_TOO_BIG = 1009  # the WebSocket close code for a message past the size limit
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -69,45 +63,8 @@ async def speech_stream(websocket: WebSocket, state: StateDep, voices: VoicesDep
     await LiveSession(websocket, state, voices).run()
 
 
-def _message_bytes(message: Mapping[str, Any]) -> int:
-    text = message.get("text")
-    return len(text.encode()) if text is not None else len(message.get("bytes") or b"")
-
-
 class _Closed(Exception):
     """The session is over (closed by us, or the client left)."""
-
-
-class _Turn:
-    """The text between two ``input.done`` and the speech made of it."""
-
-    def __init__(self, index: int, record: RequestRecord):
-        self.index = index
-        self.record = record
-        self.live: LiveText | None = None  # None: refused (busy) or failed; its text is dropped
-        self.stream: SynthesisStream | None = None
-        self.pump: asyncio.Task | None = None
-        self.flushed = False  # input.done received
-        self.ended = False  # no more audio will come
-        self.parts = 0
-        self.chars = 0
-        self.abandoned = False  # the client left mid-turn
-        self.ssml: list[str] | None = None  # an SSML turn's text, spoken whole at input.done
-
-    def cancel(self) -> None:
-        self.abandoned = True
-        if self.stream is not None and not self.ended:
-            self.stream.cancel()
-            if self.live is not None:
-                self.live.wake()
-
-
-@dataclass
-class _Queued:
-    """A turn sent while the one before it is still speaking."""
-
-    fragments: list[str] = field(default_factory=list)
-    flushed: bool = False
 
 
 class LiveSession:
@@ -117,9 +74,8 @@ class LiveSession:
         self.store, self.metrics = voices, state.metrics
         self.config: LiveSessionConfig | None = None
         self.voice: VoicePlan | None = None
-        self.turn: _Turn | None = None
-        self.queued: deque[_Queued] = deque()
-        self.queued_chars = 0  # the text of the queued turns, together
+        self.turn: Turn | None = None
+        self.queued = TurnQueue()
         self.utterances = 0
 
     async def run(self) -> None:
@@ -151,22 +107,12 @@ class LiveSession:
                 await self._close_with("timeout", reason)
             if message["type"] == "websocket.disconnect":
                 raise _Closed
-            size, limit = _message_bytes(message), self.settings.ws_max_message_bytes
-            if size > limit:
-                reason = f"a message of {size} bytes is larger than {limit} bytes (QWEN_TTS_WS_MAX_MESSAGE_BYTES)"
-                await self._close_with("message_too_large", reason, MESSAGE_TOO_BIG)
-            if message.get("text") is None:
-                await self._error("send JSON text frames; binary frames are not read", "invalid_message")
-                continue
-            try:
-                data = json.loads(message["text"])
-            except ValueError:
-                await self._error("a message must be a JSON object", "invalid_json")
-                continue
-            if not isinstance(data, dict):
-                await self._error("a message must be a JSON object", "invalid_json")
-                continue
-            return data
+            data = read_message(message, self.settings.ws_max_message_bytes)
+            if not isinstance(data, Refusal):
+                return data
+            if data.close:
+                await self._close_with(data.code, data.message, MESSAGE_TOO_BIG)
+            await self._refusal(data)
 
     async def _handle(self, message: dict) -> None:
         kind = message.get("type")
@@ -194,13 +140,9 @@ class LiveSession:
                 "session.config cannot change a turn in progress: send input.done first", "turn_in_progress", "type"
             )
             return
-        try:
-            config = LiveSessionConfig.model_validate(message)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            code = "unknown_parameter" if first["type"] == "extra_forbidden" else "invalid_value"
-            await self._error(f"Invalid {quoted(param)}: {first['msg']}", code, param)
+        config = validated(LiveSessionConfig, message)
+        if isinstance(config, Refusal):
+            await self._refusal(config)
             return
         ask = VoiceAsk(
             voice=config.voice,
@@ -221,36 +163,30 @@ class LiveSession:
         self.config, self.voice = config, voice
 
     async def _text(self, message: dict) -> None:
-        try:
-            text = LiveInputText.model_validate(message).text
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or None
-            await self._error(f"Invalid {quoted(param)}: {first['msg']}", "invalid_value", param)
+        fragment = validated(LiveInputText, message, unknown_code="invalid_value")
+        if isinstance(fragment, Refusal):
+            await self._refusal(fragment)
             return
+        text = fragment.text
         if not text:
             return
         if self.queued or (self.turn is not None and self.turn.flushed):
             # The next turn, sent while this one is still speaking: it starts when this one ends.
-            if self.queued_chars + len(text) > MAX_TURN_CHARS:
+            if not self.queued.fits(text):
                 await self._error(
                     f"the turns waiting for the one being spoken hold at most {MAX_TURN_CHARS} characters",
                     "input_too_long",
                     "text",
                 )
                 return
-            if not self.queued or self.queued[-1].flushed:
-                if not await self._room_to_wait():
-                    return
-                self.queued.append(_Queued())
-            self.queued[-1].fragments.append(text)
-            self.queued_chars += len(text)
+            if self.queued.open or await self._room_to_wait():
+                self.queued.add_text(text)
             return
         await self._append(text)
 
     async def _room_to_wait(self) -> bool:
         """Whether another turn may wait for the one being spoken (else an ``error`` says not)."""
-        if len(self.queued) < MAX_WAITING_TURNS:
+        if self.queued.has_room:
             return True
         await self._error(
             f"at most {MAX_WAITING_TURNS} turns may wait for the one being spoken; wait for its session.done",
@@ -289,13 +225,13 @@ class LiveSession:
             **extra,
         )
 
-    def _start_turn(self, first: str) -> _Turn:
+    def _start_turn(self, first: str) -> Turn:
         config, voice = self.config, self.voice
         assert config is not None and voice is not None
         record = RequestRecord(request_id=uuid.uuid4().hex, method="WEBSOCKET", path=ROUTE, route=ROUTE)
         record.model, record.voice_kind = voice.model.name, voice.voice_kind
         record.response_format, record.speed, record.input_chars = config.response_format, config.speed, 0
-        turn = self.turn = _Turn(self.utterances, record)
+        turn = self.turn = Turn(self.utterances, record)
         if is_ssml(first):  # read whole at input.done (a document cannot be spoken before it is complete)
             turn.ssml = []
             return turn
@@ -306,18 +242,18 @@ class LiveSession:
             turn.live = live
         return turn
 
-    def _run(self, turn: _Turn, start: Callable[[], SynthesisStream]) -> None:
+    def _run(self, turn: Turn, start: Callable[[], SynthesisStream]) -> None:
         """Start the turn's engine request and its pump (or the refusal, when busy)."""
         try:
             turn.stream = start()
         except (EngineBusy, EngineUnavailable) as exc:
-            turn.ended = True
+            turn.end()
             turn.pump = asyncio.ensure_future(self._refused(turn, exc))
             return
         turn.record.stream = turn.stream
         turn.pump = asyncio.ensure_future(self._pump(turn))
 
-    async def _start_ssml(self, turn: _Turn) -> None:
+    async def _start_ssml(self, turn: Turn) -> None:
         """An SSML turn, complete: read, prepared like ``/v1/audio/speech``'s input, and spoken
         as one request whose segments are the turn's parts."""
         config, voice = self.config, self.voice
@@ -328,7 +264,7 @@ class LiveSession:
                 voice.model, document, config.language, self._normalize, config.speed, param="text"
             )
         except APIError as exc:
-            turn.ended = True
+            turn.end()
             turn.record.status = exc.status
             await self._error(exc.message, exc.code or "invalid_markup", exc.param)
             return
@@ -339,10 +275,8 @@ class LiveSession:
 
     async def _flush(self) -> None:
         if self.queued or (self.turn is not None and self.turn.flushed):
-            if self.queued and not self.queued[-1].flushed:
-                self.queued[-1].flushed = True
-            elif await self._room_to_wait():
-                self.queued.append(_Queued(flushed=True))
+            if self.queued.open or await self._room_to_wait():
+                self.queued.flush()
             return
         await self._flush_current()
 
@@ -352,7 +286,7 @@ class LiveSession:
             await self._send(LiveSessionDone(utterance_index=self.utterances, total_sentences=0))
             self.utterances += 1
             return
-        turn.flushed = True
+        turn.flush()
         if turn.ssml is not None:
             await self._start_ssml(turn)
         if turn.live is not None and not turn.ended:
@@ -360,7 +294,7 @@ class LiveSession:
         await self._end_turn_if_done(turn)
 
     # --- sending ---
-    async def _pump(self, turn: _Turn) -> None:
+    async def _pump(self, turn: Turn) -> None:
         """The turn's audio, part by part, until its stream ends; then its session.done."""
         try:
             await self._speak(turn)
@@ -368,7 +302,7 @@ class LiveSession:
         except _Closed:  # the client is gone: the turn was cancelled
             pass
 
-    async def _speak(self, turn: _Turn) -> None:
+    async def _speak(self, turn: Turn) -> None:
         config = self.config
         assert config is not None and turn.stream is not None
         fmt, record = config.response_format, turn.record
@@ -431,16 +365,15 @@ class LiveSession:
             record.status = 499
             raise _Closed from None
         finally:
-            turn.ended = True
-            turn.live = None
+            turn.end()
             record.ended = time.monotonic()
             report(record, self.metrics)
 
-    async def _refused(self, turn: _Turn, exc: EngineBusy | EngineUnavailable) -> None:
+    async def _refused(self, turn: Turn, exc: EngineBusy | EngineUnavailable) -> None:
         with contextlib.suppress(_Closed):
             await self._refuse(turn, exc)
 
-    async def _refuse(self, turn: _Turn, exc: EngineBusy | EngineUnavailable) -> None:
+    async def _refuse(self, turn: Turn, exc: EngineBusy | EngineUnavailable) -> None:
         failure = engine_error(exc, self.settings.request_timeout_seconds)
         turn.record.status = failure.status
         retry_after = exc.retry_after if isinstance(exc, EngineBusy) else None
@@ -449,7 +382,7 @@ class LiveSession:
         report(turn.record, self.metrics)
         await self._end_turn_if_done(turn)
 
-    async def _end_turn_if_done(self, turn: _Turn) -> None:
+    async def _end_turn_if_done(self, turn: Turn) -> None:
         """``session.done`` once the turn is both flushed and spoken (in either order)."""
         if self.turn is not turn or not (turn.flushed and turn.ended):
             return
@@ -462,12 +395,14 @@ class LiveSession:
             usage = SpeechUsage(input_tokens=used.input_tokens, output_tokens=used.output_frames, total_tokens=total)
         await self._send(LiveSessionDone(utterance_index=turn.index, total_sentences=turn.parts, usage=usage))
         if self.queued:
-            queued = self.queued.popleft()
-            self.queued_chars -= sum(len(fragment) for fragment in queued.fragments)
+            queued = self.queued.pop()
             for fragment in queued.fragments:
                 await self._append(fragment)
             if queued.flushed:
                 await self._flush_current()
+
+    async def _refusal(self, refusal: Refusal) -> None:
+        await self._error(refusal.message, refusal.code, refusal.param)
 
     async def _error(self, message: str, code: str, param: str | None = None, retry_after: int | None = None) -> None:
         await self._send(LiveError(message=message, code=code, param=param, retry_after=retry_after))

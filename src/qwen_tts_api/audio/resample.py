@@ -2,7 +2,7 @@
 ``AudioResampler``, libswresample), whole or chunk by chunk.
 
 The resampler keeps its filter history between chunks, so a stream resampled as it is made
-gives exactly the samples of the whole waveform resampled at once (``tests/test_resample.py``).
+gives exactly the samples of the whole waveform resampled at once (``tests/api/test_sample_rates.py``).
 At 24 kHz nothing is touched.
 """
 

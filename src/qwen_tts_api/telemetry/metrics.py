@@ -28,7 +28,7 @@ _STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
 
 
 class StepFigures(Protocol):
-    """One batched step, as the engine reports it (``engine/runtime/runner.py`` StepStats)."""
+    """One batched step, as the engine reports it (``engine/runtime/orders.py`` StepStats)."""
 
     @property
     def kind(self) -> ModelKind: ...

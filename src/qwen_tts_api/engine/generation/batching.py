@@ -8,7 +8,7 @@ positions is prefilled in chunks, and prompts joining at once go in groups of at
 many positions: while other rows are speaking, one chunk per step, so they wait for one
 chunk at a time; the joining rows take their slots when their group's prefill ends. Per frame
 the talker step and the code predictor's 15 passes run through the compact forward in
-``lean.py`` over those caches: each row writes its own next position and attends only to
+``transformer.py`` over those caches: each row writes its own next position and attends only to
 its own positions, so rows of different lengths share a step without padding games. The
 code predictor runs all rows in lock-step (every frame starts its 17 positions afresh).
 Rows that end (end-of-speech, budget, cancellation) leave at the next step; the rows after
@@ -19,109 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from ..errors import GenerationError, generation_error
-from .codebooks import CodebookFiller
-from .compiled import CompiledFrame, CompiledTalker, CompileMode
-from .lean import DecoderStack, SlotCache, per_row
-from .prefill import Prefill
+from ..errors import generation_error
+from .kv_cache import SlotCache
+from .prefill import JoiningGroup, Prefill, prefill_groups
 from .prompt import TalkerPrompt
-from .sampling import (
-    MIN_FRAMES_BEFORE_EOS,
-    ChoiceTable,
-    RowSampling,
-    SamplingParams,
-    TalkerLogits,
-    choose,
-    choose_among_best,
-    uniform_draws,
-)
+from .rows import BatchRow, RowSpec, mark_failed, never
+from .sampling import RowSampling, SamplingParams
+from .step_parts import StepParts
 
 log = logging.getLogger(__name__)
-NON_FINITE = "the model produced non-finite logits (NaN or infinity); this request was stopped"
-
-
-@dataclass(eq=False)
-class BatchRow:
-    prompt: TalkerPrompt
-    max_frames: int
-    should_stop: Callable[[], bool]
-    position: int  # next talker position of this row (its own, padding excluded)
-    token: torch.Tensor  # first-codebook token of the frame to make next (empty while joining)
-    hidden: torch.Tensor  # (1, 1, D) talker state that produced it (empty while joining)
-    sampling: RowSampling  # the request's own parameters and generator
-    seen: torch.Tensor  # (1, V) bool: the first-codebook tokens this row has made (repetition penalty)
-    owner: str | None = None  # the id of the request this row speaks for
-    frames_made: int = 0
-    error: GenerationError | None = None  # set when the row failed; it leaves at the next step
-
-    @property
-    def waiting_for_text(self) -> bool:
-        """Whether the row has read all the text it has (a live part whose text is arriving)."""
-        return not self.prompt.text_available(self.frames_made)
-
-    @property
-    def can_progress(self) -> bool:
-        """Whether a step would do something for this row without new text arriving."""
-        return self.error is not None or not self.waiting_for_text or self.should_stop()
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    """A row to add: its prompt, frame budget, cancellation check, sampling (None: the
-    batch's parameters and torch's own generator) and the id of the request it speaks for."""
-
-    prompt: TalkerPrompt
-    max_frames: int
-    should_stop: Callable[[], bool] | None = None
-    sampling: RowSampling | None = None
-    owner: str | None = None
-
-
-@dataclass(frozen=True)
-class StepParts:
-    """A model's compact talker forward and code-predictor loop, built once when the engine
-    takes the model (``build`` joins the q/k/v and gate/up weights in place, see
-    ``lean.join_weights``), then shared by every batch of that model. With ``compiled``, both
-    forwards run as compiled graphs (``compiled.py``; ``mode`` is torch.compile's)."""
-
-    stack: DecoderStack
-    codebooks: CodebookFiller
-    chooser: TalkerChoice
-    talker_graph: CompiledTalker | None = None
-
-    @classmethod
-    def build(
-        cls,
-        talker,
-        params: SamplingParams,
-        compiled: bool = False,
-        mode: CompileMode = None,
-        talker_rows: int | None = None,
-    ) -> StepParts:
-        """``talker_rows``: batches up to this size run the compiled talker step, larger ones
-        the eager one (None: any size; see ``compiled.talker_graph_rows``)."""
-        stack, codebooks, chooser = (
-            DecoderStack(talker.model),
-            CodebookFiller(talker, params),
-            TalkerChoice(talker, params),
-        )
-        if not compiled:
-            return cls(stack, codebooks, chooser)
-        codebooks.graph = CompiledFrame(codebooks.stack, codebooks.frame, codebooks.choices.narrow, mode)
-        graph = CompiledTalker(stack, chooser.next_tokens, chooser.choices.narrow, mode, talker_rows)
-        return cls(stack, codebooks, chooser, graph)
-
-
-@dataclass(eq=False)
-class _Joining:
-    """Rows whose prompts are being prefilled together, by their index in the prefill."""
-
-    prefill: Prefill
-    rows: dict[int, BatchRow]
 
 
 class FrameBatch:
@@ -136,15 +45,20 @@ class FrameBatch:
         self.eos_id = tcfg.codec_eos_token_id
         self.rows: list[BatchRow] = []
         parts = parts or StepParts.build(self.talker, params)
-        self.stack, self.codebooks, self.talker_graph = parts.stack, parts.codebooks, parts.talker_graph
+        self.stack, self.code_predictor, self.talker_graph = parts.stack, parts.code_predictor, parts.talker_graph
         self.chooser = parts.chooser
         self.cache = SlotCache(self.stack)  # row i of ``rows`` lives in slot i
         self.prefill_chunk = prefill_chunk
-        self.joining: list[_Joining] = []  # prefills still running, oldest first
+        self.joining: list[JoiningGroup] = []  # prefills still running, oldest first
 
     def __len__(self) -> int:
         """Rows that hold a place: speaking, or still joining."""
-        return len(self.rows) + sum(len(group.rows) for group in self.joining)
+        return len(self.rows) + self.joining_rows
+
+    @property
+    def joining_rows(self) -> int:
+        """Rows whose prefill is still running."""
+        return sum(len(group.rows) for group in self.joining)
 
     @property
     def can_progress(self) -> bool:
@@ -163,29 +77,28 @@ class FrameBatch:
     @torch.inference_mode()
     def add_many(self, specs: Sequence[RowSpec]) -> list[BatchRow]:
         """Rows for joining prompts, prefilled together in one forward pass of the package's
-        modules (``prefill.py``), in groups that fit one chunk (``_prefill_groups``). With no
+        modules (``prefill.py``), in groups that fit one chunk (``prefill.prefill_groups``). With no
         row speaking the first group is prefilled whole now and its rows join at once. The
         others wait their turn: while rows speak, each step first runs one chunk of the
         oldest prefill (``_advance_joining``), and a group's rows make their first frame at
         the step where its prefill ends."""
         pending = torch.empty(0, device=self.talker.device)  # a joining row's token and state
         rows: list[BatchRow] = []
-        for index, group in enumerate(self._prefill_groups(specs)):
+        for index, group in enumerate(prefill_groups(specs, self.prefill_chunk)):
             prefill = Prefill(self.talker.model, [spec.prompt.prefill for spec in group], self.prefill_chunk)
             if index == 0 and not self.rows:
                 prefill.run()
-            joining = _Joining(prefill, {})
+            joining = JoiningGroup(prefill, {})
             for i, (spec, length) in enumerate(zip(group, prefill.lengths)):
                 joining.rows[i] = BatchRow(
                     prompt=spec.prompt,
                     max_frames=spec.max_frames,
-                    should_stop=spec.should_stop or _never,
+                    should_stop=spec.should_stop or never,
                     position=length,
                     token=pending,
                     hidden=pending,
                     sampling=spec.sampling or RowSampling(self.params),
                     seen=self.chooser.nothing_seen(),
-                    owner=spec.owner,
                 )
             rows += joining.rows.values()
             if prefill.finished:
@@ -193,26 +106,6 @@ class FrameBatch:
             else:
                 self.joining.append(joining)
         return rows
-
-    def _prefill_groups(self, specs: Sequence[RowSpec]) -> list[list[RowSpec]]:
-        """The joining prompts in arrival order, in groups whose padded prefill (prompts x
-        the longest) fits ``prefill_chunk`` positions; a longer prompt is a group of its own
-        (prefilled in chunks). So a burst of prompts joining speaking rows holds a step up
-        for about one chunk, as one long prompt does. A prompt's result does not depend on
-        its group (the batching tests compare it alone)."""
-        if not self.prefill_chunk:
-            return [list(specs)]
-        groups: list[list[RowSpec]] = []
-        longest = 0
-        for spec in specs:
-            length = spec.prompt.prefill.shape[1]
-            if groups and (len(groups[-1]) + 1) * max(longest, length) <= self.prefill_chunk:
-                groups[-1].append(spec)
-                longest = max(longest, length)
-            else:
-                groups.append([spec])
-                longest = length
-        return groups
 
     def _advance_joining(self) -> list[BatchRow]:
         """One chunk of the oldest joining prefill (all of it when no row is speaking);
@@ -244,7 +137,7 @@ class FrameBatch:
         else:
             prefill.run()
 
-    def _join(self, group: _Joining) -> None:
+    def _join(self, group: JoiningGroup) -> None:
         """A finished prefill's rows (those still joining) choose their first token and
         take the next slots, their real positions copied in."""
         prefill, indices = group.prefill, list(group.rows)
@@ -257,7 +150,7 @@ class FrameBatch:
         for i, (index, row) in enumerate(zip(indices, rows)):
             self.cache.load(first_slot + i, *prefill.row_cache(index))
             row.token, row.hidden = tokens[i], hidden[i : i + 1]
-        _mark_failed(rows, finite)
+        mark_failed(rows, finite)
         self.rows.extend(rows)
 
     def _leave_joining(self, leaving: list[BatchRow]) -> None:
@@ -285,8 +178,8 @@ class FrameBatch:
         seen = torch.cat([r.seen for r in stepping]).scatter_(1, tokens.view(-1, 1), True)
         for i, row in enumerate(stepping):
             row.seen = seen[i : i + 1]
-        codes, embeds, finite = self.codebooks.fill(hidden, tokens, [r.sampling for r in stepping])
-        _mark_failed(stepping, finite)
+        codes, embeds, finite = self.code_predictor.fill(hidden, tokens, [r.sampling for r in stepping])
+        mark_failed(stepping, finite)
         made = []
         for i, row in enumerate(stepping):
             if row.error is None:
@@ -347,7 +240,7 @@ class FrameBatch:
             row.position += 1
             row.hidden = hidden[i : i + 1]
             row.token = tokens[i]
-        _mark_failed(stepping, finite)
+        mark_failed(stepping, finite)
 
     @torch.inference_mode()  # the caches are inference tensors: changed only in this mode
     def remove(self, row: BatchRow) -> None:
@@ -370,97 +263,3 @@ class FrameBatch:
     def cache_length(self) -> int:
         """Positions the longest row holds in the talker cache (0 when empty)."""
         return max((r.position for r in self.rows), default=0)
-
-
-def _never() -> bool:
-    return False
-
-
-def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
-    """(B, V) logits -> whether each row is finite. A non-finite row still yields some
-    in-range token (argmax and the inverse-CDF draw never fail on NaN); it is thrown away
-    with its row."""
-    return torch.isfinite(logits).all(dim=-1)
-
-
-def _mark_failed(rows: list[BatchRow], finite: torch.Tensor) -> None:
-    if bool(finite.all()):  # one check per call; the usual case costs nothing more
-        return
-    for row, ok in zip(rows, finite.tolist()):
-        if not ok and row.error is None:
-            row.error = GenerationError(NON_FINITE)
-
-
-class TalkerChoice:
-    """The talker's next first-codebook token for each row: its output head, the logits rules
-    (``TalkerLogits``) and the row's own sampling, from tensors alone (``next_tokens``), so
-    the compiled talker step takes it into its graph."""
-
-    def __init__(self, talker, params: SamplingParams):
-        tcfg = talker.config
-        self.head = talker.codec_head
-        self.device = talker.device
-        self.rules = TalkerLogits(tcfg.vocab_size, tcfg.codec_eos_token_id, talker.device)
-        self.choices = ChoiceTable(talker.device, tcfg.vocab_size, params.talker)
-        self._penalties: dict[tuple[float, ...], torch.Tensor] = {}
-
-    def nothing_seen(self) -> torch.Tensor:
-        return torch.zeros((1, self.rules.vocab_size), dtype=torch.bool, device=self.device)
-
-    def narrow(self, rows: list[BatchRow]) -> bool:
-        """Whether every row's choice has the model's own width (what the compiled step takes)."""
-        return self.choices.of([r.sampling.params.talker for r in rows]).width == self.choices.narrow
-
-    def inputs(self, rows: list[BatchRow], drawing: list[BatchRow]) -> tuple[torch.Tensor, ...]:
-        """``next_tokens``' inputs after the hidden states, for ``rows``; only the ``drawing``
-        rows draw from their generators (the others' tokens are thrown away, and a seeded row
-        that waits must not use up its draws)."""
-        samplings = [r.sampling for r in rows]
-        penalties = tuple(s.params.repetition_penalty for s in samplings)
-        penalty = self._penalties.get(penalties)
-        if penalty is None:
-            if len(self._penalties) >= 64:
-                self._penalties.clear()
-            penalty = self._penalties[penalties] = torch.tensor(penalties, device=self.device).view(-1, 1)
-        early = torch.tensor([r.frames_made < MIN_FRAMES_BEFORE_EOS for r in rows], device=self.device).view(-1, 1)
-        seen = torch.cat([r.seen for r in rows])
-        if len(drawing) == len(rows):
-            uniform = uniform_draws(len(rows), 1, [s.generator for s in samplings], self.device)
-        else:
-            uniform = torch.zeros((len(rows), 1), device=self.device)
-        if drawing and len(drawing) < len(rows):
-            index = [rows.index(r) for r in drawing]
-            uniform[index] = uniform_draws(len(drawing), 1, [r.sampling.generator for r in drawing], self.device)
-        choices = self.choices.of([s.params.talker for s in samplings])
-        return (seen, early, penalty, uniform, *choices.tensors())
-
-    def next_tokens(
-        self,
-        hidden: torch.Tensor,
-        seen: torch.Tensor,
-        early: torch.Tensor,
-        penalty: torch.Tensor,
-        uniform: torch.Tensor,
-        *choices: torch.Tensor,
-        width: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden (B, D) -> (next token per row, whether each row's logits were finite), for
-        rows that all look at ``width`` tokens."""
-        logits, scores = self._scores(hidden, seen, early, penalty)
-        tokens = choose_among_best(scores, choices, uniform, width)
-        return tokens, _finite_rows(logits)
-
-    def choose(
-        self, hidden: torch.Tensor, rows: list[BatchRow], uniform: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``next_tokens`` for any rows (they may differ in width), eagerly; ``uniform``: the
-        rows' draws when they were drawn already (for a compiled step that failed)."""
-        seen, early, penalty, drawn, *_ = self.inputs(rows, [] if uniform is not None else rows)
-        uniform = drawn if uniform is None else uniform
-        logits, scores = self._scores(hidden, seen, early, penalty)
-        choices = self.choices.of([r.sampling.params.talker for r in rows])
-        return choose(scores, choices, uniform), _finite_rows(logits)
-
-    def _scores(self, hidden, seen, early, penalty) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = per_row(hidden, self.head.weight, self.head.bias)
-        return logits, self.rules.apply(logits, seen, early, penalty)

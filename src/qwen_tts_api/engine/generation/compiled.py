@@ -1,15 +1,15 @@
 """The talker step and the code predictor's frame as compiled graphs (``QWEN_TTS_COMPILE``).
 
-``torch.compile(fullgraph=True)`` captures the talker step (``lean.DecoderStack``'s forward:
+``torch.compile(fullgraph=True)`` captures the talker step (``transformer.DecoderStack``'s forward:
 every layer's norms, rotary embedding, attention, residuals, and the int8 row scaling around
 fbgemm's product) as one graph, and a whole frame of the code predictor (its 15 passes, each
-with its output head and token choice, ``codebooks.CodebookFiller.frame``) as another: a
+with its output head and token choice, ``code_predictor.CodePredictor.frame``) as another: a
 frame then costs two graph calls instead of thousands of operator dispatches from Python, and
 the compiler fuses the small element-wise work. On a CPU the graphs call their kernels from
 generated C++ (inductor's ``cpp_wrapper``), not from Python.
 
 Shapes must not change from step to step, or each step would compile anew: the talker's
-attention spans the whole preallocated cache under a mask (``lean.WholeCacheWriter``), and
+attention spans the whole preallocated cache under a mask (``kv_cache.WholeCacheWriter``), and
 the number of rows and the cache length are marked dynamic, so new batch sizes and a cache
 that grows reuse the graph (one row is a shape of its own to the compiler: two graphs per
 forward in all). Sampling parameters are tensors, so requests' own settings never compile
@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from ..models.quantize import Int8Linear
-from .lean import DecoderStack, SlotCache, WholeCacheWriter
+from .kv_cache import SlotCache, WholeCacheWriter
+from .transformer import DecoderStack
 
 CompileMode = str | None  # torch.compile's mode: None (default) or "reduce-overhead" (CUDA graphs)
 # Graphs per forward: one row and many, two predictor input lengths, per model served (each
@@ -86,8 +87,8 @@ def _mark(tensors: list[torch.Tensor], dims: tuple[int, ...], static_address: bo
     """``dims`` vary from call to call (rows, cache length): one graph takes them all. A cache
     that CUDA graphs replay on is a fixed address as well (recorded again when it moves), and
     still dynamic: without that, a cache that grew or gained rows compiled the graphs again
-    mid-request (tests/test_batching.py saw it on a CPU; on an H200, eight concurrent requests
-    stalled for over 30 s, most likely from it)."""
+    mid-request (tests/engine/generation/test_batching.py saw it on a CPU; docs/BENCHMARKS.md has the stall it
+    caused on a GPU)."""
     for tensor in tensors:
         if static_address:
             torch._dynamo.mark_static_address(tensor)
@@ -184,7 +185,7 @@ class CompiledTalker(_CompiledForward):
 
 class CompiledFrame(_CompiledForward):
     """A whole frame of the code predictor, its 15 passes and token choices, as one graph:
-    ``codebooks.CodebookFiller.frame`` (tensors in, tensors out), for any number of rows and
+    ``code_predictor.CodePredictor.frame`` (tensors in, tensors out), for any number of rows and
     any sampling parameters (they are tensors too)."""
 
     def __init__(

@@ -15,8 +15,15 @@ package's modules, which is what the equivalence tests compare.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from transformers.cache_utils import DynamicCache
+
+if TYPE_CHECKING:
+    from .rows import BatchRow, RowSpec
 
 
 class Prefill:
@@ -88,3 +95,32 @@ def left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[axis] = missing
     return torch.cat([t.new_zeros(shape), t], dim=axis)
+
+
+@dataclass(eq=False)
+class JoiningGroup:
+    """Rows whose prompts are being prefilled together, by their index in the prefill."""
+
+    prefill: Prefill
+    rows: dict[int, BatchRow]
+
+
+def prefill_groups(specs: Sequence[RowSpec], chunk: int) -> list[list[RowSpec]]:
+    """The joining prompts in arrival order, in groups whose padded prefill (prompts x
+    the longest) fits ``chunk`` positions; a longer prompt is a group of its own
+    (prefilled in chunks). So a burst of prompts joining speaking rows holds a step up
+    for about one chunk, as one long prompt does. A prompt's result does not depend on
+    its group (the batching tests compare it alone)."""
+    if not chunk:
+        return [list(specs)]
+    groups: list[list[RowSpec]] = []
+    longest = 0
+    for spec in specs:
+        length = spec.prompt.prefill.shape[1]
+        if groups and (len(groups[-1]) + 1) * max(longest, length) <= chunk:
+            groups[-1].append(spec)
+            longest = max(longest, length)
+        else:
+            groups.append([spec])
+            longest = length
+    return groups

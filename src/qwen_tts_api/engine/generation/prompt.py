@@ -2,7 +2,7 @@
 
 The package has no public function for this step, so it is mirrored here for a single
 request: CustomVoice (speaker, optional instruction) and Base (x-vector or in-context
-cloning). ``tests/test_generation_equivalence.py`` checks that the codes we generate from
+cloning). ``tests/engine/generation/test_generation_equivalence.py`` checks that the codes we generate from
 it equal the package's.
 
 The model reads its text in one of two ways (the package's ``non_streaming_mode``): all of

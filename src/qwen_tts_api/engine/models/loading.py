@@ -46,7 +46,7 @@ class LoadedModel:
     @property
     def supports_instructions(self) -> bool:
         # Mirrors qwen_tts: the 0.6B checkpoints drop `instruct` before generation.
-        return self.size_tag not in "0b6"
+        return self.size_tag != "0b6"
 
 
 def resolve_attention(requested: str | None, device: str) -> str | None:

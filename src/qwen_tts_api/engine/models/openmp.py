@@ -6,8 +6,8 @@ ship) lets idle workers spin a few milliseconds before they sleep, so that the n
 operator finds them awake; but once it manages more threads than the machine has CPUs it
 hardly spins at all, and every operator has to wake its workers first. A step is hundreds
 of small operators, so on a 2-vCPU server a second team (the thread that loaded the models,
-a decoding thread between two chunks) made a lone 0.6B step 1.3x slower eagerly and 2.3x
-slower compiled (docs/BENCHMARKS.md). OpenMP 5's ``omp_pause_resource`` frees the
+a decoding thread between two chunks) made a lone step markedly slower (docs/BENCHMARKS.md,
+"Idle threads' OpenMP workers given back"). OpenMP 5's ``omp_pause_resource`` frees the
 calling thread's team; its next parallel operator starts a new one. (``omp_pause_resource``
 on the host device, not ``omp_pause_resource_all``: the latter also finalises offload devices.)
 """

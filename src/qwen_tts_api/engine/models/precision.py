@@ -4,25 +4,20 @@
 bfloat16 arithmetic natively (AVX512-BF16 or AMX) and a talker-sized matrix product measures
 at least 1.25 times as fast in it as in float32; elsewhere bfloat16 is emulated and slower,
 so float32. The product is measured as a step meets it, weights read from memory (a step
-reads hundreds of megabytes of them, far more than any cache holds), and the best of a few
-rounds is taken. Measured on one weight kept in cache, as a mean right after start-up, the
-two dtypes came out within noise of each other on an AVX512-BF16 Zen 4 and the choice
-flipped from one start to the next, with it a seed's audio; read from memory, bfloat16 is
-1.6-2.3x as fast there, and the server's default 0.6B path ran 1.39x as fast in it
-(docs/BENCHMARKS.md). With ``QWEN_TTS_QUANTIZE=int8`` the talker's products run in int8
-whatever the dtype, and ``auto`` takes float32 on a CPU: what is left ran faster in it.
-float16 is obeyed with a warning: it is reported to give non-finite logits in the code
-predictor.
+reads far more of them than any cache holds), best of a few rounds, so that the choice does
+not flip from one start to the next with noise (and a seed's audio with it). With
+``QWEN_TTS_QUANTIZE=int8`` the talker's products run in int8 whatever the dtype, and
+``auto`` takes float32 on a CPU. float16 is obeyed with a warning: it is reported to give
+non-finite logits in the code predictor.
 
 The codec (speech tokenizer, ``QWEN_TTS_CODEC_DTYPE``) is another matter: its convolutions
-are compute-bound. On a CPU without native bfloat16 they ran 46 times slower in bfloat16
-than in float32 (a 0.6B-sized decoder, 5.8 s against 0.12 s per frame); on one with AMX
-tiles they ran 5 to 13 times faster, on an AVX512-BF16 Zen 4 twice as fast (docs/BENCHMARKS.md).
-So ``auto`` picks bfloat16 for it on a CPU only where the processor has native bfloat16 and
-a codec-sized convolution measures at least 1.5 times as fast in it: a clear gain is asked
+are compute-bound, far slower in emulated bfloat16 and far faster in native bfloat16. So
+``auto`` picks bfloat16 for it on a CPU only where the processor has native bfloat16 and a
+codec-sized convolution measures at least 1.5 times as fast in it: a clear gain is asked
 for, since it rounds the waveform's path more coarsely (as the package does on a GPU, where
-the codec runs in the model's dtype). The bar sits well below the 2x a Zen 4 measures, so
-that the choice does not flip from one start to the next with the measurement's noise.
+the codec runs in the model's dtype), and the bar sits well below what such processors
+measure, so the choice holds from one start to the next. The figures behind both bars are
+in docs/BENCHMARKS.md ("`QWEN_TTS_DTYPE=auto` on a CPU", "The codec in bfloat16 where AMX is").
 """
 
 from __future__ import annotations
@@ -109,8 +104,7 @@ def resolve_dtype(requested: str, device: str, flags: set[str] | None = None, qu
         return "float32"
     if quantize == "int8":
         # The products bfloat16 would speed up run in int8 (on float32 rows); what is left
-        # around them (norms, attention, output heads) ran a 0.6B utterance 6-8% faster in
-        # float32 than in bfloat16 on a Zen 4, compiled (docs/BENCHMARKS.md).
+        # around them ran faster in float32 (docs/BENCHMARKS.md).
         log.info("QWEN_TTS_DTYPE=auto: float32 (QWEN_TTS_QUANTIZE=int8 runs the talker's products in int8)")
         return "float32"
     chosen, bf16, fp32 = _measured_choice(_seconds_per_product, TALKER_BF16_GAIN)

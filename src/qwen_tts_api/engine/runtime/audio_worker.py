@@ -1,10 +1,10 @@
 """Codec decoding on a thread of its own (``QWEN_TTS_DECODE_THREAD``), beside the steps.
 
 Without it the scheduler thread decodes each stream's chunks between two steps, one stream
-after another, and the batch waits: on an H200 sixteen concurrent streams' decoding took
-longer than their steps (docs/BENCHMARKS.md). With it, the scheduler hands each request's
-decoding to this thread and goes on to the next step; the decoder's kernels and the step's
-then overlap (PyTorch releases the GIL inside its operators).
+after another, and the batch waits (on a GPU, longer than the steps: docs/BENCHMARKS.md).
+With it, the runner hands each request's decoding to this thread and the next step starts
+at once; the decoder's kernels and the step's then overlap (PyTorch releases the GIL inside
+its operators).
 
 Order is what makes this safe: everything a request's stream receives from the scheduler
 side (audio work, silences, part events, its end or its error) is queued under that stream,
@@ -12,14 +12,13 @@ and a stream's work runs in the order it was queued, so a client hears it in the
 scheduler meant. Between streams the oldest work goes first, except a request's first audio:
 it goes ahead of other streams' work (with what its own stream queued before it), so that a
 request joining a busy server is not heard later for the chunks of those already speaking.
-Audio work that fails marks its request (``Request.audio_error``) and tells the client at
-once; the scheduler then takes the request out of its batch.
+Audio work that fails tells the client at once and is reported to the runner
+(``stream_audio.py``), which takes the request out of its batch.
 
 First audio also goes ahead of the scheduler's next step: the scheduler waits for it
-(``wait_for_first_audio``, half a second at most) before it prefills or steps again. On a
-CPU both threads run their operators on the same cores, and a first chunk decoded beside a
-step took two to three times as long; decoded alone it is heard sooner, and the step after
-it runs alone too.
+(``wait_for_first_audio``, half a second at most) before it prefills or steps again: on a
+CPU both threads share the cores, and a first chunk decoded beside a step took far longer
+(docs/BENCHMARKS.md); decoded alone it is heard sooner.
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ from ..errors import EngineUnavailable
 from ..models.loading import LoadedModel
 from ..models.openmp import release_worker_threads
 from .admission import Admission
+from .audio_worker import AudioWorker, decode_thread_wanted
 from .jobs import EngineConfig, SpeechJob
 from .live_text import LiveText
-from .runner import BatchRunner, StepObserver
+from .orders import StepObserver
+from .runner import BatchRunner
 from .scheduler import Scheduler
 from .stream import SynthesisStream
 
@@ -45,7 +47,9 @@ class Engine:
         self.models: dict[ModelKind, LoadedModel] = dict(models)
         self.config = config or EngineConfig()
         self.admission = Admission(self.config.max_queue, workers=self.config.max_batch)
-        self.runner = BatchRunner(self.models, self.config)
+        devices = (model.tts.model.talker.device for model in self.models.values())
+        self._audio = AudioWorker() if decode_thread_wanted(self.config.decode_thread, devices) else None
+        self.runner = BatchRunner(self.models, self.config, self._audio)
         self.scheduler = Scheduler(self.runner, self.config, self.admission)
         # From here the scheduler thread runs the models (and a decoding thread their codec):
         # the thread that built them gives its OpenMP workers back (models/openmp.py).
@@ -68,18 +72,30 @@ class Engine:
 
     def prompt_cache_stats(self) -> tuple[int, int]:
         """Clone-prompt cache (hits, misses) so far."""
-        return self.runner.prompts.hits, self.runner.prompts.misses
+        return self.runner.prompt_cache_stats()
 
-    def _admit(self) -> SynthesisStream:
+    @property
+    def decodes_on_its_own_thread(self) -> bool:
+        return self._audio is not None
+
+    def compiled(self, kind: ModelKind) -> bool:
+        """Whether ``kind``'s talker step runs as a compiled graph."""
+        return self.runner.compiled_rows(kind) != 0
+
+    def _stream(self, timeout: float) -> SynthesisStream:
+        return SynthesisStream(asyncio.get_running_loop(), timeout, self._audio, self.scheduler.wake)
+
+    def _open_stream(self) -> SynthesisStream:
+        """A stream for a request that takes a place in admission control (or a refusal)."""
         if (failure := self.failure) is not None:
             raise EngineUnavailable(failure)
         self.admission.admit()
-        return SynthesisStream(asyncio.get_running_loop(), self.config.request_timeout)
+        return self._stream(self.config.request_timeout)
 
     def start(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:
         """Queue a request; raises EngineBusy when the queue is full, EngineUnavailable when
         the engine has failed."""
-        stream = self._admit()
+        stream = self._open_stream()
         self.scheduler.submit(kind, job, stream)
         return stream
 
@@ -90,9 +106,9 @@ class Engine:
     def start_live(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:
         """Queue a turn whose text arrives while it is spoken (``job.live``, from
         ``live_text``). Its stream carries PartStarted / audio / PartEnded per part. Raises as
-        ``start``; cancel with ``stream.cancel()`` then ``job.live.wake()``."""
+        ``start``; ``stream.cancel()`` cancels it."""
         assert job.live is not None
-        stream = self._admit()
+        stream = self._open_stream()
         self.scheduler.submit_live(kind, job, stream)
         return stream
 
@@ -100,8 +116,7 @@ class Engine:
         """Requests of the server's own (the warm-up), outside admission control, that join
         the batch at the same step. They have no deadline: with the compiled step, the first
         of them waits while its graphs compile, which can take minutes."""
-        loop = asyncio.get_running_loop()
-        streams = [SynthesisStream(loop, math.inf) for _ in jobs]
+        streams = [self._stream(math.inf) for _ in jobs]
         self.scheduler.submit_together(kind, list(zip(jobs, streams)))
         return streams
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...settings import Settings
 from ...text.prepare import PreparedText
-from ...voices.prompt import ClonePrompt
 from .live_text import LiveText
+
+if TYPE_CHECKING:  # a saved voice's prompt holds tensors; the scheduler's side never imports torch
+    from ...voices.prompt import ClonePrompt
 
 
 @dataclass(frozen=True)

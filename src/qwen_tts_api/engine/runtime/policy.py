@@ -1,5 +1,5 @@
 """The scheduling policy: between two steps, what happens next. It touches no tensors and no
-model, so it can be driven with plain objects (``tests/test_policy.py``).
+model, so it can be driven with plain objects (``tests/engine/runtime/test_policy.py``).
 
 Given the waiting requests in arrival order, the free slots of each model's batch and the
 queued encoder work, it decides:

@@ -1,236 +1,346 @@
-"""The runner: carries out the policy's decisions on the models' batches and reports back.
+"""The runner: carries out the scheduler's orders on the models' batches and reports back.
 
-It owns what touches tensors: each model's batch and step parts (built once, when the engine
-takes the model), the clone-prompt cache, the rows' prefill, the step, and decoding each
-frame to audio for its request. The scheduler (``scheduler.py``) decides with
-``policy.py`` and updates each request's state from what the runner reports.
+It owns everything that touches tensors: each model's batch and step parts (built once, when
+the engine takes the model), the clone-prompt cache, and per request (by id) a ``Voicing``
+with its prompt, rows and audio. Its one door is ``execute(Orders) -> Outcome``
+(``orders.py``); the scheduler (``scheduler.py``) decides with ``policy.py`` and updates each
+request's state from the outcome. Failures stay with the requests they touch: a request
+reported failed has left its batch already; a step that raises fails its batch, which the
+next ``execute`` replaces first (or raises EngineUnavailable when it cannot).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from ...constants import ModelKind
 from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable, generation_error
-from ..generation.batching import BatchRow, FrameBatch, StepParts
+from ..generation.batching import FrameBatch
 from ..generation.clone import PromptCache
 from ..generation.compiled import compile_choice, keep_compiled_graphs_in, talker_graph_rows
-from ..generation.decoding import decode_together
+from ..generation.first_chunks import group_first_chunks
+from ..generation.rows import BatchRow
 from ..generation.sampling import SamplingParams
+from ..generation.step_parts import StepParts
 from ..models.loading import LoadedModel
+from .audio_worker import AudioWorker
 from .jobs import EngineConfig
-from .live_turn import LiveRequest
-from .requests import Request
+from .orders import Ended, LivePart, Orders, Outcome, Start, StepStats, Ticket
+from .stream_audio import AudioFailures, StreamAudio
+from .voicing import Voicing
 
-
-@dataclass(frozen=True)
-class StepStats:
-    """One batched step of one model, as the metrics see it."""
-
-    kind: ModelKind
-    rows: int  # frames made
-    seconds: float
-    cache_positions: int  # positions the batch's longest row holds
-
-
-StepObserver = Callable[[StepStats], None]
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StepOutcome:
-    """What one step of a model's batch did to its requests."""
-
-    stats: StepStats | None = None  # None when no row made a frame
-    ended: list[tuple[Request, BatchRow]] = field(default_factory=list)  # rows that ended normally
-    failed: list[tuple[Request, Exception]] = field(default_factory=list)
-
-
 class BatchRunner:
-    def __init__(self, models: Mapping[ModelKind, LoadedModel], config: EngineConfig):
-        self.models = dict(models)
-        self.config = config
-        self.prompts = PromptCache(config.prompt_cache_size)
-        self.params = {kind: SamplingParams.from_generate_config(m.tts.generate_defaults) for kind, m in models.items()}
+    def __init__(
+        self, models: Mapping[ModelKind, LoadedModel], config: EngineConfig, audio_worker: AudioWorker | None = None
+    ):
+        """``audio_worker``: the thread that decodes, if any (the streams it orders are given it too)."""
+        self._models = dict(models)
+        self._config = config
+        self._prompts = PromptCache(config.prompt_cache_size)
+        self._params = {
+            kind: SamplingParams.from_generate_config(m.tts.generate_defaults) for kind, m in models.items()
+        }
         # The compact step of each model, built now (this joins its projection weights in place).
-        self.parts = {kind: self._step_parts(kind, m) for kind, m in models.items()}
-        self.batches = {kind: self.new_batch(kind) for kind in models}
+        self._parts = {kind: self._step_parts(kind, m) for kind, m in models.items()}
+        self._batches = {kind: self._new_batch(kind) for kind in models}
         self._broken: set[ModelKind] = set()  # batches reset, to be renewed
+        self._worker = audio_worker
+        self._audio_failures: AudioFailures = queue.SimpleQueue()
+        self._voicings: dict[str, Voicing] = {}
 
     def _step_parts(self, kind: ModelKind, model: LoadedModel) -> StepParts:
         talker = model.tts.model.talker
-        compiled, mode = compile_choice(self.config.compile, self.config.cuda_graphs, talker.device)
+        compiled, mode = compile_choice(self._config.compile, self._config.cuda_graphs, talker.device)
         if compiled:
-            keep_compiled_graphs_in(self.config.compile_cache_dir)
+            keep_compiled_graphs_in(self._config.compile_cache_dir)
             log.info("%s: compiled step (%s); graphs are compiled during warm-up", kind, mode or "default mode")
         rows = talker_graph_rows(talker.device)
-        return StepParts.build(talker, self.params[kind], compiled=compiled, mode=mode, talker_rows=rows)
+        return StepParts.build(talker, self._params[kind], compiled=compiled, mode=mode, talker_rows=rows)
 
-    def new_batch(self, kind: ModelKind) -> FrameBatch:
-        return FrameBatch(self.models[kind].tts, self.params[kind], self.parts[kind], self.config.prefill_chunk)
+    def _new_batch(self, kind: ModelKind) -> FrameBatch:
+        return FrameBatch(self._models[kind].tts, self._params[kind], self._parts[kind], self._config.prefill_chunk)
 
-    # --- encoders ---
-    def look_up_prompt(self, request: Request) -> None:
-        """A waiting request's inline reference: its clone prompt from the cache, if there."""
-        reference = request.job.reference
-        if reference is None or request.clone_prompt is not None:
-            return
-        if request.reference_key is None:
-            request.reference_key = self.prompts.key(reference.waveform, reference.transcript)
-        request.clone_prompt = self.prompts.lookup(request.reference_key)
+    # --- what the scheduler asks (runtime.orders.Runner) ---
+    @property
+    def kinds(self) -> list[ModelKind]:
+        return list(self._models)
 
-    def encode(self, request: Request) -> None:
-        """Run the encoders over the request's inline reference (raises on failure)."""
-        reference = request.job.reference
+    def execute(self, orders: Orders) -> Outcome:
+        self._renew()  # a batch reset by the last orders (the outcome that said so came first)
+        outcome = Outcome()
+        for request_id in orders.drop:
+            self._drop(request_id, outcome)
+        for ticket in orders.look_up:
+            self._look_up(ticket, outcome)
+        if orders.encode is not None:
+            self._encode(orders.encode, outcome)
+        for ticket, part in orders.count:
+            self._live(self._voicing(ticket), "live text", outcome, lambda v, p=part: self._count(v, p, outcome))
+        for request_id, part in orders.feed:
+            if (voicing := self._voicings.get(request_id)) is not None and voicing.row is not None:
+                self._live(voicing, "live text", outcome, lambda v, p=part: self._feed(v, p, outcome))
+        starts: dict[ModelKind, list[Start]] = defaultdict(list)
+        for start in orders.start:
+            starts[start.ticket.kind].append(start)
+        for kind, group in starts.items():
+            self._start(kind, group, outcome)
+        if orders.step:
+            for kind, batch in self._batches.items():
+                if len(batch):
+                    self._step(kind, outcome)
+        self._report_audio_failures(outcome)
+        return outcome
+
+    def can_progress(self) -> bool:
+        return any(batch.can_progress for batch in self._batches.values())
+
+    def generating(self, kind: ModelKind | None = None) -> int:
+        """Rows in the batches now (joining ones included); of one model's, given ``kind``."""
+        return sum(len(batch) for k, batch in self._batches.items() if kind in (None, k))
+
+    def wait_for_first_audio(self) -> None:
+        if self._worker is not None:
+            self._worker.wait_for_first_audio()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()  # after what is queued: the last requests' audio and ends
+
+    # --- what the engine asks (model calls on the scheduler thread, and facts) ---
+    def clone_prompt(self, kind: ModelKind, waveform: np.ndarray, transcript: str | None) -> ClonePrompt:
+        """A clone prompt for this reference, from the cache when it can."""
+        return self._prompts.get_or_compute(self._models[kind].tts, waveform, transcript)
+
+    def prompt_cache_stats(self) -> tuple[int, int]:
+        """Clone-prompt cache (hits, misses) so far."""
+        return self._prompts.hits, self._prompts.misses
+
+    def compiled_rows(self, kind: ModelKind) -> int | None:
+        """Batches up to how many rows step through ``kind``'s compiled talker graph (0: none
+        is compiled; None: any size)."""
+        graph = self._parts[kind].talker_graph
+        return 0 if graph is None else graph.max_rows
+
+    # --- requests ---
+    def _voicing(self, ticket: Ticket) -> Voicing:
+        voicing = self._voicings.get(ticket.request_id)
+        if voicing is None:
+            job = ticket.job
+            segments = None if job.live is not None else len(job.text.segments)
+            audio = StreamAudio(ticket.request_id, ticket.stream, self._worker, self._audio_failures, segments)
+            voicing = self._voicings[ticket.request_id] = Voicing(ticket, audio, clone_prompt=job.voice_prompt)
+        return voicing
+
+    def _drop(self, request_id: str, outcome: Outcome) -> None:
+        voicing = self._voicings.pop(request_id, None)
+        if voicing is not None:
+            self._remove_row(voicing, outcome)
+
+    def _look_up(self, ticket: Ticket, outcome: Outcome) -> None:
+        """An inline reference's clone prompt from the cache, if there."""
+        voicing, reference = self._voicing(ticket), ticket.job.reference
+        if reference is not None and voicing.clone_prompt is None:
+            if voicing.reference_key is None:
+                voicing.reference_key = self._prompts.key(reference.waveform, reference.transcript)
+            voicing.clone_prompt = self._prompts.lookup(voicing.reference_key)
+        if voicing.clone_prompt is not None:
+            outcome.prompts.add(ticket.request_id)
+
+    def _encode(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Run the encoders over the request's inline reference."""
+        voicing, reference = self._voicing(ticket), ticket.job.reference
         assert reference is not None
-        tts = self.models[request.kind].tts
-        request.clone_prompt = self.prompts.compute(tts, reference.waveform, reference.transcript)
+        try:
+            tts = self._models[ticket.kind].tts
+            voicing.clone_prompt = self._prompts.compute(tts, reference.waveform, reference.transcript)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("admitting a request failed")
+            outcome.failed.append((ticket.request_id, generation_error("reference encoding", exc)))
+            return
+        outcome.prompts.add(ticket.request_id)
 
-    def clone_prompt(self, kind: ModelKind, waveform, transcript: str | None) -> ClonePrompt:
-        """A clone prompt for this reference, from the cache when it can (a queued task's work)."""
-        return self.prompts.get_or_compute(self.models[kind].tts, waveform, transcript)
+    def _count(self, voicing: Voicing, part: LivePart, outcome: Outcome) -> None:
+        outcome.counts[voicing.request_id] = voicing.count(self._models[voicing.ticket.kind], part)
+
+    def _feed(self, voicing: Voicing, part: LivePart, outcome: Outcome) -> None:
+        voicing.feed(self._models[voicing.ticket.kind], part)
+        self._flush_if_waiting(voicing, outcome)
+
+    def _live(self, voicing: Voicing, stage: str, outcome: Outcome, work) -> None:
+        """Live-turn work whose failure fails that request alone (the client is told ``stage``)."""
+        try:
+            work(voicing)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("%s failed for %s", stage, voicing.request_id)
+            self._fail(voicing, generation_error(stage, exc), outcome)
+
+    def _flush_if_waiting(self, voicing: Voicing, outcome: Outcome) -> None:
+        """A live row that has read all its text waits: what it made is heard now."""
+        row = voicing.row
+        assert row is not None
+        waiting = outcome.waiting_for_text[voicing.request_id] = row.waiting_for_text
+        if waiting:
+            voicing.audio.flush_waiting(row.frames_made, voicing.first_chunk)
 
     # --- rows ---
-    def prefill(self, kind: ModelKind, requests: list[Request]) -> list[tuple[Request, Exception]]:
-        """Start the current segment (or part) of each request; their prefills run as one
-        batch. Returns the requests that could not start, with why."""
-        model = self.models[kind]
-        failed: list[tuple[Request, Exception]] = []
+    def _start(self, kind: ModelKind, starts: list[Start], outcome: Outcome) -> None:
+        """Start each request's segment (or live part); their prefills run as one batch."""
+        model, params = self._models[kind], self._params[kind]
         specs, ready = [], []
-        for request in requests:
+        for start in starts:
+            voicing = self._voicing(start.ticket)
             try:
-                specs.append(request.next_row(model, self.params[kind], self.config))
-                ready.append(request)
+                if start.part is not None:
+                    specs.append(voicing.part_row(model, params, self._config, start.part))
+                else:
+                    specs.append(voicing.segment_row(model, params, self._config, start.index))
+                voicing.index = start.index
+                ready.append(voicing)
             except Exception as exc:
                 log.exception("preparing a segment failed")
-                failed.append((request, generation_error("prompt preparation", exc)))
+                outcome.failed.append((voicing.request_id, generation_error("prompt preparation", exc)))
         if not ready:
-            return failed
+            return
         try:
-            rows = self.batches[kind].add_many(specs)
+            rows = self._batches[kind].add_many(specs)
         except Exception as exc:
             log.exception("prefill failed")
-            return failed + [(request, generation_error("prefill", exc)) for request in ready]
-        for request, row in zip(ready, rows):
-            request.row = row
-        return failed
+            outcome.failed += [(voicing.request_id, generation_error("prefill", exc)) for voicing in ready]
+            return
+        for voicing, row in zip(ready, rows):
+            voicing.row = row
 
-    def feed_live(self, request: LiveRequest) -> None:
-        request.feed_row(self.models[request.kind])
-
-    def step(self, kind: ModelKind, owners: Mapping[str, Request]) -> StepOutcome:
+    def _step(self, kind: ModelKind, outcome: Outcome) -> None:
         """One frame for every row of ``kind``'s batch that has its text; each frame goes to
-        its request's decoder. ``owners``: the requests holding slots, by id."""
-        batch, outcome = self.batches[kind], StepOutcome()
+        its request's audio."""
+        batch = self._batches[kind]
         started = time.perf_counter()
         try:
             made, finished = batch.step()
         except Exception as exc:  # the whole batch is unusable: fail its requests, start afresh
             log.exception("batch step failed")
-            outcome.failed = self.reset(kind, owners, generation_error("a generation step", exc))
-            return outcome
+            self._reset(kind, generation_error("a generation step", exc), outcome)
+            return
         if made:
-            outcome.stats = StepStats(kind, len(made), time.perf_counter() - started, batch.cache_length)
-        failed: set[str] = set()
-        owned = [(request, codes) for row, codes in made if (request := _owner(row, owners)) is not None]
-        self._open_together(kind, owned)
-        for request, codes in owned:
-            try:
-                request.decoded(codes)
-            except Exception as exc:
-                log.exception("decoding failed")
-                failed.add(request.id)
-                outcome.failed.append((request, generation_error("decoding", exc)))
-        for request in owners.values():
-            if isinstance(request, LiveRequest) and request.kind == kind and request.id not in failed:
-                try:
-                    request.flush_if_waiting()
-                except Exception as exc:
-                    log.exception("decoding failed")
-                    failed.add(request.id)
-                    outcome.failed.append((request, generation_error("decoding", exc)))
+            seconds = time.perf_counter() - started
+            outcome.stats.append(StepStats(kind, len(made), seconds, batch.cache_length, batch.joining_rows))
+        speaking = self._speaking(kind)
+        owned = [(voicing, codes) for row, codes in made if (voicing := speaking.get(id(row))) is not None]
+        self._group_first_chunks(kind, owned)
+        for voicing, codes in owned:
+            self._guarded(voicing, outcome, lambda v, c=codes: v.audio.frame(c))
+        for voicing in list(self._voicings.values()):
+            if voicing.ticket.job.live is not None and voicing.ticket.kind == kind and voicing.row is not None:
+                self._guarded(voicing, outcome, lambda v: self._flush_if_waiting(v, outcome))
         for row in finished:
-            request = _owner(row, owners)
-            if request is None or request.row is not row:
-                continue
-            request.row = None
-            request.stream.usage.output_frames += row.frames_made
-            if request.id in failed:  # failed above: its row has left already
-                continue
+            voicing = speaking.get(id(row))
+            if voicing is None or voicing.row is not row:
+                continue  # failed above (its row has left), or dropped
+            voicing.row = None
+            voicing.ticket.stream.usage.output_frames += row.frames_made
             if row.error is not None:
                 log.error("request failed: %s", row.error)
-                outcome.failed.append((request, row.error))
+                outcome.failed.append((voicing.request_id, row.error))
             else:
-                outcome.ended.append((request, row))
-        return outcome
+                self._guarded(voicing, outcome, lambda v, r=row: self._row_ended(v, r, outcome))
 
-    def _open_together(self, kind: ModelKind, owned: list[tuple[Request, torch.Tensor]]) -> None:
-        """Streams whose first chunks this step completes decode them together (``decoding.decode_together``)."""
-        openings = [
-            (request.decoder, chunk)
-            for request, codes in owned
-            if request.decoder is not None and (chunk := request.opening_with(codes)) is not None
+    def _guarded(self, voicing: Voicing, outcome: Outcome, work) -> None:
+        """Decoding work whose failure fails this request alone."""
+        try:
+            work(voicing)
+        except Exception as exc:
+            log.exception("decoding failed")
+            self._fail(voicing, generation_error("decoding", exc), outcome)
+
+    def _row_ended(self, voicing: Voicing, row: BatchRow, outcome: Outcome) -> None:
+        """A row that ended normally: its last audio (unless its client is gone), then the
+        segment's pause; the scheduler decides what follows."""
+        ticket = voicing.ticket
+        if not ticket.stream.should_stop():
+            voicing.audio.end()
+            if ticket.job.live is not None:
+                ticket.stream.usage.input_tokens += row.prompt.text_tokens
+            else:
+                voicing.audio.silence(ticket.job.text.segments[voicing.index].pause_after)
+        outcome.ended.append(Ended(voicing.request_id))
+
+    def _group_first_chunks(self, kind: ModelKind, owned: list[tuple[Voicing, torch.Tensor]]) -> None:
+        """Streams whose first chunks this step completes decode them together (``first_chunks.py``)."""
+        completing = [
+            (first, chunk)
+            for voicing, codes in owned
+            if (first := voicing.audio.first) is not None and (chunk := first.completed_by(codes)) is not None
         ]
-        if len(openings) > 1:
+        if len(completing) > 1:
             try:
-                decode_together(self.models[kind].tts, openings)
+                group_first_chunks(self._models[kind].tts, completing)
             except Exception:  # noqa: BLE001 - only a saving: each stream then decodes alone
                 log.exception("grouping first chunks failed")
 
-    def remove(
-        self, request: Request, owners: Mapping[str, Request], exc: Exception
-    ) -> list[tuple[Request, Exception]]:
-        """Take a failed request's row out of its batch. If even that fails, the batch is in
-        an unknown state: every request in it fails (returned, with ``request``'s own)."""
-        row, request.row = request.row, None
+    def _speaking(self, kind: ModelKind) -> dict[int, Voicing]:
+        """``kind``'s requests with a row, by their row (``Voicing.row`` is the one link)."""
+        return {id(v.row): v for v in self._voicings.values() if v.row is not None and v.ticket.kind == kind}
+
+    def _fail(self, voicing: Voicing, exc: Exception, outcome: Outcome) -> None:
+        """Report ``voicing``'s request failed; its row leaves its batch now."""
+        if all(request_id != voicing.request_id for request_id, _ in outcome.failed):
+            outcome.failed.append((voicing.request_id, exc))
+        self._remove_row(voicing, outcome, exc)
+
+    def _remove_row(self, voicing: Voicing, outcome: Outcome, exc: Exception | None = None) -> None:
+        """The request's row leaves its batch. If even that fails, the batch is in an unknown
+        state: every request in it fails."""
+        row, voicing.row = voicing.row, None
         if row is None:
-            return []
+            return
         try:
-            self.batches[request.kind].remove(row)
-        except Exception:
-            log.exception("removing a failed row failed")
-            return self.reset(request.kind, owners, exc)
-        return []
+            self._batches[voicing.ticket.kind].remove(row)
+        except Exception as failure:
+            log.exception("removing a row failed")
+            self._reset(voicing.ticket.kind, exc or generation_error("a generation step", failure), outcome)
 
-    def reset(self, kind: ModelKind, owners: Mapping[str, Request], exc: Exception) -> list[tuple[Request, Exception]]:
-        """``kind``'s batch is unusable: every request in it fails (returned, to be answered),
-        and ``renew`` replaces the batch."""
-        failed: list[tuple[Request, Exception]] = []
-        for row in list(self.batches[kind].rows):
-            request = _owner(row, owners)
-            if request is not None and request.row is row:
-                request.row = None
-                failed.append((request, exc))
+    def _reset(self, kind: ModelKind, exc: Exception, outcome: Outcome) -> None:
+        """``kind``'s batch is unusable: every request with a row in it fails, and the batch
+        is replaced at the start of the next ``execute``."""
+        for voicing in self._voicings.values():
+            if voicing.ticket.kind == kind and voicing.row is not None:
+                voicing.row = None
+                outcome.failed.append((voicing.request_id, exc))
         self._broken.add(kind)
-        return failed
 
-    def renew(self) -> None:
-        """A fresh batch for each one ``reset``. If not even that works (the device is gone),
-        the engine cannot go on: EngineUnavailable."""
+    def _renew(self) -> None:
+        """A fresh batch for each one reset. If not even that works (the device is gone), the
+        engine cannot go on: EngineUnavailable."""
         for kind in list(self._broken):
             try:
-                self.batches[kind] = self.new_batch(kind)
+                self._batches[kind] = self._new_batch(kind)
             except Exception as fatal:  # it stays broken: every later renew says so again
                 raise EngineUnavailable(
                     f"the {kind} model cannot start a new batch after a failed step ({type(fatal).__name__}: {fatal})"
                 ) from fatal
             self._broken.discard(kind)
 
-    def rows_can_progress(self) -> bool:
-        """Whether a step would do something without new text arriving (a joining prefill
-        always can)."""
-        return any(batch.can_progress for batch in self.batches.values())
-
-    def generating(self) -> int:
-        """Rows in the batches now (joining ones included)."""
-        return sum(len(batch) for batch in self.batches.values())
-
-
-def _owner(row: BatchRow, owners: Mapping[str, Request]) -> Request | None:
-    return None if row.owner is None else owners.get(row.owner)
+    def _report_audio_failures(self, outcome: Outcome) -> None:
+        """Decoding that failed on the audio thread (its client was told there)."""
+        while True:
+            try:
+                request_id, exc = self._audio_failures.get_nowait()
+            except queue.Empty:
+                return
+            if (voicing := self._voicings.get(request_id)) is not None:
+                self._fail(voicing, generation_error("decoding", exc), outcome)

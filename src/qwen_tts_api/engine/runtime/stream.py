@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .audio_worker import AudioWorker
+if TYPE_CHECKING:
+    from .audio_worker import AudioWorker
 
 END = object()  # the last item of a stream that finished normally
 
@@ -41,16 +43,24 @@ class Usage:
 class SynthesisStream:
     """Audio chunks of one request, handed from the worker thread to the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        audio_worker: AudioWorker | None = None,
+        on_cancel: Callable[[], None] = lambda: None,
+    ):
+        """``audio_worker``: the thread that decodes, if any: what the scheduler emits queues
+        behind the audio work handed over before it (audio_worker.py). ``on_cancel``: tells
+        the scheduler to look (a live turn between parts has no step to notice it)."""
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self._cancelled = threading.Event()
         self.deadline = time.monotonic() + timeout
-        self.started = False  # set when the worker takes it up
+        self.started_at: float | None = None  # when the scheduler took it out of the queue
         self.usage = Usage()
-        # Set by the scheduler when an audio thread decodes: what the scheduler emits then
-        # queues behind the audio work it handed over before (audio_worker.py).
-        self.audio_worker: AudioWorker | None = None
+        self.audio_worker = audio_worker
+        self._on_cancel = on_cancel
 
     # --- worker side ---
     def emit(self, item: object) -> None:
@@ -62,6 +72,10 @@ class SynthesisStream:
 
     def _put(self, item: object) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
 
     @property
     def cancelled(self) -> bool:
@@ -78,6 +92,7 @@ class SynthesisStream:
     def cancel(self) -> None:
         """Stop generating after the current frame (or never start, if still queued)."""
         self._cancelled.set()
+        self._on_cancel()
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray | PartStarted | PartEnded]:
         while True:

@@ -4,7 +4,7 @@ two-row generation step, streaming decoding and, for Base, a clone prompt from r
 audio (speaker and codec encoders) spoken both ways (x-vector and in-context). The first
 user request is otherwise the one that pays for allocator growth, kernel selection and
 first-use caches on each path. Before them, a probe finds how many streams starting
-together may decode their first chunks in one call (``decoding.probe_first_chunks``). With
+together may decode their first chunks in one call (``first_chunks.probe_first_chunks``). With
 the compiled step (``QWEN_TTS_COMPILE``), a lone request follows, so that both of its graphs
 (one row, several rows) are compiled here too."""
 
@@ -19,7 +19,7 @@ from ...constants import SAMPLE_RATE, ModelKind
 from ...text.prepare import PreparedText, prepare
 from ...voices.prompt import ClonePrompt
 from ..generation.clone import compute_clone_prompt
-from ..generation.decoding import TOGETHER_LIMIT, probe_first_chunks
+from ..generation.first_chunks import TOGETHER_LIMIT, probe_first_chunks
 from ..models.loading import LoadedModel
 from .engine import Engine
 from .jobs import SpeechJob
@@ -68,7 +68,7 @@ async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[Spe
 
 async def _probe_first_chunks(engine: Engine, model: LoadedModel) -> None:
     """Which numbers of streams starting together decode their first chunks in one call
-    here (``decoding.probe_first_chunks``); measured on the scheduler thread, which owns the model."""
+    here (``first_chunks.probe_first_chunks``); measured on the scheduler thread, which owns the model."""
     frames, limit = engine.config.first_chunk_frames, min(TOGETHER_LIMIT, engine.config.max_batch)
     try:
         sizes = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_first_chunks(model.tts, frames, limit)))
@@ -88,7 +88,7 @@ async def warm_up(engine: Engine, readiness: Readiness) -> None:
             jobs = await _jobs(engine, kind, model)
             streams = engine.start_together(kind, jobs)
             audio = await asyncio.gather(*(stream.collect() for stream in streams))
-            if engine.runner.parts[kind].talker_graph is not None:
+            if engine.compiled(kind):
                 audio.append(await engine.start_together(kind, jobs[:1])[0].collect())
             log.info(
                 "warm-up of %s done (%s s of audio)",
