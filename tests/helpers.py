@@ -112,7 +112,8 @@ def require_slow_tier() -> None:
 class LiveServer(BackgroundServer):
     def __enter__(self) -> LiveServer:
         require_slow_tier()
-        return super().__enter__()
+        super().__enter__()
+        return self
 
     def openai(self) -> openai.OpenAI:
         import openai  # (imported when a test needs it: it is slow to import)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 
@@ -13,35 +14,26 @@ from qwen_tts_api.engine.runtime.admission import Admission
 from qwen_tts_api.engine.runtime.jobs import EngineConfig, ReferenceAudio, SpeechJob
 from qwen_tts_api.engine.runtime.orders import Ended, Orders, Outcome, Start, StepStats
 from qwen_tts_api.engine.runtime.scheduler import Scheduler
-from qwen_tts_api.engine.runtime.stream import END, Usage
+from qwen_tts_api.engine.runtime.stream import END, SynthesisStream, Usage
 from qwen_tts_api.text.prepare import PreparedText, Segment
 
 CV, BASE = ModelKind.CUSTOMVOICE, ModelKind.BASE
 
 
-class FakeStream:
-    """What the scheduler hands a request's audio to (a SynthesisStream without an event loop)."""
+class FakeStream(SynthesisStream):
+    """A SynthesisStream without an event loop: what it is given is kept in ``items``."""
 
     def __init__(self, timeout: float = 60.0):
         self.items: list[object] = []
-        self.cancelled = False
+        self._cancelled = threading.Event()
+        self._on_cancel = lambda: None
         self.deadline = time.monotonic() + timeout
         self.started_at: float | None = None
         self.usage = Usage()
+        self.audio_worker = None
 
     def emit(self, item: object) -> None:
         self.items.append(item)
-
-    @property
-    def started(self) -> bool:
-        return self.started_at is not None
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() > self.deadline
-
-    def should_stop(self) -> bool:
-        return self.cancelled or self.expired
 
     @property
     def ended(self) -> object | None:
@@ -57,7 +49,7 @@ class FakeRunner:
     def __init__(self, kinds=(CV, BASE)):
         self.kinds = list(kinds)
         self.rows: dict[ModelKind, dict[str, int]] = {kind: {} for kind in kinds}  # request id: frames left
-        self.streams: dict[str, FakeStream] = {}
+        self.streams: dict[str, SynthesisStream] = {}
         self.log: list[tuple] = []
         self.fail_prefill: set[str] = set()  # request ids whose prompt cannot be built
         self.fail_step = False
@@ -86,7 +78,7 @@ class FakeRunner:
                     outcome.failed.append((ticket.request_id, GenerationError("prompt preparation failed")))
                     continue
                 self.rows[kind][ticket.request_id] = ticket.job.text.segments[start.index].max_frames
-                self.streams[ticket.request_id] = ticket.stream  # type: ignore[assignment]
+                self.streams[ticket.request_id] = ticket.stream
         if orders.step:
             for kind, rows in self.rows.items():
                 if rows:
@@ -138,7 +130,7 @@ def scheduler(max_batch: int = 2, max_queue: int = 8) -> tuple[Scheduler, FakeRu
 def submit(sched: Scheduler, admission: Admission, kind: ModelKind, speech: SpeechJob) -> FakeStream:
     admission.admit()
     stream = FakeStream()
-    sched.submit(kind, speech, stream)  # type: ignore[arg-type]
+    sched.submit(kind, speech, stream)
     return stream
 
 

@@ -24,7 +24,7 @@ S = RequestState
 
 
 def test_a_request_moves_only_along_its_edges():
-    request = Request(CV, job(1), FakeStream())  # type: ignore[arg-type]
+    request = Request(CV, job(1), FakeStream())
     assert request.state is S.WAITING and not request.holds_slot
     with pytest.raises(IllegalTransition):
         request.move_to(S.BETWEEN_PARTS)  # only a running live turn gets there
@@ -40,7 +40,7 @@ def test_a_request_moves_only_along_its_edges():
 
 
 def test_requests_have_ids_of_their_own():
-    first, second = (Request(CV, job(1), FakeStream()) for _ in range(2))  # type: ignore[arg-type]
+    first, second = (Request(CV, job(1), FakeStream()) for _ in range(2))
     assert first.id != second.id
 
 
@@ -83,7 +83,7 @@ def test_a_request_cancelled_while_queued_never_starts():
     submit(sched, admission, CV, job(5))
     queued = submit(sched, admission, CV, job(5))
     turn(sched)
-    queued.cancelled = True
+    queued.cancel()
     turn(sched)
     assert queued.ended is END and not queued.started and admission.active == 1
     assert not any(entry[0] == "prefill" and len(entry[2]) > 1 for entry in runner.log)
@@ -140,7 +140,7 @@ def test_a_failed_step_fails_its_batch_and_the_next_request_is_served():
 
 def test_a_live_turn_between_parts_keeps_its_slot():
     sched, runner, admission = scheduler(max_batch=1)
-    speaking = Request(CV, job(1), FakeStream())  # type: ignore[arg-type]
+    speaking = Request(CV, job(1), FakeStream())
     speaking.move_to(S.RUNNING)
     speaking.move_to(S.BETWEEN_PARTS)
     sched._active[speaking.id] = speaking  # as the loop leaves a turn whose part just ended

@@ -19,16 +19,17 @@ from qwen_tts_api.text.prepare import prepare
 
 @pytest.fixture(scope="module")
 def customvoice(demo_models):
-    return load_model("customvoice", demo_models["customvoice"], cpu_settings(device=TEST_DEVICE), dtype="float32")
+    return load_model(CV, demo_models["customvoice"], cpu_settings(device=TEST_DEVICE), dtype="float32")
 
 
-def ticket(model, request_id: str, frames: int) -> Ticket:
+def ticket(model, request_id: str, frames: int) -> tuple[Ticket, FakeStream]:
     text = prepare("A hand-made decision.", model.control_tokens, model.max_new_tokens)
     assert text is not None
     job = SpeechJob(
         text=text, language="English", speaker=model.speakers[0], max_frames=frames, sampling=SamplingChoice(seed=1)
     )
-    return Ticket(request_id, CV, job, FakeStream())  # type: ignore[arg-type]
+    stream = FakeStream()
+    return Ticket(request_id, CV, job, stream), stream
 
 
 def audio_of(stream: FakeStream) -> np.ndarray:
@@ -37,7 +38,7 @@ def audio_of(stream: FakeStream) -> np.ndarray:
 
 def test_a_start_becomes_frames_of_audio_and_an_end(customvoice):
     runner = BatchRunner({CV: customvoice}, EngineConfig(first_chunk_frames=1))
-    speaking = ticket(customvoice, "req-a", frames=4)
+    speaking, heard = ticket(customvoice, "req-a", frames=4)
     outcome = runner.execute(Orders(start=[Start(speaking, 0, None)]))
     assert not outcome.failed and not outcome.ended and runner.generating() == 1
     steps = 0
@@ -45,24 +46,24 @@ def test_a_start_becomes_frames_of_audio_and_an_end(customvoice):
         outcome = runner.execute(Orders(step=True))
         assert not outcome.failed
         steps += 1
-    made = speaking.stream.usage.output_frames
+    made = heard.usage.output_frames
     assert outcome.ended == [Ended("req-a")] and 1 <= made <= 4 and steps in (made, made + 1)
-    assert audio_of(speaking.stream).size == made * SAMPLES_PER_FRAME  # one segment: no cross-fade
+    assert audio_of(heard).size == made * SAMPLES_PER_FRAME  # one segment: no cross-fade
     assert runner.generating() == 0 and not runner.can_progress()
     runner.execute(Orders(drop=["req-a"]))  # what it held goes too
 
 
 def test_a_dropped_request_leaves_its_batch_and_the_other_goes_on(customvoice):
     runner = BatchRunner({CV: customvoice}, EngineConfig(first_chunk_frames=1))
-    leaving, staying = ticket(customvoice, "req-leaving", 50), ticket(customvoice, "req-staying", 3)
+    (leaving, left), (staying, _) = ticket(customvoice, "req-leaving", 50), ticket(customvoice, "req-staying", 3)
     runner.execute(Orders(start=[Start(leaving, 0, None), Start(staying, 0, None)]))
     assert runner.generating() == 2
     first = runner.execute(Orders(step=True))
     assert [stats.rows for stats in first.stats] == [2]
     runner.execute(Orders(drop=["req-leaving"]))
     assert runner.generating() == 1
-    heard = len(leaving.stream.items)
-    ended = []
+    items = len(left.items)
+    ended: list[Ended] = []
     while not ended:
         ended = runner.execute(Orders(step=True)).ended
-    assert ended == [Ended("req-staying")] and len(leaving.stream.items) == heard
+    assert ended == [Ended("req-staying")] and len(left.items) == items  # nothing more for the dropped one
