@@ -184,3 +184,18 @@ def test_a_loop_that_cannot_go_on_answers_everyone():
         assert admission.active == 0
     finally:
         sched.close()
+
+
+def test_decoding_that_failed_on_the_audio_thread_fails_its_request_and_its_row_leaves():
+    sched, runner, admission = scheduler(max_batch=2)
+    failing = submit(sched, admission, CV, job(5))
+    other = submit(sched, admission, CV, job(5))
+    turn(sched)
+    request_id = next(r.id for r in sched.active if r.stream is failing)
+    sched.audio_failed(request_id, RuntimeError("decoder exploded"))
+    turn(sched)
+    assert isinstance(failing.ended, GenerationError) and "decoding" in str(failing.ended)
+    assert request_id not in runner.rows[CV] and other.ended is None  # dropped; the other goes on
+    while other.ended is None:
+        turn(sched)
+    assert other.ended is END and admission.active == 0

@@ -1,8 +1,11 @@
 """The runner alone, driven by hand-made orders: no scheduler, no server. A start becomes a
 row, each step a frame of audio in the request's stream, the end an ``Ended``; a dropped
-request leaves its batch while the others go on."""
+request leaves its batch while the others go on; decoding that fails on the audio thread
+tells the client and is reported once."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +13,10 @@ from helpers import TEST_DEVICE, cpu_settings
 from runtime_fakes import CV, FakeStream
 
 from qwen_tts_api.constants import SAMPLES_PER_FRAME
+from qwen_tts_api.engine.errors import GenerationError
+from qwen_tts_api.engine.generation.streaming_decoder import StreamingDecoder
 from qwen_tts_api.engine.models.loading import load_model
+from qwen_tts_api.engine.runtime.audio_worker import AudioWorker
 from qwen_tts_api.engine.runtime.jobs import EngineConfig, SamplingChoice, SpeechJob
 from qwen_tts_api.engine.runtime.orders import Ended, Orders, Start, Ticket
 from qwen_tts_api.engine.runtime.runner import BatchRunner
@@ -67,3 +73,30 @@ def test_a_dropped_request_leaves_its_batch_and_the_other_goes_on(customvoice):
     while not ended:
         ended = runner.execute(Orders(step=True)).ended
     assert ended == [Ended("req-staying")] and len(left.items) == items  # nothing more for the dropped one
+
+
+def test_decoding_that_fails_on_the_audio_thread_is_reported_and_told(customvoice, monkeypatch):
+    reported: list[str] = []
+    told = threading.Event()
+    worker = AudioWorker()
+    runner = BatchRunner(
+        {CV: customvoice},
+        EngineConfig(first_chunk_frames=1),
+        worker,
+        lambda request_id, exc: reported.append(request_id),
+    )
+
+    def exploding(self, frame):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(StreamingDecoder, "push", exploding)
+    speaking, heard = ticket(customvoice, "req-a", frames=6)
+    runner.execute(Orders(start=[Start(speaking, 0, None)]))
+    for _ in range(3):  # the first chunk (one frame), then frames pushed on the audio thread
+        runner.execute(Orders(step=True))
+    worker.submit(object(), told.set)
+    assert told.wait(30)
+    worker.close()
+    assert reported == ["req-a"]  # once: its later audio work is skipped
+    errors = [item for item in heard.items if isinstance(item, GenerationError)]
+    assert len(errors) == 1 and "decoding" in str(errors[0])

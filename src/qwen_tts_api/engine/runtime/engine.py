@@ -49,11 +49,15 @@ class Engine:
         self.admission = Admission(self.config.max_queue, workers=self.config.max_batch)
         devices = (model.tts.model.talker.device for model in self.models.values())
         self._audio = AudioWorker() if decode_thread_wanted(self.config.decode_thread, devices) else None
-        self.runner = BatchRunner(self.models, self.config, self._audio)
-        self.scheduler = Scheduler(self.runner, self.config, self.admission)
+        self.runner = BatchRunner(self.models, self.config, self._audio, self._audio_failed)
+        self.scheduler: Scheduler = Scheduler(self.runner, self.config, self.admission)
         # From here the scheduler thread runs the models (and a decoding thread their codec):
         # the thread that built them gives its OpenMP workers back (models/openmp.py).
         release_worker_threads()
+
+    def _audio_failed(self, request_id: str, exc: Exception) -> None:
+        """Decoding that failed on the audio thread goes to the scheduler, through its inbox."""
+        self.scheduler.audio_failed(request_id, exc)
 
     def model(self, kind: ModelKind) -> LoadedModel | None:
         return self.models.get(kind)

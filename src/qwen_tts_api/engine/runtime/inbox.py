@@ -43,8 +43,16 @@ class ModelCall:
 
 
 @dataclass(frozen=True)
+class AudioFailed:
+    """A request's decoding failed on the audio thread (its client was told there)."""
+
+    request_id: str
+    error: Exception
+
+
+@dataclass(frozen=True)
 class Close:
     """Stop after what is in hand."""
 
 
-InboxItem = Submit | Wake | ModelCall | Close
+InboxItem = Submit | Wake | ModelCall | AudioFailed | Close

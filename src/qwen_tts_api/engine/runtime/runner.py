@@ -12,7 +12,6 @@ next ``execute`` replaces first (or raises EngineUnavailable when it cannot).
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from ..models.loading import LoadedModel
 from .audio_worker import AudioWorker
 from .jobs import EngineConfig
 from .orders import Ended, LivePart, Orders, Outcome, Start, StepStats, Ticket
-from .stream_audio import AudioFailures, StreamAudio
+from .stream_audio import AudioFailure, StreamAudio
 from .voicing import Voicing
 
 log = logging.getLogger(__name__)
@@ -42,9 +41,15 @@ log = logging.getLogger(__name__)
 
 class BatchRunner:
     def __init__(
-        self, models: Mapping[ModelKind, LoadedModel], config: EngineConfig, audio_worker: AudioWorker | None = None
+        self,
+        models: Mapping[ModelKind, LoadedModel],
+        config: EngineConfig,
+        audio_worker: AudioWorker | None = None,
+        report_audio_failure: AudioFailure = lambda request_id, exc: None,
     ):
-        """``audio_worker``: the thread that decodes, if any (the streams it orders are given it too)."""
+        """``audio_worker``: the thread that decodes, if any (the streams it orders are given
+        it too); ``report_audio_failure``: where decoding that failed there is reported (the
+        scheduler's inbox)."""
         self._models = dict(models)
         self._config = config
         self._prompts = PromptCache(config.prompt_cache_size)
@@ -56,7 +61,7 @@ class BatchRunner:
         self._batches = {kind: self._new_batch(kind) for kind in models}
         self._broken: set[ModelKind] = set()  # batches reset, to be renewed
         self._worker = audio_worker
-        self._audio_failures: AudioFailures = queue.SimpleQueue()
+        self._report_audio_failure = report_audio_failure
         self._voicings: dict[str, Voicing] = {}
 
     def _step_parts(self, kind: ModelKind, model: LoadedModel) -> StepParts:
@@ -99,7 +104,6 @@ class BatchRunner:
             for kind, batch in self._batches.items():
                 if len(batch):
                     self._step(kind, outcome)
-        self._report_audio_failures(outcome)
         return outcome
 
     def can_progress(self) -> bool:
@@ -138,7 +142,7 @@ class BatchRunner:
         if voicing is None:
             job = ticket.job
             segments = None if job.live is not None else len(job.text.segments)
-            audio = StreamAudio(ticket.request_id, ticket.stream, self._worker, self._audio_failures, segments)
+            audio = StreamAudio(ticket.request_id, ticket.stream, self._worker, self._report_audio_failure, segments)
             voicing = self._voicings[ticket.request_id] = Voicing(ticket, audio, clone_prompt=job.voice_prompt)
         return voicing
 
@@ -334,13 +338,3 @@ class BatchRunner:
                     f"the {kind} model cannot start a new batch after a failed step ({type(fatal).__name__}: {fatal})"
                 ) from fatal
             self._broken.discard(kind)
-
-    def _report_audio_failures(self, outcome: Outcome) -> None:
-        """Decoding that failed on the audio thread (its client was told there)."""
-        while True:
-            try:
-                request_id, exc = self._audio_failures.get_nowait()
-            except queue.Empty:
-                return
-            if (voicing := self._voicings.get(request_id)) is not None:
-                self._fail(voicing, generation_error("decoding", exc), outcome)

@@ -2,8 +2,9 @@
 
 Each turn of the loop is decide → execute → update:
 
-1. **receive** what arrived (``inbox.py``: requests, model calls, wake-ups; it blocks only
-   when nothing can progress), and take live turns' new text (``live_turn.py``);
+1. **receive** what arrived (``inbox.py``: requests, model calls, wake-ups, decoding that
+   failed on the audio thread; it blocks only when nothing can progress), and take live
+   turns' new text (``live_turn.py``);
 2. **decide** with ``policy.py``, from plain facts (the waiting requests, free slots, queued
    model calls): which requests leave the queue, which one encoder call runs, which join;
 3. **execute**: the decision, with what the scheduler adds (requests that are over, live
@@ -35,7 +36,7 @@ from ...constants import ModelKind
 from ..errors import EngineUnavailable, GenerationError, SynthesisTimeout, generation_error
 from . import policy
 from .admission import Admission
-from .inbox import Close, InboxItem, ModelCall, Submit, Wake
+from .inbox import AudioFailed, Close, InboxItem, ModelCall, Submit, Wake
 from .jobs import EngineConfig, SpeechJob
 from .live_turn import LiveRequest
 from .orders import Orders, Outcome, PartCount, Runner, Start, StepObserver
@@ -62,6 +63,7 @@ class Scheduler:
         self._inbox: queue.SimpleQueue[InboxItem] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()  # arrival order
         self._calls: deque[ModelCall] = deque()  # model calls (clone prompts), one between two steps
+        self._audio_failures: list[AudioFailed] = []  # decoding that failed on the audio thread
         self._active: dict[str, Request] = {}  # requests that hold a batch slot, by id
         self._over: list[str] = []  # finished requests the runner has not dropped yet
         self._thread = threading.Thread(target=self._loop, name="qwen-tts-scheduler", daemon=True)
@@ -98,6 +100,10 @@ class Scheduler:
         """Requests outside admission control (the warm-up) that join the batch at one step,
         so their prefill runs batched."""
         self._inbox.put(Submit([Request(kind, job, stream, admitted=False) for job, stream in work]))
+
+    def audio_failed(self, request_id: str, exc: Exception) -> None:
+        """A request's decoding failed on the audio thread: it fails at the loop's next turn."""
+        self._inbox.put(AudioFailed(request_id, exc))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` (model work: a clone prompt) on the scheduler thread, between two steps,
@@ -164,6 +170,8 @@ class Scheduler:
                     self._calls.append(item)
                 elif isinstance(item, Submit):
                     self._waiting.extend(item.requests)
+                elif isinstance(item, AudioFailed):
+                    self._audio_failures.append(item)
                 idle = False
         except queue.Empty:
             return True
@@ -171,6 +179,10 @@ class Scheduler:
     def iterate(self) -> Decision[Request]:
         """One turn of the loop after ``receive``: decide, execute, update."""
         self.runner.wait_for_first_audio()  # a first chunk being decoded has the processor to itself
+        failures, self._audio_failures = self._audio_failures, []
+        for failure in failures:  # its row leaves at the next execute
+            if (request := self.request(failure.request_id)) is not None:
+                self._fail(request, generation_error("decoding", failure.error))
         self._take_live_text()
         if looking := [r.ticket for r in self._waiting if r.needs_encoder]:
             self._execute(Orders(look_up=looking))

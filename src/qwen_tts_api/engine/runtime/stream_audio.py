@@ -4,15 +4,14 @@ It holds the current segment's (or live part's) decoder, its tempo filter and it
 chunk (``first_chunks.FirstChunk``, the one place that chunk's codes live until it is
 decoded), the cross-fade between segments, and pauses. Decoding runs here, or on the audio
 thread when there is one (``audio_worker.py``), in the order its stream queued it; there a
-failure tells the client at once, skips the request's later audio work, and is reported to
-the runner through ``failures`` (a queue: the one thing the two threads share), which fails
-the request at its next step.
+failure tells the client at once, skips the request's later audio work, and is reported
+with ``report_failure`` (the scheduler's inbox: the queue that already joins the threads),
+so the scheduler fails the request and the runner drops its row.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 from collections.abc import Callable
 
 import numpy as np
@@ -28,7 +27,7 @@ from .audio_worker import AudioWorker
 from .stream import SynthesisStream
 
 log = logging.getLogger(__name__)
-AudioFailures = queue.SimpleQueue[tuple[str, Exception]]
+AudioFailure = Callable[[str, Exception], None]  # (request id, what its decoding raised)
 
 
 class StreamAudio:
@@ -37,14 +36,14 @@ class StreamAudio:
         request_id: str,
         stream: SynthesisStream,
         worker: AudioWorker | None,
-        failures: AudioFailures,
+        report_failure: AudioFailure,
         segments: int | None,
     ):
         """``segments``: how many the request has (None: a live turn, not known)."""
         self.request_id = request_id
         self.stream = stream
         self._worker = worker
-        self._failures = failures
+        self._report_failure = report_failure
         self._crossfade = CrossFade(segments)
         self._decoder: StreamingDecoder | None = None
         self._stretch: TempoFilter | None = None
@@ -143,6 +142,6 @@ class StreamAudio:
                 log.exception("decoding failed for %s", self.request_id)
                 self._failed = True
                 self.stream.emit(generation_error("decoding", exc))
-                self._failures.put((self.request_id, exc))
+                self._report_failure(self.request_id, exc)
 
         self._worker.submit(self.stream, contained, urgent)
