@@ -81,7 +81,7 @@ def head_rows(heads, repeat: int) -> dict[str, float]:
     """The code predictor's fifteen output heads (float, never quantised) for a frame: BLAS's
     product over all rows at once, and one matrix-vector product per row (``transformer.per_row``,
     what the step runs: a row's logits then never depend on its batch)."""
-    from qwen_tts_api.engine.generation.lean import per_row
+    from qwen_tts_api.engine.generation.transformer import per_row
 
     shape = "x".join(str(n) for n in heads[0].weight.shape)
     figures = {}

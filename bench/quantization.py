@@ -24,12 +24,13 @@ import sys
 
 import torch
 from latency import TEXT, add_model_arguments, cpu_model, load_official  # noqa: E402 (sibling script)
-from qwen_tts_api.engine.generation.codebooks import FrameKeys
-from qwen_tts_api.engine.generation.lean import DecoderStack, SlotCache
 
 from qwen_tts_api.engine.generation.batching import FrameBatch
+from qwen_tts_api.engine.generation.code_predictor import FrameKeys
+from qwen_tts_api.engine.generation.kv_cache import SlotCache
 from qwen_tts_api.engine.generation.prompt import build_prompt
 from qwen_tts_api.engine.generation.sampling import SamplingParams
+from qwen_tts_api.engine.generation.transformer import DecoderStack
 from qwen_tts_api.engine.models.quantize import QUANTIZE_MODES, quantize_int8
 
 
