@@ -7,12 +7,14 @@
              in turn (one server process at a time), its rows named after it
 
 Every request makes exactly --frames frames (random weights never end early). Throughput is
-audio seconds per wall second; TTFA percentiles are over the C requests of a level (for
-serial: time until each request's audio is complete, counting its wait in the queue); at
-concurrency 1, --lone-requests requests one after another, whose median TTFA is what
-p95/single divides by.
+audio seconds per wall second; a stream's speed is its own audio seconds per second from
+its request to its last byte (the slowest stream's and the median are printed); TTFA
+percentiles are over the C requests of a level (for serial: time until each request's audio
+is complete, counting its wait in the queue); at concurrency 1, --lone-requests requests one
+after another, whose median TTFA is what p95/single divides by. The server batches at most
+--max-batch rows (QWEN_TTS_MAX_BATCH).
 
-    uv run python bench/concurrency.py --model demo
+    uv run python bench/concurrency.py --model demo --serial-requests 0 --max-batch 64
     uv run python bench/concurrency.py --model 0.6b --frames 50 --concurrency 1 4 8
 """
 
@@ -65,13 +67,19 @@ def concurrent(url: str, count: int, rounds: int = 1) -> dict:
         for _ in range(rounds):
             results += list(pool.map(lambda _: run_server(url, True), range(count)))
     wall = time.perf_counter() - started
-    return {"throughput": sum(r["audio"] for r in results) / wall, "ttfa": [r["ttfa"] for r in results], "wall": wall}
+    return {
+        "throughput": sum(r["audio"] for r in results) / wall,
+        "ttfa": [r["ttfa"] for r in results],
+        "speed": [r["audio"] / r["total"] for r in results],  # each stream's x real time
+        "wall": wall,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--max-batch", type=int, default=16, help="the server's QWEN_TTS_MAX_BATCH")
     parser.add_argument(
         "--serial-requests", type=int, default=4, help="requests in the serial baseline (0: our server alone)"
     )
@@ -93,7 +101,8 @@ def main() -> int:
         path = model_path(args)
     singles: dict[str, float] = {}  # per variant: a lone request's median TTFA
     for variant in variants:
-        extra = {"QWEN_TTS_MAX_BATCH": "16", "QWEN_TTS_MAX_QUEUE": "64"}
+        queue = max(64, max(args.concurrency))
+        extra = {"QWEN_TTS_MAX_BATCH": str(args.max_batch), "QWEN_TTS_MAX_QUEUE": str(queue)}
         with server_process(path, args.device, variant, ATTN, extra_env=extra) as url:
             run_server(url, True)
             for level in args.concurrency:
@@ -105,10 +114,11 @@ def main() -> int:
     print(
         f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} "
         f"servers={','.join(variants)} text_tokens={text_tokens(path)} torch_threads={torch.get_num_threads()} "
-        f"cpu={cpu_model()}"
+        f"cpu={cpu_model()} max_batch={args.max_batch}"
     )
     width = max(12, *(len(name) + 2 for name, _ in rows))  # rows: the servers' at least
-    print(f"{'path':<{width}}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}")
+    header = f"{'path':<{width}}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}"
+    print(header + f"{'slowest x RT':>14}{'median x RT':>13}")
     out = []
     for name, r in rows:
         p50, p95 = percentile(r["ttfa"], 0.5), percentile(r["ttfa"], 0.95)
@@ -119,8 +129,12 @@ def main() -> int:
             + (f"{r['throughput'] / base['throughput']:>10.2f}" if base else f"{'':>10}")
             + f"{p50:>10.3f}{p95:>10.3f}"
             + ratio
+            + (f"{min(r['speed']):>14.3f}{statistics.median(r['speed']):>13.3f}" if "speed" in r else "")
         )
-        out.append({"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]})
+        row = {"name": name, "throughput": r["throughput"], "p50_ttfa": p50, "p95_ttfa": p95, "wall": r["wall"]}
+        if "speed" in r:
+            row |= {"slowest_speed": min(r["speed"]), "median_speed": statistics.median(r["speed"])}
+        out.append(row)
     if args.json:
         save_json(args, rows=out)
     return 0
