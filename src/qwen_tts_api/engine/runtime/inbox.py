@@ -46,8 +46,8 @@ class ModelCall:
 class AudioFailed:
     """A request's decoding failed on the audio thread (its client was told there)."""
 
-    request_id: str
-    error: Exception
+    request_id: str  # found among the waiting or active requests (gone: nothing to do)
+    error: Exception  # what the decoding raised; the client has it already
 
 
 @dataclass(frozen=True)

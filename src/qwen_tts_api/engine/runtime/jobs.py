@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...settings import Settings
+from ...text.normalize import normalize
 from ...text.prepare import PreparedText
 from .live_text import LiveText
 
@@ -53,6 +54,10 @@ class SpeechJob:
     sampling: SamplingChoice = SamplingChoice()
     normalize: bool = False  # live text: numbers written out in ``language`` as they arrive
     announce_parts: bool = False  # each segment's start and end in the stream (a WebSocket SSML turn)
+
+    def spoken(self, text: str) -> str:
+        """A live part's text as reported and budgeted: with its numbers written out, if asked."""
+        return normalize(text, self.language) if self.normalize else text
 
 
 @dataclass(frozen=True)

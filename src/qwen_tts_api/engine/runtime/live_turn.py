@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from ...constants import ModelKind
 from ...text.live import Part, PartSplitter
-from ...text.normalize import normalize
 from .jobs import SpeechJob
 from .orders import LivePart, PartCount
 from .requests import Request
@@ -47,7 +46,7 @@ class LiveRequest(Request):
         """The current part as the runner is given it."""
         part = self.part
         assert part is not None
-        return LivePart(self.index, part.text, self.spoken(part.text), part.closed)
+        return LivePart(self.index, part.text, part.closed)
 
     @property
     def done(self) -> bool:
@@ -82,10 +81,6 @@ class LiveRequest(Request):
             pass
         self._ready = not self.done and self.can_start(count)
 
-    def spoken(self, text: str) -> str:
-        """A part's text as reported and budgeted: with its numbers written out, if asked."""
-        return normalize(text, self.job.language) if self.job.normalize else text
-
     def can_start(self, count: Counter) -> bool:
         """Whether the current part has what it needs to start speaking."""
         part = self.part
@@ -110,7 +105,7 @@ class LiveRequest(Request):
         assert part is not None
         if not part.closed:  # the model ended before its text did: what follows is a new part
             self.splitter.close_current()
-        ended = (self.index, self.spoken(part.text))
+        ended = (self.index, self.job.spoken(part.text))
         self.index += 1
         self.tokens = None
         return ended

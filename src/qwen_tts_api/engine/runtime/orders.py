@@ -32,8 +32,7 @@ class LivePart:
     """A live turn's current part as far as its text has arrived."""
 
     index: int
-    text: str  # as typed: its tokens come from it
-    spoken: str  # as reported and budgeted (numbers written out, if asked)
+    text: str  # as typed: its tokens come from it (``SpeechJob.spoken`` for what is reported)
     closed: bool  # no more text comes for it
 
 
@@ -80,7 +79,7 @@ class StepStats:
 class Ended:
     """A row that ended normally (end of speech or its budget); its audio is out."""
 
-    request_id: str
+    request_id: str  # the scheduler decides what follows: its next segment or part, or its end
 
 
 @dataclass

@@ -91,10 +91,10 @@ class BatchRunner:
         if orders.encode is not None:
             self._encode(orders.encode, outcome)
         for ticket, part in orders.count:
-            self._live(self._voicing(ticket), "live text", outcome, lambda v, p=part: self._count(v, p, outcome))
+            self._contained(self._voicing(ticket), "live text", outcome, lambda v, p=part: self._count(v, p, outcome))
         for request_id, part in orders.feed:
             if (voicing := self._voicings.get(request_id)) is not None and voicing.row is not None:
-                self._live(voicing, "live text", outcome, lambda v, p=part: self._feed(v, p, outcome))
+                self._contained(voicing, "live text", outcome, lambda v, p=part: self._feed(v, p, outcome))
         starts: dict[ModelKind, list[Start]] = defaultdict(list)
         for start in orders.start:
             starts[start.ticket.kind].append(start)
@@ -183,8 +183,9 @@ class BatchRunner:
         voicing.feed(self._models[voicing.ticket.kind], part)
         self._flush_if_waiting(voicing, outcome)
 
-    def _live(self, voicing: Voicing, stage: str, outcome: Outcome, work) -> None:
-        """Live-turn work whose failure fails that request alone (the client is told ``stage``)."""
+    def _contained(self, voicing: Voicing, stage: str, outcome: Outcome, work) -> None:
+        """Work for one request whose failure fails that request alone (its client is told
+        ``stage``); one that stops the engine goes on up."""
         try:
             work(voicing)
         except EngineUnavailable:
@@ -247,10 +248,10 @@ class BatchRunner:
         owned = [(voicing, codes) for row, codes in made if (voicing := speaking.get(id(row))) is not None]
         self._group_first_chunks(kind, owned)
         for voicing, codes in owned:
-            self._guarded(voicing, outcome, lambda v, c=codes: v.audio.frame(c))
+            self._contained(voicing, "decoding", outcome, lambda v, c=codes: v.audio.frame(c))
         for voicing in list(self._voicings.values()):
             if voicing.ticket.job.live is not None and voicing.ticket.kind == kind and voicing.row is not None:
-                self._guarded(voicing, outcome, lambda v: self._flush_if_waiting(v, outcome))
+                self._contained(voicing, "decoding", outcome, lambda v: self._flush_if_waiting(v, outcome))
         for row in finished:
             voicing = speaking.get(id(row))
             if voicing is None or voicing.row is not row:
@@ -261,15 +262,7 @@ class BatchRunner:
                 log.error("request failed: %s", row.error)
                 outcome.failed.append((voicing.request_id, row.error))
             else:
-                self._guarded(voicing, outcome, lambda v, r=row: self._row_ended(v, r, outcome))
-
-    def _guarded(self, voicing: Voicing, outcome: Outcome, work) -> None:
-        """Decoding work whose failure fails this request alone."""
-        try:
-            work(voicing)
-        except Exception as exc:
-            log.exception("decoding failed")
-            self._fail(voicing, generation_error("decoding", exc), outcome)
+                self._contained(voicing, "decoding", outcome, lambda v, r=row: self._row_ended(v, r, outcome))
 
     def _row_ended(self, voicing: Voicing, row: BatchRow, outcome: Outcome) -> None:
         """A row that ended normally: its last audio (unless its client is gone), then the

@@ -99,8 +99,9 @@ class Voicing:
             final=part.closed,
         )
         self._begin_audio(model, prompt, part.index, self.first_chunk, config.max_chunk_frames, True, 1.0)
-        self.ticket.stream.emit(PartStarted(part.index, part.spoken))
-        budget = frame_budget(part.spoken, self.frame_limit)
+        spoken = job.spoken(part.text)
+        self.ticket.stream.emit(PartStarted(part.index, spoken))
+        budget = frame_budget(spoken, self.frame_limit)
         return RowSpec(prompt, budget, self.ticket.stream.should_stop, self._sampling(model, params))
 
     def feed(self, model: LoadedModel, part: LivePart) -> None:
@@ -114,7 +115,7 @@ class Voicing:
         if ending:
             row.prompt.finish()
         if fresh or ending:  # the budget grows with the text (not recounted on every loop)
-            row.max_frames = frame_budget(part.spoken, self.frame_limit)
+            row.max_frames = frame_budget(self.ticket.job.spoken(part.text), self.frame_limit)
 
     def _sync_tokens(self, model: LoadedModel, part: LivePart) -> list[int]:
         """The part's ids that became final since the last call."""
