@@ -14,7 +14,7 @@ is complete, counting its wait in the queue); at concurrency 1, --lone-requests 
 after another, whose median TTFA is what p95/single divides by. The server batches at most
 --max-batch rows (QWEN_TTS_MAX_BATCH).
 
-    uv run python bench/concurrency.py --model demo --serial-requests 0 --max-batch 64
+    uv run python bench/concurrency.py --model demo --serial-requests 0 --max-batch 64 --decode-together on
     uv run python bench/concurrency.py --model 0.6b --frames 50 --concurrency 1 4 8
 """
 
@@ -79,7 +79,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
-    parser.add_argument("--max-batch", type=int, default=16, help="the server's QWEN_TTS_MAX_BATCH")
+    parser.add_argument("--max-batch", default="16", help="the server's QWEN_TTS_MAX_BATCH (a number or auto)")
+    parser.add_argument(
+        "--decode-together",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the server's QWEN_TTS_DECODE_TOGETHER (on: as a GPU's auto, for the demo-model proxy)",
+    )
     parser.add_argument(
         "--serial-requests", type=int, default=4, help="requests in the serial baseline (0: our server alone)"
     )
@@ -102,19 +108,29 @@ def main() -> int:
     singles: dict[str, float] = {}  # per variant: a lone request's median TTFA
     for variant in variants:
         queue = max(64, max(args.concurrency))
-        extra = {"QWEN_TTS_MAX_BATCH": str(args.max_batch), "QWEN_TTS_MAX_QUEUE": str(queue)}
+        extra = {
+            "QWEN_TTS_MAX_BATCH": str(args.max_batch),
+            "QWEN_TTS_MAX_QUEUE": str(queue),
+            "QWEN_TTS_DECODE_TOGETHER": args.decode_together,
+        }
         with server_process(path, args.device, variant, ATTN, extra_env=extra) as url:
             run_server(url, True)
             for level in args.concurrency:
                 rounds = args.lone_requests if level == 1 else 1  # one request's TTFA is noisy
                 rows.append((f"{variant}@{level}", concurrent(url, level, rounds)))
+                done = rows[-1][1]  # each level's line as it ends (a run cut short still reports)
+                print(
+                    f"{rows[-1][0]}: {done['throughput']:.2f} audio-s/s, p95 first audio "
+                    f"{percentile(done['ttfa'], 0.95):.3f} s, slowest stream {min(done['speed']):.2f}x real time",
+                    flush=True,
+                )
                 if level == 1:
                     singles[variant] = statistics.median(rows[-1][1]["ttfa"])
 
     print(
         f"\nmodel={args.model} frames={args.frames} device={args.device} package dtype={args.dtype} "
         f"servers={','.join(variants)} text_tokens={text_tokens(path)} torch_threads={torch.get_num_threads()} "
-        f"cpu={cpu_model()} max_batch={args.max_batch}"
+        f"cpu={cpu_model()} max_batch={args.max_batch} decode_together={args.decode_together}"
     )
     width = max(12, *(len(name) + 2 for name, _ in rows))  # rows: the servers' at least
     header = f"{'path':<{width}}{'audio s/s':>11}{'x serial':>10}{'p50 TTFA':>10}{'p95 TTFA':>10}{'p95/single':>12}"

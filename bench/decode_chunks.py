@@ -2,8 +2,10 @@
 
 For each chunk size a stream decodes (1, 2, 4, ... 48 frames: the streaming decoder's
 doubling chunks), times our streaming decoder continuing a stream (its state primed with
-earlier frames, as mid-stream), the same for C streams in one batched call, and the
-package's one-pass decode of that many frames, side by side in one run. On CUDA every
+earlier frames, as mid-stream), the same for C streams in one batched call, C streams each
+at a position of its own decoded one after another and then in one call
+(``decode_together``, what ``QWEN_TTS_DECODE_TOGETHER`` does), and the package's one-pass
+decode of that many frames, side by side in one run. On CUDA every
 timing synchronises first, and ``--profile`` prints the operators that took the most time
 in one chunk of ``--profile`` frames (torch.profiler): the GPU figures are what a server's
 concurrent streams pay serially on its scheduler thread.
@@ -15,7 +17,6 @@ concurrent streams pay serially on its scheduler thread.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
@@ -52,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     _, tts = load_official(args)
 
-    from qwen_tts_api.engine.generation.streaming_decoder import DecoderState, StreamingDecoder
+    from qwen_tts_api.engine.generation.streaming_decoder import StreamingDecoder, decode_together
 
     device = torch.device(args.device)
     sync = synchronised(device)
@@ -71,9 +72,30 @@ def main() -> int:
         primed_state = decoder.state()
 
         def setup():
-            decoder.restore(DecoderState(primed_state.tails, copy.deepcopy(primed_state.cache), primed_state.position))
+            decoder.restore(primed_state)  # a state is never written in place
 
         return setup, lambda: decoder.decode_batch(codes[:streams, :, 64 : 64 + frames])
+
+    def at_positions(streams: int, frames: int):
+        """(setup, apart, together): C streams primed with 8 to 63 frames each, their next
+        ``frames`` decoded one stream after another, or in one call."""
+        decoders, states, starts = [], [], [8 + (55 * s) // max(1, streams - 1) for s in range(streams)]
+        for stream, start in enumerate(starts):
+            decoder = StreamingDecoder(tts)
+            decoder.run(codes[stream, :, :start].T)
+            decoders.append(decoder)
+            states.append(decoder.state())
+        chunks = [codes[s, :, start : start + frames].T for s, start in enumerate(starts)]
+
+        def setup():
+            for decoder, state in zip(decoders, states):
+                decoder.restore(state)
+
+        def apart():
+            for decoder, chunk in zip(decoders, chunks):
+                decoder.run(chunk)
+
+        return setup, apart, lambda: decode_together(tts, decoders, chunks)
 
     print(
         f"model={args.model} device={args.device} dtype={args.dtype} codec dtype={next(package.parameters()).dtype} "
@@ -81,7 +103,7 @@ def main() -> int:
     )
     print(
         f"{'frames':>6}{'ours x1 ms':>12}{'per frame':>11}{f'ours x{args.streams} ms':>14}{'per stream':>12}"
-        f"{'package x1 ms':>15}"
+        f"{f'apart x{args.streams}':>13}{f'together x{args.streams}':>16}{'package x1 ms':>15}"
     )
     benchmark_modes = [False, True] if device.type == "cuda" else [False]
     with torch.inference_mode():
@@ -94,10 +116,13 @@ def main() -> int:
                 one = timed(run, args.repeat, sync, setup)
                 setup, run = continue_from(args.streams, frames)
                 many = timed(run, args.repeat, sync, setup)
+                setup, apart, together = at_positions(args.streams, frames)
+                one_by_one, shared = timed(apart, args.repeat, sync, setup), timed(together, args.repeat, sync, setup)
                 theirs = timed(lambda frames=frames: package(codes[:1, :, :frames]), args.repeat, sync)
                 print(
                     f"{frames:>6}{one * 1e3:>12.2f}{one * 1e3 / frames:>11.2f}{many * 1e3:>14.2f}"
-                    f"{many * 1e3 / args.streams:>12.2f}{theirs * 1e3:>15.2f}"
+                    f"{many * 1e3 / args.streams:>12.2f}{one_by_one * 1e3:>13.2f}{shared * 1e3:>16.2f}"
+                    f"{theirs * 1e3:>15.2f}"
                 )
         torch.backends.cudnn.benchmark = False
         if args.profile:

@@ -2,9 +2,11 @@
 # The GPU check: on a fresh machine with one NVIDIA GPU, in about 8 minutes, install, build the
 # 0.6B and 1.7B benchmark models (random weights, the published configurations), run the
 # equivalence and batching tests on cuda:0, and print time to first audio, real-time factor
-# and throughput at 1/8/16 concurrent requests for the package, our server (compiled step with
-# CUDA graphs, what QWEN_TTS_COMPILE=auto gives on CUDA, and eager), and faster-qwen3-tts side
-# by side. Nothing here runs in CI.
+# and throughput at 1/8/16/32/64 concurrent requests (0.6B; 1.7B at 1/16/32/64) for the package,
+# our server (compiled step with CUDA graphs, what QWEN_TTS_COMPILE=auto gives on CUDA, and
+# eager; batches sized by QWEN_TTS_MAX_BATCH=auto, streams' chunks decoded together as
+# QWEN_TTS_DECODE_TOGETHER=auto does on a GPU), and faster-qwen3-tts side by side. Each
+# concurrency level prints its line as it ends. Nothing here runs in CI.
 #
 #   bash bench/gpu_check.sh [frames]      (from the repository root)
 #
@@ -118,21 +120,22 @@ await_model() {
 
 # The tests whose paths have not yet run on a GPU come first: CUDA graphs and the compiled
 # step, the channels-last codec's streamed waveform, a shared reference context.
-FIRST="batched_codes_equal_solo or does_not_recompile or streamed_waveform or shared_unchanged or keeps_only_its_left"
-KEEP_SERVERS=1 section "tests on $DEVICE: equivalence, batching (eager, compiled, CUDA graphs)" 210 12 \
+FIRST="batched_codes_equal_solo or does_not_recompile or streamed_waveform or shared_unchanged or keeps_only_its_left or different_positions"
+TESTS="tests/engine/generation/test_generation_equivalence.py tests/engine/generation/test_batching.py tests/engine/generation/test_decode_together.py"
+KEEP_SERVERS=1 section "tests on $DEVICE: equivalence, batching (eager, compiled, CUDA graphs), decoding together" 210 12 \
   bash -c "QWEN_TTS_TEST_DEVICE=$DEVICE ${PY[*]} -m pytest -q -rfE -p no:cacheprovider --maxfail=3 --no-header -k '$FIRST' \
-    tests/engine/generation/test_generation_equivalence.py tests/engine/generation/test_batching.py; [ \$? -ne 2 ] || exit 2; \
+    $TESTS; [ \$? -ne 2 ] || exit 2; \
     QWEN_TTS_TEST_DEVICE=$DEVICE ${PY[*]} -m pytest -q -rfE -p no:cacheprovider --maxfail=3 --no-header -k 'not ($FIRST)' \
-    tests/engine/generation/test_generation_equivalence.py tests/engine/generation/test_batching.py"
+    $TESTS"
 
 grep -aE "^(FAILED|ERROR) |[0-9]+ (passed|failed)|no tests ran|Interrupted" "$LOG" | tail -12
 log "waiting for the models and their first compile"
 await "${PRECOMPILE[@]}"
 cat "$RESULTS/build.txt" | grep -E "built|compiled|Error|error" | tail -6
 await_model 0.6b
-section "0.6b: our server (CUDA graphs) at 1/8/16 concurrent, $FRAMES frames, bfloat16" 120 8 \
+section "0.6b: our server (CUDA graphs) at 1/8/16/32/64 concurrent, $FRAMES frames, bfloat16" 150 12 \
   "${PY[@]}" bench/concurrency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
-  --concurrency 1 8 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 \
+  --concurrency 1 8 16 32 64 --max-batch auto --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 \
   ${GPU_CHECK_NOTHREAD:+--server bfloat16+nothread} --model-dir "$MODELS"
 
 [ -z "${FQ_INSTALL:-}" ] || wait "$FQ_INSTALL" || cat "$RESULTS/fq-install.txt"
@@ -145,9 +148,10 @@ section "0.6b one stream: package vs our server (CUDA graphs${GPU_CHECK_EAGER:+,
   --no-engine --server bfloat16 ${GPU_CHECK_EAGER:+--server bfloat16+eager} --model-dir "$MODELS"
 
 await_model 1.7b
-section "1.7b: our server (CUDA graphs) at 1/16 concurrent" 100 6 \
+section "1.7b: our server (CUDA graphs) at 1/16/32/64 concurrent" 120 10 \
   "${PY[@]}" bench/concurrency.py --model 1.7b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
-  --concurrency 1 16 --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 --model-dir "$MODELS"
+  --concurrency 1 16 32 64 --max-batch auto --serial-requests "${GPU_CHECK_SERIAL:-1}" --server bfloat16 \
+  --model-dir "$MODELS"
 
 section "1.7b faster-qwen3-tts, same model" 50 2 \
   "${FQ[@]}" bench/faster_qwen3.py --model-dir "$MODELS/1.7b-customvoice" --frames "$FRAMES" --runs 1

@@ -40,12 +40,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--decode-thread", choices=["on", "off"], default="on")
+    parser.add_argument("--decode-together", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
     torch.set_num_threads(2)
     models = Path(tempfile.mkdtemp(prefix="qwen-tts-host-work-"))
     build_demo_models(models, seed=0)
     model = load_model(ModelKind.CUSTOMVOICE, models / "customvoice", cpu_settings(), dtype="float32")
-    config = EngineConfig(max_batch=args.requests, decode_thread=args.decode_thread)
+    config = EngineConfig(
+        max_batch=args.requests, decode_thread=args.decode_thread, decode_together=args.decode_together
+    )
     worker = AudioWorker() if args.decode_thread == "on" else None
     runner = BatchRunner({ModelKind.CUSTOMVOICE: model}, config, worker)
     scheduler = Scheduler(runner, config, Admission(4 * args.requests, workers=args.requests), start=False)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import av
 import numpy as np
@@ -92,13 +92,13 @@ SERVER_FIXTURES = {"http", "client"}  # fixtures that start a server (``server_f
 slow_tier = threading.local()  # ``allowed``: the running test is in the slow tier (set by conftest.py)
 
 
-def server_fixture(scope: str = "function") -> Callable[[F], F]:
-    """``@pytest.fixture(scope=...)`` for a fixture that starts a server: the tests that use
-    it are ``slow``."""
+def server_fixture(scope: str = "function", **options: Any) -> Callable[[F], F]:
+    """``@pytest.fixture(scope=..., **options)`` for a fixture that starts a server: the tests
+    that use it are ``slow``."""
 
     def fixture(function: F) -> F:
         SERVER_FIXTURES.add(function.__name__)
-        return pytest.fixture(scope=scope)(function)  # type: ignore[call-overload]
+        return pytest.fixture(scope=scope, **options)(function)  # type: ignore[call-overload]
 
     return fixture
 

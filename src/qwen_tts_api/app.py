@@ -18,7 +18,6 @@ from .api.limits import ClientLimits
 from .api.protocol import stream_event_schemas
 from .api.state import ServerState
 from .engine.runtime.engine import Engine
-from .engine.runtime.jobs import EngineConfig
 from .engine.runtime.warmup import warm_up
 from .settings import Settings
 from .telemetry.metrics import ServerMetrics
@@ -57,7 +56,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             from .engine.models.loading import load_models
 
             models = await asyncio.to_thread(load_models, settings)
-            engine = Engine(models, EngineConfig.from_settings(settings))
+            engine = Engine.from_settings(models, settings)
         state.engine = engine
         state.metrics.watch_engine(engine)
         state.readiness.models = [model.name for model in engine.models.values()]

@@ -46,10 +46,9 @@ def serve(demo: bool = False) -> int:
     from .app import create_app, server_options
     from .engine.models.loading import ModelLoadError, load_models
     from .engine.runtime.engine import Engine
-    from .engine.runtime.jobs import EngineConfig
 
     try:
-        engine = Engine(load_models(settings, sources), EngineConfig.from_settings(settings))
+        engine = Engine.from_settings(load_models(settings, sources), settings)
     except ModelLoadError as exc:
         return _fail(str(exc))
     # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests (streams included)

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     decode_thread: Literal["auto", "on", "off"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DECODE_THREAD")
     )
+    # Streams' chunks decoded in one codec call (generation/streaming_decoder.py, decodes_together):
+    # auto = on a GPU, and on a CPU where a probe finds it exact to the bit.
+    decode_together: Literal["auto", "on", "off"] = Field(
+        default="auto", validation_alias=AliasChoices("QWEN_TTS_DECODE_TOGETHER")
+    )
 
     # --- network (specification) ---
     host: str = Field(default="0.0.0.0", validation_alias=AliasChoices("HOST"))
@@ -87,7 +92,11 @@ class Settings(BaseSettings):
     )
 
     # --- admission control (ours) ---
-    max_batch: int = Field(default=8, ge=1, le=256, validation_alias=AliasChoices("QWEN_TTS_MAX_BATCH"))
+    # Requests per model's batch: a number, or auto (engine/runtime/capacity.py: 8 on a CPU,
+    # what free GPU memory holds up to 64 on a GPU).
+    max_batch: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        default="auto", validation_alias=AliasChoices("QWEN_TTS_MAX_BATCH")
+    )
     max_queue: int = Field(default=16, ge=0, le=10000, validation_alias=AliasChoices("QWEN_TTS_MAX_QUEUE"))
     # Chunked prefill: prompts longer than this many positions are prefilled in chunks of it,
     # one per step while other rows are speaking; 0 prefills them whole.

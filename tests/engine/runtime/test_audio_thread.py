@@ -115,6 +115,32 @@ def test_first_audio_goes_ahead_of_other_streams_but_never_of_its_own():
     assert order == ["b: its pause", "b: first audio", "a: chunk 1", "a: chunk 2", "a: end"]
 
 
+def test_work_of_several_streams_runs_after_and_before_each_ones_own():
+    """Chunks of several streams decoded in one call (decoding together): that work waits for
+    what each of its streams queued before it, and their later work waits for it; an urgent
+    one goes ahead of other streams' work, after its own streams' earlier work."""
+    worker = AudioWorker()
+    running, gate, order = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        running.set()
+        gate.wait(10)
+
+    worker.submit("x", hold)
+    assert running.wait(10)
+    worker.submit("c", lambda: order.append("c: chunk"))
+    worker.submit("a", lambda: order.append("a: chunk"))
+    worker.submit_shared(("a", "b"), lambda: order.append("a+b: together"))
+    worker.submit("b", lambda: order.append("b: end"))
+    worker.submit("d", lambda: order.append("d: old"))
+    worker.submit_shared(("d", "e"), lambda: order.append("d+e: first audio"), urgent=True)
+    worker.submit("e", lambda: order.append("e: end"))
+    gate.set()
+    worker.close()
+    worker.join(10)
+    assert order == ["d: old", "d+e: first audio", "c: chunk", "a: chunk", "a+b: together", "b: end", "e: end"]
+
+
 def test_waiting_for_first_audio_waits_for_urgent_work_only():
     worker = AudioWorker()
     busy, urgent_gate, waited = threading.Event(), threading.Event(), threading.Event()
@@ -147,7 +173,7 @@ def test_the_next_step_waits_for_a_first_chunk(servers, monkeypatch):
     original_run, original_step = StreamingDecoder.run, FrameBatch.step
 
     def run(self, frames):
-        first = self.state().position == 0
+        first = self.fresh
         events.append("first chunk starts" if first else "chunk")
         if first:
             time.sleep(0.3)  # long enough for a step to start beside it, if one could

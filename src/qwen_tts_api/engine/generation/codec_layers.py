@@ -92,10 +92,16 @@ def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     stride, batch, frames = conv.stride[0], joined.shape[0], joined.shape[-1]
     overlap = conv.kernel_size[0] // stride
     rows = joined.permute(0, 2, 3, 1).reshape(batch, frames, -1)  # (B, L, in): channels-last memory, no copy
-    # Each stream's rows in a product of their own, as when it is decoded alone: a product of
-    # all streams' rows may round differently, and a batched matmul copies the weight per stream.
-    products = [torch.matmul(rows[b : b + 1], weight) for b in range(batch)]
-    spans = (products[0] if batch == 1 else torch.cat(products)).view(batch, frames, overlap, stride, -1)
+    if joined.device.type == "cpu":
+        # Each stream's rows in a product of their own, as when it is decoded alone: a product
+        # of all streams' rows may round differently, and a batched matmul copies the weight
+        # per stream. On a GPU (where batches round by shape anyway) one product: a launch per
+        # stream would grow with the streams decoded together.
+        products = [torch.matmul(rows[b : b + 1], weight) for b in range(batch)]
+        product = products[0] if batch == 1 else torch.cat(products)
+    else:
+        product = torch.matmul(rows.reshape(batch * frames, -1), weight)
+    spans = product.view(batch, frames, overlap, stride, -1)
     out = spans[:, :, 0] if overlap == 1 else spans[:, 1:, 0] + spans[:, :-1, 1]  # (B, L', s, out)
     if conv.bias is not None:
         out = out + conv.bias

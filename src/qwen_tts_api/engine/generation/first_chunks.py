@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .codec_layers import KEPT
-from .streaming_decoder import DecodedChunk, DecoderState, StreamingDecoder
+from .streaming_decoder import DecodedChunk, DecoderState, StreamingDecoder, same_state
 
 log = logging.getLogger(__name__)
 TOGETHER = KEPT + "first_chunks_together"  # on the codec: {chunk frames: batch sizes decoded together exactly}
@@ -141,16 +141,4 @@ def probe_first_chunks(tts, frames: int, limit: int = TOGETHER_LIMIT) -> frozens
 
 
 def _same(share: DecodedChunk, samples: torch.Tensor, state: DecoderState) -> bool:
-    ours = share.state
-    if not torch.equal(share.samples, samples) or ours.tails.keys() != state.tails.keys():
-        return False
-    if not all(torch.equal(tail, state.tails[key]) for key, tail in ours.tails.items()):
-        return False
-    mine, theirs = ours.cache.layers, state.cache.layers
-    return len(mine) == len(theirs) and all(
-        _equal(a.keys, b.keys) and _equal(a.values, b.values) for a, b in zip(mine, theirs)
-    )
-
-
-def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    return a is b if a is None or b is None else torch.equal(a, b)
+    return torch.equal(share.samples, samples) and same_state(share.state, state)

@@ -13,7 +13,9 @@ scheduler meant. Between streams the oldest work goes first, except a request's 
 it goes ahead of other streams' work (with what its own stream queued before it), so that a
 request joining a busy server is not heard later for the chunks of those already speaking.
 Audio work that fails tells the client at once and is reported to the runner
-(``stream_audio.py``), which takes the request out of its batch.
+(``stream_audio.py``), which takes the request out of its batch. Work may belong to several
+streams (their chunks decoded in one codec call): it runs after everything queued before it
+for each of them, and everything queued after it for any of them waits for it.
 
 First audio also goes ahead of the scheduler's next step: the scheduler waits for it
 (``wait_for_first_audio``, half a second at most) before it prefills or steps again: on a
@@ -47,7 +49,8 @@ def decode_thread_wanted(setting: str, devices: Iterable[torch.device]) -> bool:
 
 class AudioWorker:
     def __init__(self) -> None:
-        self._work: list[tuple[object, Callable[[], None], bool]] = []  # (stream, work, urgent), oldest first
+        # (streams, work, urgent), oldest first
+        self._work: list[tuple[tuple[object, ...], Callable[[], None], bool]] = []
         self._urgent = 0  # urgent work queued or running
         self._closing = False
         self._ready = threading.Condition()
@@ -57,8 +60,16 @@ class AudioWorker:
     def submit(self, stream: object, work: Callable[[], None], urgent: bool = False) -> None:
         """Run ``work`` after everything submitted for ``stream`` before it; ``urgent`` (a
         request's first audio): before other streams' older work too."""
+        self._queue((stream,), work, urgent)
+
+    def submit_shared(self, streams: tuple[object, ...], work: Callable[[], None], urgent: bool = False) -> None:
+        """Run ``work``, which belongs to all of ``streams``, after everything submitted for
+        any of them before it (and before what is submitted for them after it)."""
+        self._queue(streams, work, urgent)
+
+    def _queue(self, streams: tuple[object, ...], work: Callable[[], None], urgent: bool) -> None:
         with self._ready:
-            self._work.append((stream, work, urgent))
+            self._work.append((streams, work, urgent))
             self._urgent += urgent
             self._ready.notify_all()
 
@@ -90,11 +101,29 @@ class AudioWorker:
                 if self._closing:
                     return None
                 self._ready.wait()
-            # The oldest urgent work's stream, else the oldest work; that stream's oldest first.
-            stream = next((item[0] for item in self._work if item[2]), self._work[0][0])
-            index = next(i for i, item in enumerate(self._work) if item[0] is stream)
-            _, work, urgent = self._work.pop(index)
+            _, work, urgent = self._work.pop(self._pick())
             return work, urgent
+
+    def _pick(self) -> int:
+        """The index of the work to run next: of the work that nothing older of its streams
+        waits before (the oldest work always), the first that the oldest urgent work waits
+        for or that work itself, else the oldest."""
+        ready: list[int] = []
+        older: set[int] = set()  # streams with work before the one looked at
+        urgent: set[int] | None = None  # the oldest urgent work's streams
+        for index, (streams, _, is_urgent) in enumerate(self._work):
+            ids = {id(stream) for stream in streams}
+            if not ids & older:
+                ready.append(index)
+            if is_urgent:
+                urgent = ids
+                break
+            older |= ids
+        if urgent is not None:
+            for index in ready:
+                if urgent & {id(stream) for stream in self._work[index][0]}:
+                    return index
+        return 0
 
     def _run(self) -> None:
         while (taken := self._next()) is not None:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...constants import ModelKind
+from ...settings import Settings
 from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable
 from ..models.loading import LoadedModel
 from ..models.openmp import release_worker_threads
 from .admission import Admission
 from .audio_worker import AudioWorker, decode_thread_wanted
+from .capacity import batch_size
 from .jobs import EngineConfig, SpeechJob
 from .live_text import LiveText
 from .orders import StepObserver
@@ -54,6 +56,11 @@ class Engine:
         # From here the scheduler thread runs the models (and a decoding thread their codec):
         # the thread that built them gives its OpenMP workers back (models/openmp.py).
         release_worker_threads()
+
+    @classmethod
+    def from_settings(cls, models: Mapping[ModelKind, LoadedModel], settings: Settings) -> Engine:
+        """An engine configured by ``settings`` for ``models`` (QWEN_TTS_MAX_BATCH=auto sized for them)."""
+        return cls(models, EngineConfig.from_settings(settings, batch_size(settings.max_batch, models)))
 
     def _audio_failed(self, request_id: str, exc: Exception) -> None:
         """Decoding that failed on the audio thread goes to the scheduler, through its inbox."""

@@ -73,19 +73,25 @@ class EngineConfig:
     compile_cache_dir: Path | None = None  # where compiled graphs persist (None: torch's default)
     prefill_chunk: int = 256  # prompt positions per prefill chunk, one chunk per step while others speak; 0: whole
     decode_thread: str = "off"  # QWEN_TTS_DECODE_THREAD: auto | on | off (audio_worker.py)
+    decode_together: str = "auto"  # QWEN_TTS_DECODE_TOGETHER: auto | on | off (streaming_decoder.decodes_together)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EngineConfig:
+    def from_settings(cls, settings: Settings, max_batch: int | None = None) -> EngineConfig:
+        """``max_batch``: QWEN_TTS_MAX_BATCH resolved for the loaded models (``capacity.py``);
+        else the setting's number, or the CPU's batch for auto."""
+        if max_batch is None:
+            max_batch = settings.max_batch if isinstance(settings.max_batch, int) else cls.max_batch
         return cls(
             first_chunk_frames=settings.stream_first_frames,
             max_chunk_frames=settings.stream_max_chunk_frames,
             max_queue=settings.max_queue,
             request_timeout=settings.request_timeout_seconds,
-            max_batch=settings.max_batch,
+            max_batch=max_batch,
             prompt_cache_size=settings.prompt_cache_size,
             compile=settings.compile,
             cuda_graphs=settings.cuda_graphs,
             compile_cache_dir=settings.compile_cache_dir,
             prefill_chunk=settings.prefill_chunk,
             decode_thread=settings.decode_thread,
+            decode_together=settings.decode_together,
         )

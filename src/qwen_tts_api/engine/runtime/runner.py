@@ -29,6 +29,7 @@ from ..generation.first_chunks import group_first_chunks
 from ..generation.rows import BatchRow
 from ..generation.sampling import SamplingParams
 from ..generation.step_parts import StepParts
+from ..generation.streaming_decoder import decodes_together
 from ..models.loading import LoadedModel
 from .audio_worker import AudioWorker
 from .jobs import EngineConfig
@@ -63,6 +64,7 @@ class BatchRunner:
         self._worker = audio_worker
         self._report_audio_failure = report_audio_failure
         self._voicings: dict[str, Voicing] = {}
+        self._steps = dict.fromkeys(models, 0)  # steps each batch made (decoding together keeps time by it)
 
     def _step_parts(self, kind: ModelKind, model: LoadedModel) -> StepParts:
         talker = model.tts.model.talker
@@ -142,7 +144,10 @@ class BatchRunner:
         if voicing is None:
             job = ticket.job
             segments = None if job.live is not None else len(job.text.segments)
-            audio = StreamAudio(ticket.request_id, ticket.stream, self._worker, self._report_audio_failure, segments)
+            together = self._decodes_together(ticket.kind)
+            audio = StreamAudio(
+                ticket.request_id, ticket.stream, self._worker, self._report_audio_failure, segments, together
+            )
             voicing = self._voicings[ticket.request_id] = Voicing(ticket, audio, clone_prompt=job.voice_prompt)
         return voicing
 
@@ -249,6 +254,9 @@ class BatchRunner:
         self._group_first_chunks(kind, owned)
         for voicing, codes in owned:
             self._contained(voicing, "decoding", outcome, lambda v, c=codes: v.audio.frame(c))
+        self._steps[kind] += 1
+        if self._decodes_together(kind):
+            self._decode_due(kind, speaking, {id(row) for row in finished if row.error is None}, outcome)
         for voicing in list(self._voicings.values()):
             if voicing.ticket.job.live is not None and voicing.ticket.kind == kind and voicing.row is not None:
                 self._contained(voicing, "decoding", outcome, lambda v: self._flush_if_waiting(v, outcome))
@@ -288,6 +296,27 @@ class BatchRunner:
                 group_first_chunks(self._models[kind].tts, completing)
             except Exception:  # noqa: BLE001 - only a saving: each stream then decodes alone
                 log.exception("grouping first chunks failed")
+
+    def _decodes_together(self, kind: ModelKind) -> bool:
+        return decodes_together(self._models[kind].tts, self._config.decode_together)
+
+    def _decode_due(self, kind: ModelKind, speaking: dict[int, Voicing], ending: set[int], outcome: Outcome) -> None:
+        """Chunks due at this step (a row in ``ending``: all it has left), one codec call per
+        chunk length for all streams whose chunk has it (``stream_audio.py``, decoding together)."""
+        by_length: dict[int, list[tuple[Voicing, torch.Tensor, bool]]] = defaultdict(list)
+        for row_id, voicing in speaking.items():
+            if voicing.row is None:
+                continue  # failed at this step
+            if (due := voicing.audio.due(self._steps[kind], row_id in ending)) is not None:
+                by_length[due[0].shape[0]].append((voicing, *due))
+        for group in by_length.values():
+            urgent = any(first for _, _, first in group)
+            if len(group) == 1:
+                voicing, chunk, _ = group[0]
+                self._contained(voicing, "decoding", outcome, lambda v, c=chunk, u=urgent: v.audio.decode_alone(c, u))
+            else:
+                audio = [(voicing.audio, chunk) for voicing, chunk, _ in group]
+                StreamAudio.decode_due(self._models[kind].tts, self._worker, audio, urgent)
 
     def _speaking(self, kind: ModelKind) -> dict[int, Voicing]:
         """``kind``'s requests with a row, by their row (``Voicing.row`` is the one link)."""

@@ -3,8 +3,9 @@ batched prefill of two prompts of different lengths (VoiceDesign's with a descri
 two-row generation step, streaming decoding and, for Base, a clone prompt from reference
 audio (speaker and codec encoders) spoken both ways (x-vector and in-context). The first
 user request is otherwise the one that pays for allocator growth, kernel selection and
-first-use caches on each path. Before them, a probe finds how many streams starting
-together may decode their first chunks in one call (``first_chunks.probe_first_chunks``). With
+first-use caches on each path. Before them, probes find how many streams starting
+together may decode their first chunks in one call (``first_chunks.probe_first_chunks``) and,
+on a CPU, whether streams' later chunks may be (``streaming_decoder.probe_decoding_together``). With
 the compiled step (``QWEN_TTS_COMPILE``), a lone request follows, so that both of its graphs
 (one row, several rows) are compiled here too."""
 
@@ -20,6 +21,7 @@ from ...text.prepare import PreparedText, prepare
 from ...voices.prompt import ClonePrompt
 from ..generation.clone import compute_clone_prompt
 from ..generation.first_chunks import TOGETHER_LIMIT, probe_first_chunks
+from ..generation.streaming_decoder import decodes_together, probe_decoding_together
 from ..models.loading import LoadedModel
 from .engine import Engine
 from .jobs import SpeechJob
@@ -81,10 +83,27 @@ async def _probe_first_chunks(engine: Engine, model: LoadedModel) -> None:
         log.info("%s: first chunks are decoded one stream at a time (a batch's differ from lone ones)", model.name)
 
 
+async def _probe_decoding_together(engine: Engine, model: LoadedModel) -> None:
+    """With ``QWEN_TTS_DECODE_TOGETHER=auto`` on a CPU: whether streams' chunks decoded in
+    one call are exact here (``streaming_decoder.probe_decoding_together``)."""
+    codec = model.tts.model.speech_tokenizer.model.decoder
+    if engine.config.decode_together != "auto" or next(codec.parameters()).device.type != "cpu":
+        together = decodes_together(model.tts, engine.config.decode_together)
+    else:
+        try:
+            together = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_decoding_together(model.tts)))
+        except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
+            log.exception("%s: probing decoding together failed; each stream decodes alone", model.name)
+            return
+    how = "in one codec call per chunk length" if together else "one stream at a time (QWEN_TTS_DECODE_TOGETHER)"
+    log.info("%s: streams' later chunks are decoded %s", model.name, how)
+
+
 async def warm_up(engine: Engine, readiness: Readiness) -> None:
     try:
         for kind, model in engine.models.items():
             await _probe_first_chunks(engine, model)
+            await _probe_decoding_together(engine, model)
             jobs = await _jobs(engine, kind, model)
             streams = engine.start_together(kind, jobs)
             audio = await asyncio.gather(*(stream.collect() for stream in streams))
