@@ -10,22 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TEST_DEVICE, cpu_settings
 
-from qwen_tts_api.engine.generation import codec_layers
 from qwen_tts_api.engine.generation.streaming_decoder import StreamingDecoder, decode_together
-from qwen_tts_api.engine.models.loading import load_model
 
 STREAMS = 16
 CHUNK = 4  # frames every stream decodes together
-
-
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def tts(request, demo_models):
-    settings = cpu_settings(device=TEST_DEVICE, codec_dtype=request.param)
-    loaded = load_model("customvoice", demo_models["customvoice"], settings, dtype="float32")
-    yield loaded.tts
-    codec_layers.forget_kept_weights(loaded.tts.model.speech_tokenizer.model.decoder)
 
 
 def tolerance(tts) -> float:

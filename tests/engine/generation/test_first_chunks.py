@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import TEST_DEVICE, LiveServer, burst_in_one_step, cpu_settings
+from helpers import LiveServer, burst_in_one_step, cpu_settings
 
 from qwen_tts_api.engine.generation import codec_layers
 from qwen_tts_api.engine.generation.first_chunks import (
@@ -25,17 +25,8 @@ from qwen_tts_api.engine.generation.first_chunks import (
     together_sizes,
 )
 from qwen_tts_api.engine.generation.streaming_decoder import DecodedChunk, StreamingDecoder, decodes_together
-from qwen_tts_api.engine.models.loading import load_model
 
 FRAMES = 7  # chunks of 1, 2 and 4 frames
-
-
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def tts(request, demo_models):
-    settings = cpu_settings(device=TEST_DEVICE, codec_dtype=request.param)
-    loaded = load_model("customvoice", demo_models["customvoice"], settings, dtype="float32")
-    yield loaded.tts
-    codec_layers.forget_kept_weights(loaded.tts.model.speech_tokenizer.model.decoder)
 
 
 def random_codes(tts, streams: int, seed: int = 1) -> torch.Tensor:

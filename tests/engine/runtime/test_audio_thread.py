@@ -93,16 +93,23 @@ def test_the_decoder_runs_on_the_audio_thread(servers, monkeypatch):
     assert seen == {"qwen-tts-audio"}
 
 
-def test_first_audio_goes_ahead_of_other_streams_but_never_of_its_own():
+def busy_worker() -> tuple[AudioWorker, threading.Event]:
+    """An audio thread busy until the event is set: work submitted meanwhile queues."""
     worker = AudioWorker()
-    running, gate, order = threading.Event(), threading.Event(), []
+    running, gate = threading.Event(), threading.Event()
 
     def hold() -> None:
         running.set()
         gate.wait(10)
 
     worker.submit("x", hold)
-    assert running.wait(10)  # the thread is busy: what follows queues
+    assert running.wait(10)
+    return worker, gate
+
+
+def test_first_audio_goes_ahead_of_other_streams_but_never_of_its_own():
+    worker, gate = busy_worker()  # what follows queues
+    order: list[str] = []
     worker.submit("a", lambda: order.append("a: chunk 1"))
     worker.submit("a", lambda: order.append("a: chunk 2"))
     worker.submit("b", lambda: order.append("b: its pause"))
@@ -119,15 +126,8 @@ def test_work_of_several_streams_runs_after_and_before_each_ones_own():
     """Chunks of several streams decoded in one call (decoding together): that work waits for
     what each of its streams queued before it, and their later work waits for it; an urgent
     one goes ahead of other streams' work, after its own streams' earlier work."""
-    worker = AudioWorker()
-    running, gate, order = threading.Event(), threading.Event(), []
-
-    def hold() -> None:
-        running.set()
-        gate.wait(10)
-
-    worker.submit("x", hold)
-    assert running.wait(10)
+    worker, gate = busy_worker()
+    order: list[str] = []
     worker.submit("c", lambda: order.append("c: chunk"))
     worker.submit("a", lambda: order.append("a: chunk"))
     worker.submit_shared(("a", "b"), lambda: order.append("a+b: together"))
