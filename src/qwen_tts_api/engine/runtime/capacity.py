@@ -52,6 +52,7 @@ def batch_size(setting: int | str, models: Mapping[ModelKind, LoadedModel]) -> i
     devices = {model.tts.model.talker.device for model in models.values()}
     cuda = [device for device in devices if device.type == "cuda"]
     if not cuda:
+        log.info("batches of %d requests per model (QWEN_TTS_MAX_BATCH=auto on a CPU)", CPU_BATCH)
         return CPU_BATCH
     rows = AUTO_LIMIT
     for device in cuda:

@@ -96,7 +96,7 @@ async def _probe_decoding_together(engine: Engine, model: LoadedModel) -> None:
             log.exception("%s: probing decoding together failed; each stream decodes alone", model.name)
             return
     how = "in one codec call per chunk length" if together else "one stream at a time (QWEN_TTS_DECODE_TOGETHER)"
-    log.info("%s: streams' later chunks are decoded %s", model.name, how)
+    log.info("%s: concurrent streams' chunks are decoded %s", model.name, how)
 
 
 async def warm_up(engine: Engine, readiness: Readiness) -> None:
