@@ -145,7 +145,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def build_text_tokenizer(
-    directory: Path, special_ids: dict[str, int] | None = None, words: list[str] | None = None
+    directory: Path,
+    special_ids: dict[str, int] | None = None,
+    words: list[str] | None = None,
+    specials: list[str] = SPECIAL_TOKENS,
+    named_specials: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write a small byte-level BPE Qwen2 tokenizer; return its special tokens' ids.
 
@@ -153,7 +157,9 @@ def build_text_tokenizer(
     embedding table stays small. ``special_ids`` pins them where a published vocabulary has
     them instead (the ids in between stay unused). ``words``: English words that become one
     token each (alone, capitalised, and after a space), as a real vocabulary has them; the
-    other text is spelt byte by byte.
+    other text is spelt byte by byte. ``specials``: the special tokens (the first is the
+    end of text); ``named_specials``: attributes of the tokenizer naming some of them (the
+    aligner's processor reads ``audio_token``).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
@@ -169,7 +175,7 @@ def build_text_tokenizer(
         ]
     )
     vocab, merges = _word_merges(pre_tokenizer, words) if words else _template_merges()
-    for token in SPECIAL_TOKENS:
+    for token in specials:
         vocab[token] = (special_ids or {}).get(token, len(vocab))
     taken = set(vocab.values())
     # Placeholders fill the ids a published vocabulary uses for words we never need
@@ -183,10 +189,11 @@ def build_text_tokenizer(
         tokenizer_object=tok,
         unk_token=None,
         bos_token=None,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        eos_token=specials[0],
+        pad_token=specials[0],
+        additional_special_tokens=specials[1:],
         model_max_length=131072,
+        extra_special_tokens=named_specials or {},
     )
     fast.save_pretrained(str(directory))
     # The package loads the processor with tokenizer_class "Qwen2Tokenizer".
@@ -194,7 +201,7 @@ def build_text_tokenizer(
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     _write_json(cfg_path, cfg)
-    ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = {token: fast.convert_tokens_to_ids(token) for token in specials}
     assert all(isinstance(i, int) for i in ids.values())
     return ids  # type: ignore[return-value]  # each one an int, checked above
 

@@ -23,20 +23,29 @@ def _has_weights(directory: Path) -> bool:
     return (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()
 
 
+def read_config(directory: Path, where: str, error: type[ValueError] = ModelDirectoryError) -> dict:
+    """``directory``'s config.json, or ``error`` saying what is wrong (``where``: the variable
+    and value that named it)."""
+    if not directory.is_dir():
+        raise error(f"{where} is not a directory")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise error(f"{where} has no config.json: not a model directory")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{where}: config.json is unreadable ({exc})") from exc
+    if not isinstance(config, dict):
+        raise error(f"{where}: config.json is not a JSON object")
+    return config
+
+
 def check_model_dir(kind: ModelKind, directory: Path, shown: str | None = None) -> None:
     """Raise ``ModelDirectoryError`` naming the variable and the missing piece (``shown``: the
     value as configured, when it is not the directory itself: a Hub id)."""
     env = MODEL_PATH_ENV[kind]
     where = f"{env}={directory}" if shown is None else f"{env}={shown} (snapshot {directory})"
-    if not directory.is_dir():
-        raise ModelDirectoryError(f"{where} is not a directory")
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise ModelDirectoryError(f"{where} has no config.json: not a model directory")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{where}: config.json is unreadable ({exc})") from exc
+    config = read_config(directory, where)
     if config.get("model_type") != "qwen3_tts":
         raise ModelDirectoryError(
             f"{where} is not a Qwen3-TTS model (config.json model_type={config.get('model_type')!r})"

@@ -62,10 +62,15 @@ def resolve_sources(configured: dict[ModelKind, str]) -> dict[ModelKind, ModelSo
 
 
 def _snapshot(kind: ModelKind, repo_id: str) -> Path:
+    return hub_snapshot(MODEL_PATH_ENV[kind], repo_id)
+
+
+def hub_snapshot(env: str, repo_id: str) -> Path:
+    """The Hub repo ``repo_id`` in the Hub's cache (downloaded if need be); ``env``: the
+    variable that named it, for the error."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    env = MODEL_PATH_ENV[kind]
     try:
         return Path(snapshot_download(repo_id))
     except LocalEntryNotFoundError as exc:
