@@ -37,6 +37,14 @@ def demo_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def demo_aligner(tmp_path_factory) -> Path:
+    """A tiny random-weight forced aligner (``qwen-tts-api demo-models`` writes it as ``aligner/``)."""
+    from qwen_tts_api.devtools.demo_aligner import build_aligner
+
+    return build_aligner(tmp_path_factory.mktemp("demo-aligner"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The one directory the main test server may read reference audio from."""
     directory = tmp_path_factory.mktemp("samples")
@@ -45,8 +53,9 @@ def sample_dir(tmp_path_factory) -> Path:
 
 
 @server_fixture(scope="session")
-def server(demo_models, sample_dir) -> Iterator[LiveServer]:
+def server(demo_models, demo_aligner, sample_dir) -> Iterator[LiveServer]:
     settings = cpu_settings(
+        aligner_model_path=demo_aligner,
         customvoice_model_path=demo_models["customvoice"],
         base_model_path=demo_models["base"],
         voicedesign_model_path=demo_models["voicedesign"],

@@ -157,9 +157,10 @@ def test_hub_ids_and_the_default_models_come_from_the_cache(tmp_path, demo_model
 
 
 @pytest.mark.slow  # starts a server
-def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models):
+def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models, demo_aligner):
     """All three families by Hub id (offline, from the cache): listed by repo name, with the
-    VoiceDesign alias, and the VoiceDesign id as vLLM-Omni's clients send it routes there."""
+    VoiceDesign alias, and the VoiceDesign id as vLLM-Omni's clients send it routes there;
+    the aligner by its Hub id too."""
     hf_home = tmp_path / "hf"
     ids = {
         "CUSTOMVOICE_MODEL_PATH": "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice",
@@ -167,8 +168,12 @@ def test_voicedesign_by_hub_id_with_the_others(tmp_path, demo_models):
         "VOICEDESIGN_MODEL_PATH": "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign",
     }
     hub_cache(hf_home, dict(zip(ids.values(), (demo_models[k] for k in ("customvoice", "base", "voicedesign")))))
+    hub_cache(hf_home, {"Qwen/Qwen3-ForcedAligner-0.6B": demo_aligner})
+    ids["ALIGNER_MODEL_PATH"] = "Qwen/Qwen3-ForcedAligner-0.6B"
     env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "QWEN_TTS_DATA_DIR": str(tmp_path / "data"), **ids}
     with serving(env) as url:
+        ready = httpx.get(f"{url}/ready").json()
+        assert (ready["word_timings"], ready["aligner"]) == ("aligner", "Qwen3-ForcedAligner-0.6B")
         cards = {m["id"]: m.get("task_type") for m in httpx.get(f"{url}/v1/models").json()["data"]}
         assert cards == {
             "qwen3-tts": None,

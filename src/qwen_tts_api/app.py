@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 
 from . import __version__
-from .api import health, live, metrics, models, playground, speech, voices
+from .api import health, live, metrics, models, playground, speech, timed_speech, voices
 from .api.auth import ApiKeyMiddleware, KeyRing
 from .api.errors import SafeJSONResponse, install_error_handlers
 from .api.limits import ClientLimits
 from .api.protocol import stream_event_schemas
 from .api.state import ServerState
+from .constants import SAMPLE_RATE
 from .engine.runtime.engine import Engine
 from .engine.runtime.warmup import warm_up
 from .settings import Settings
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             models = await asyncio.to_thread(load_models, settings)
             engine = Engine.from_settings(models, settings)
         state.engine = engine
+        if settings.aligner_model_path is not None:
+            await asyncio.to_thread(_load_aligner, state, settings.aligner_model_path)
         state.metrics.watch_engine(engine)
         state.readiness.models = [model.name for model in engine.models.values()]
         # Warm up in the background: /health answers meanwhile, /ready once it is done.
@@ -69,6 +73,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             with suppress(asyncio.CancelledError):
                 await warming
             engine.close()
+            if state.aligner is not None:
+                state.aligner.close()
 
     app = FastAPI(title="qwen-tts-api", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.server = state  # read only through api/state.py's typed dependencies
@@ -80,6 +86,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Outermost, so every response (401s and 500s included) carries its request id and is logged.
     app.add_middleware(RequestTelemetry, metrics=state.metrics)
     app.include_router(speech.router)
+    app.include_router(timed_speech.router)
     app.include_router(live.router)
     app.include_router(voices.router)
     app.include_router(models.router)
@@ -88,6 +95,23 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(playground.router)
     _document_what_is_sent(app)
     return app
+
+
+def _load_aligner(state: ServerState, value: str) -> None:
+    """The word-timing aligner, on the models' device, warmed with one alignment. A failure
+    is logged and reported (/ready's ``aligner_error``): timings are then estimated."""
+    from .engine.models.aligner import WordAligner
+    from .engine.models.loading import resolve_device
+
+    device = resolve_device(state.settings.device)
+    try:
+        aligner = WordAligner.load(value, device, "bfloat16" if device.startswith("cuda") else "float32")
+        aligner.align(np.zeros(SAMPLE_RATE, np.float32), ["warm"])
+    except (ValueError, OSError) as exc:  # AlignerError, or the Hub's ModelDirectoryError
+        state.aligner_error = str(exc)
+        log.error("word timings will be estimated: %s", exc)
+        return
+    state.aligner = aligner
 
 
 def _document_what_is_sent(app: FastAPI) -> None:

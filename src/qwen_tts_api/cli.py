@@ -66,9 +66,13 @@ def serve(demo: bool = False) -> int:
     return 0
 
 
+DEMO_ALIGNER = "aligner"  # the demo aligner's directory, beside the demo models
+
+
 def _with_demo_models(settings: Settings) -> Settings:
     """``serve --demo``: the demo models, built once into the data directory, instead of any
     configured model."""
+    from .devtools.demo_aligner import build_aligner
     from .devtools.demo_models import build_demo_models
 
     directory = settings.data_dir / "demo-models"
@@ -76,22 +80,30 @@ def _with_demo_models(settings: Settings) -> Settings:
     if not all((path / "config.json").is_file() for path in paths.values()):
         logging.getLogger(__name__).info("building the demo models once, into %s", directory)
         build_demo_models(directory, seed=0)
+    aligner = directory / DEMO_ALIGNER
+    if not (aligner / "config.json").is_file():
+        build_aligner(aligner, seed=0)
     logging.getLogger(__name__).info(
         "serving the demo models from %s: random weights, they make noise, not speech", directory
     )
-    return settings.model_copy(update={f"{kind}_model_path": str(path) for kind, path in paths.items()})
+    update = {f"{kind}_model_path": str(path) for kind, path in paths.items()}
+    return settings.model_copy(update={**update, "aligner_model_path": str(aligner)})
 
 
 def demo_models(directory: Path, seed: int, size: str, max_frames: int | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party_logs()
+    from .devtools.demo_aligner import build_aligner
     from .devtools.demo_models import build_demo_models
 
     generation = None if max_frames is None else {"max_new_tokens": max_frames}
     paths = build_demo_models(directory, seed=seed, size=size, generation=generation)
+    aligner = build_aligner(directory / DEMO_ALIGNER, seed=seed, size="tiny" if size == "tiny" else "0.6b")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    print(f"aligner: {aligner}")
     variables = " ".join(f"{MODEL_PATH_ENV[ModelKind(kind)]}={path}" for kind, path in paths.items())
+    variables += f" ALIGNER_MODEL_PATH={aligner}"
     print(
         "\nRandom weights: they make noise, not speech. Try them with\n"
         f"  {variables} qwen-tts-api serve\n"

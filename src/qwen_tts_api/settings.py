@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     base_model_path: str | None = Field(default=None, validation_alias=AliasChoices("BASE_MODEL_PATH"))
     # Ours: the third family, voices designed from a description (never served by default).
     voicedesign_model_path: str | None = Field(default=None, validation_alias=AliasChoices("VOICEDESIGN_MODEL_PATH"))
+    # Ours: the forced aligner that times each spoken word (a directory or a Hub id, e.g.
+    # Qwen/Qwen3-ForcedAligner-0.6B); unset: word timings are estimated (api/word_timings.py).
+    aligner_model_path: str | None = Field(default=None, validation_alias=AliasChoices("ALIGNER_MODEL_PATH"))
     device: str = Field(default="auto", validation_alias=AliasChoices("QWEN_TTS_DEVICE"))
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", validation_alias=AliasChoices("QWEN_TTS_DTYPE")
@@ -163,7 +166,9 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("customvoice_model_path", "base_model_path", "voicedesign_model_path", mode="before")
+    @field_validator(
+        "customvoice_model_path", "base_model_path", "voicedesign_model_path", "aligner_model_path", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

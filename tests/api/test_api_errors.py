@@ -147,10 +147,24 @@ def test_openapi_describes_what_the_server_sends(http):
     speech = spec["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
     assert {"audio/mpeg", "audio/wav", "audio/pcm", "text/event-stream"} <= set(speech)
     events = [ref["$ref"].rsplit("/", 1)[1] for ref in speech["text/event-stream"]["schema"]["oneOf"]]
-    assert events == ["SpeechAudioDelta", "SpeechAudioDone", "SpeechStreamError"]
+    assert events == ["SpeechAudioDelta", "SpeechAudioDone", "SpeechAudioTimestamps", "SpeechStreamError"]
     assert all(event in schemas for event in events) and "SpeechUsage" in schemas
     assert fields(schema_of("/health", "get", "503")) == {"status", "error"}
-    assert fields(schema_of("/ready", "get", "200")) == {"status", "models", "warmed_up", "error"}
+    assert fields(schema_of("/ready", "get", "200")) == {
+        "status",
+        "models",
+        "warmed_up",
+        "error",
+        "word_timings",
+        "aligner",
+        "aligner_error",
+    }
+    # Word timings: every body and event they travel in.
+    assert fields(schema_of("/v1/audio/speech/with-timestamps", "post", "200")) >= {"words", "captions", "estimated"}
+    eleven = fields(schema_of("/v1/text-to-speech/{voice_id}/with-timestamps", "post", "200"))
+    assert eleven >= {"audio_base64", "alignment", "normalized_alignment"}
+    assert "/v1/text-to-speech/{voice_id}/stream/with-timestamps" in spec["paths"]
+    assert {"LiveAudioChunk", "LiveAudioTimestamps", "TimestampInfo", "WordTimestamp"} <= set(schemas)
     # Validation errors go out as 400 in the envelope: no route claims FastAPI's 422.
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():

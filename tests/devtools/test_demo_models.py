@@ -181,5 +181,7 @@ def test_demo_models_command_writes_the_frame_budget(tmp_path):
     assert main(["demo-models", str(tmp_path), "--max-frames", "7"]) == 0
     for kind in ("customvoice", "base", "voicedesign"):
         assert json.loads((tmp_path / kind / "generation_config.json").read_text())["max_new_tokens"] == 7
+    aligner = json.loads((tmp_path / "aligner" / "config.json").read_text())  # the demo aligner beside them
+    assert aligner["thinker_config"]["model_type"] == "qwen3_forced_aligner"
     with pytest.raises(SystemExit):
         main(["demo-models", str(tmp_path / "x"), "--size", "3b"])

@@ -27,6 +27,11 @@ def test_client_recipes_run(server, tmp_path, monkeypatch):
     assert decode_audio(Path("hello.mp3").read_bytes()).duration > 0.5
     assert decode_audio(Path("designed.mp3").read_bytes()).duration > 0.5
     assert decode_audio(Path("host.mp3").read_bytes()).duration > 0.5
+    assert Path("captions.vtt").read_text().startswith("WEBVTT")
+    heard = namespace["heard"]
+    assert [w["word"] for w in heard] == ["Interrupt", "me", "whenever", "you", "like."]
+    said = [{"word": w, "start_ms": 300 * i, "end_ms": 300 * i + 250} for i, w in enumerate(["a", "b", "c"])]
+    assert namespace["heard_until"](said, 450) == "a b"
     assert Path("speech.pcm").stat().st_size > SR  # more than half a second of 16-bit samples
     assert namespace["named"]("a%2C%20b, c%0A (and 2 more)") == ["a, b", "c\n"]
     assert namespace["named"]("(and 1 more)") == [] and namespace["named"](None) == []

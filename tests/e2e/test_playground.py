@@ -118,6 +118,40 @@ def test_pcm_synthesis_streams_and_plays(page, http):
     assert page.problems == []
 
 
+def test_show_words_highlights_each_word_as_it_plays(page, http):
+    text = "<speak>Words are shown. <break time='1s'/> Each one lights up.</speak>"
+    page.wait_for_function("window.playground.voices > 0", timeout=30_000)
+    page.check("#show-words")
+    state = run_synthesis(page, "mp3", text)
+    assert state["status"] == "done", state
+    timed = http.post(
+        "/v1/audio/speech/with-timestamps",
+        json={"model": "qwen3-tts", "voice": "alloy", "response_format": "mp3", "input": text},
+    ).json()["words"]
+    assert (
+        [w["word"] for w in state["words"]]
+        == [w["word"] for w in timed]
+        == ["Words", "are", "shown.", "Each", "one", "lights", "up."]
+    )
+    assert page.locator("#words span[data-index]").count() == len(timed)
+    # Seek into a later word: it, and only it, is highlighted.
+    for index in (4, 1):
+        target = (
+            (timed[index]["start"] + timed[index]["end"]) / 2
+            if timed[index]["end"] > timed[index]["start"]
+            else timed[index]["start"]
+        )
+        page.evaluate(
+            f"(() => {{ const p = document.getElementById('player'); p.pause(); p.currentTime = {target}; }})()"
+        )
+        last_started = max(i for i, w in enumerate(timed) if w["start"] <= target + 1e-6)
+        page.wait_for_function(f"window.playground.highlighted === {last_started}", timeout=10_000)
+        assert page.eval_on_selector_all("#words span.now", "els => els.map(e => e.dataset.index)") == [
+            str(last_started)
+        ]
+    assert page.problems == []
+
+
 def test_ssml_at_another_sample_rate_and_the_sections_the_models_allow(page, http):
     page.wait_for_function("window.playground.voices > 0", timeout=30_000)
     assert page.evaluate("window.playground.families") == ["Base", "CustomVoice", "VoiceDesign"]

@@ -4,7 +4,8 @@ included (checked before the upgrade: no key, no socket).
 Off when QWEN_TTS_API_KEYS is empty (local use). Keys are compared in constant time, and
 every configured key is compared, so timing tells nothing about which key came close.
 ``/health``, ``/ready``, ``/metrics`` and the playground page stay open. ``Api-Key <key>``
-is accepted as well as ``Bearer <key>``: LiveKit's Baseten plugin sends that scheme.
+is accepted as well as ``Bearer <key>``: LiveKit's Baseten plugin sends that scheme; so is an
+``xi-api-key: <key>`` header, which ElevenLabs' clients send (the with-timestamps routes).
 
 The key also says whose saved voices the caller sees: the middleware puts the caller's
 ``Viewer`` in the request's state (``scope["state"]["viewer"]``), with the key's digest as
@@ -39,12 +40,18 @@ PROTECTED_PREFIX = "/v1"
 SCHEMES = ("bearer", "api-key")
 
 
+ELEVENLABS_KEY_HEADER = b"xi-api-key"
+
+
 def _bearer(scope: Scope) -> str | None:
+    elevenlabs = None
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() in SCHEMES and token.strip() else None
-    return None
+        if name == ELEVENLABS_KEY_HEADER:
+            elevenlabs = value.decode("latin-1").strip() or None
+    return elevenlabs
 
 
 class KeyRing:

@@ -35,7 +35,12 @@ async def ready(state: StateDep) -> JSONResponse:
     readiness = state.readiness
     failure = _engine_failure(state) or readiness.error
     body = ReadyStatus(
-        status="ready" if readiness.ready else "starting", models=readiness.models, warmed_up=readiness.warmed_up
+        status="ready" if readiness.ready else "starting",
+        models=readiness.models,
+        warmed_up=readiness.warmed_up,
+        word_timings="aligner" if state.aligner is not None else "estimate",
+        aligner=state.aligner.name if state.aligner is not None else None,
+        aligner_error=state.aligner_error,
     )
     if failure:
         body.status, body.error = "failed", failure

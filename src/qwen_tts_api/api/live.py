@@ -17,16 +17,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 
-import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
-from ..audio.render import Renderer
 from ..engine.errors import EngineBusy, EngineUnavailable, GenerationError, SynthesisTimeout
 from ..engine.runtime.jobs import SamplingChoice, SpeechJob
-from ..engine.runtime.stream import PartEnded, PartStarted, SynthesisStream
+from ..engine.runtime.stream import PartEnded, SynthesisStream
 from ..telemetry.middleware import report
 from ..telemetry.record import RequestRecord
 from ..text.echo import loggable, quoted
@@ -35,10 +33,9 @@ from ..text.prepare import PreparedText
 from ..voices.store import CallerVoices
 from .errors import APIError, engine_error
 from .live_messages import MESSAGE_TOO_BIG, Refusal, read_message, validated
+from .live_parts import PartSender
 from .live_turns import MAX_TURN_CHARS, MAX_WAITING_TURNS, Turn, TurnQueue
 from .protocol import (
-    LiveAudioDone,
-    LiveAudioStart,
     LiveError,
     LiveInputText,
     LiveSessionConfig,
@@ -49,6 +46,7 @@ from .protocol import (
 from .speech import speakable_input
 from .state import ServerState, StateDep, VoicesDep
 from .voice_plan import VoiceAsk, VoicePlan, plan_voice
+from .word_timings import SegmentWords, WordTimer, display_text, part_words, plan_words, with_timings
 
 ROUTE = "/v1/audio/speech/stream"
 # Turns sent while one is speaking wait for it, their text counted against MAX_TURN_CHARS too.
@@ -72,6 +70,7 @@ class LiveSession:
         self.ws = websocket
         self.engine, self.settings = state.require_engine(), state.settings
         self.store, self.metrics = voices, state.metrics
+        self.aligner = state.aligner
         self.config: LiveSessionConfig | None = None
         self.voice: VoicePlan | None = None
         self.turn: Turn | None = None
@@ -271,6 +270,8 @@ class LiveSession:
         if markup.ignored:
             log.info("SSML turn: kept as text only: %s", loggable(", ".join(markup.ignored)))
         job = self._job(prepared, announce_parts=True)
+        if config.timed:
+            turn.words = plan_words(display_text(markup), prepared.segments)
         self._run(turn, lambda: self.engine.start(voice.kind, job))
 
     async def _flush(self) -> None:
@@ -302,63 +303,34 @@ class LiveSession:
         except _Closed:  # the client is gone: the turn was cancelled
             pass
 
+    def _timer(self, turn: Turn) -> WordTimer:
+        """Times the turn's parts: an SSML turn's from its planned segments, a live part's from
+        its text as spoken."""
+        config = self.config
+        assert config is not None
+        words = turn.words
+
+        def words_of(ended: PartEnded) -> SegmentWords:
+            return words[ended.index] if words is not None else part_words(ended)
+
+        return WordTimer(words_of, self.aligner, config.speed)
+
     async def _speak(self, turn: Turn) -> None:
         config = self.config
         assert config is not None and turn.stream is not None
-        fmt, record = config.response_format, turn.record
-        pcm = Renderer("pcm", 1.0, config.output_rate)
-        part: PartStarted | None = None
-        held: list[np.ndarray] = []
-        sent = 0
+        record = turn.record
+        sender = PartSender(config, turn, self._send, self.ws.send_bytes)
+        items: AsyncIterable = turn.stream
+        if config.timed:
+            items = with_timings(turn.stream, self._timer(turn), markers=True, hold_ends=sender.synchronous)
         try:
-            async for item in turn.stream:
-                if isinstance(item, PartStarted):
-                    part, held, sent = item, [], 0
-                    turn.parts += 1
-                    await self._send(
-                        LiveAudioStart(
-                            utterance_index=turn.index,
-                            sentence_index=item.index,
-                            sentence_text=item.text,
-                            format=fmt,
-                            sample_rate=config.output_rate,
-                        )
-                    )
-                elif isinstance(item, PartEnded):
-                    if not config.stream_audio and held:
-                        whole = Renderer(fmt, config.speed, config.output_rate).whole
-                        body = await asyncio.to_thread(whole, np.concatenate(held))
-                        await self.ws.send_bytes(body)
-                        sent += len(body)
-                    part = None
-                    index, text = item.index, item.text
-                    done = LiveAudioDone(
-                        utterance_index=turn.index, sentence_index=index, sentence_text=text, total_bytes=sent
-                    )
-                    await self._send(done)
-                elif config.stream_audio:
-                    data = await asyncio.to_thread(pcm.chunk, item)
-                    if record.first_byte is None:
-                        record.first_byte = time.monotonic()
-                    await self.ws.send_bytes(data)
-                    sent += len(data)
-                else:
-                    if record.first_byte is None:
-                        record.first_byte = time.monotonic()
-                    held.append(item)
+            async for item in items:
+                await sender.take(item)
             record.status = 499 if turn.abandoned else 200
         except (GenerationError, SynthesisTimeout, EngineUnavailable) as exc:
             failure = engine_error(exc, self.settings.request_timeout_seconds)
             record.status = failure.status
-            if part is not None:
-                done = LiveAudioDone(
-                    utterance_index=turn.index,
-                    sentence_index=part.index,
-                    sentence_text=part.text,
-                    total_bytes=sent,
-                    error=True,
-                )
-                await self._send(done)
+            await sender.failed()
             await self._error(failure.message, failure.code or "generation_failed")
         except Exception:  # the socket is gone (barge-in): stop generating
             turn.cancel()

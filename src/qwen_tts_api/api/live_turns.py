@@ -11,6 +11,7 @@ from enum import Enum
 from ..engine.runtime.live_text import LiveText
 from ..engine.runtime.stream import SynthesisStream
 from ..telemetry.record import RequestRecord
+from .word_timings import SegmentWords
 
 MAX_TURN_CHARS = 65536  # a turn's whole text (one message holds at most MAX_INPUT_CHARS)
 MAX_WAITING_TURNS = 8
@@ -32,6 +33,7 @@ class Turn:
         self.state = TurnState.OPEN
         self.live: LiveText | None = None  # where its text goes (None: refused or failed, text dropped)
         self.ssml: list[str] | None = None  # an SSML turn's text, spoken whole at input.done
+        self.words: list[SegmentWords] | None = None  # an SSML turn's words by part, when timed
         self.stream: SynthesisStream | None = None
         self.pump: asyncio.Task | None = None  # sends its audio and events
         self.parts = 0

@@ -5,7 +5,7 @@ the wire, errors included."""
 from __future__ import annotations
 
 import json
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import models_json_schema
@@ -136,6 +136,9 @@ class SpeechRequest(SamplingFields, SpeechChecks):
     speaker_embedding: list[float] | None = Field(default=None, max_length=8192)
     # Ours: numbers, dates, money and units written out in `language` (unset: QWEN_TTS_NORMALIZE).
     normalize: bool | None = None
+    # vLLM-Omni's: when each word is heard (README, "Word timings"): the X-Word-Timestamps header
+    # of a whole body (`stream` unset means false then), or speech.audio.timestamps events (SSE).
+    word_timestamps: bool = False
 
     @field_validator("input")
     @classmethod
@@ -146,8 +149,10 @@ class SpeechRequest(SamplingFields, SpeechChecks):
 
     @property
     def whole_body(self) -> bool:
-        """One complete audio body (``stream`` false), not audio sent as it is made."""
-        return self.stream_format == "audio" and not self.stream
+        """One complete audio body (``stream`` false), not audio sent as it is made. Word
+        timings ride a header, so with them an unset ``stream`` is false (as vLLM-Omni's)."""
+        streamed = self.stream if "stream" in self.model_fields_set or not self.word_timestamps else False
+        return self.stream_format == "audio" and not streamed
 
     @property
     def output_rate(self) -> int:
@@ -320,7 +325,24 @@ class SpeechStreamError(BaseModel):
     error: ErrorDetail
 
 
-STREAM_EVENTS = (SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
+class WordTiming(BaseModel):
+    """A word and when it is heard, in seconds from the start of the response's audio."""
+
+    word: str
+    start: float
+    end: float
+
+
+class SpeechAudioTimestamps(BaseModel):
+    """``word_timestamps: true``: one segment's words, after that segment's audio."""
+
+    type: Literal["speech.audio.timestamps"] = "speech.audio.timestamps"
+    segment_index: int
+    words: list[WordTiming]
+    estimated: bool  # spread by syllables over the segment's audio, not measured by the aligner
+
+
+STREAM_EVENTS = (SpeechAudioDelta, SpeechAudioDone, SpeechAudioTimestamps, SpeechStreamError)
 
 
 def stream_event_schemas() -> dict[str, dict]:
@@ -364,10 +386,30 @@ class LiveSessionConfig(SamplingFields, SpeechChecks):
     ref_text: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
     x_vector_only_mode: bool | None = None
     normalize: bool | None = None  # as on HTTP (unset: QWEN_TTS_NORMALIZE)
+    # Word timings (README, "Word timings"). vLLM-Omni's: audio as JSON audio.chunk messages, each
+    # part's words in a last one (stream_audio true). LiveKit's Baseten plugin: `timestamp_type`
+    # "word", the words in audio.done ("sync") or in an audio.timestamps message ("async").
+    word_timestamps: bool = False
+    timestamp_type: Literal["word"] | None = None
+    timestamp_transport_strategy: Literal["sync", "async"] = "sync"
 
     @property
     def output_rate(self) -> int:
         return output_rate(self.response_format, self.sample_rate)
+
+    @property
+    def timed(self) -> bool:
+        return self.word_timestamps or self.timestamp_type == "word"
+
+    @field_validator("word_timestamps")
+    @classmethod
+    def _timestamps_ride_pcm_chunks(cls, value: bool, info) -> bool:
+        if value and not info.data.get("stream_audio"):
+            raise ValueError(
+                "word_timestamps true sends each part's words in its JSON audio.chunk stream: it needs stream_audio "
+                "true (and response_format 'pcm'); timestamp_type 'word' works with either"
+            )
+        return value
 
     @field_validator("stream_audio")
     @classmethod
@@ -403,6 +445,7 @@ class LiveAudioStart(BaseModel):
     format: ResponseFormat
     sample_rate: int = LIVE_SAMPLE_RATE
     channels: int = 1
+    word_timestamps: bool | None = None  # vLLM-Omni's: the part's audio comes as audio.chunk messages
 
 
 class LiveAudioDone(BaseModel):
@@ -412,6 +455,53 @@ class LiveAudioDone(BaseModel):
     sentence_text: str  # the part's whole text
     total_bytes: int
     error: bool = False  # the part failed (an ``error`` event says why)
+    timestamp_info: TimestampInfo | None = None  # timestamp_type "word", "sync": the part's words
+
+
+class WordTimestamp(BaseModel):
+    """vLLM-Omni's word timing: milliseconds."""
+
+    word: str
+    start_ms: int
+    end_ms: int
+
+
+class LiveAudioChunk(BaseModel):
+    """vLLM-Omni's ``word_timestamps``: a part's PCM as base64 JSON; its last chunk carries no
+    audio and the part's words (times from the part's start; ``[]``: nothing spoken)."""
+
+    ALWAYS: ClassVar[frozenset[str]] = frozenset({"timestamps"})  # null: not the part's last chunk
+
+    type: Literal["audio.chunk"] = "audio.chunk"
+    utterance_index: int
+    sentence_index: int
+    chunk_id: int
+    audio_b64: str
+    timestamps: list[WordTimestamp] | None = None
+    estimated: bool | None = None  # ours: the words' times are spread by syllables
+
+
+class WordAlignment(BaseModel):
+    words: list[str]
+    word_start_times_seconds: list[float]  # from the start of the part's audio (its audio.start)
+    word_end_times_seconds: list[float]
+
+
+class TimestampInfo(BaseModel):
+    """LiveKit's Baseten plugin reads ``word_alignment``; ``estimated`` is ours."""
+
+    word_alignment: WordAlignment
+    estimated: bool
+
+
+class LiveAudioTimestamps(BaseModel):
+    """``timestamp_type`` "word" with ``timestamp_transport_strategy`` "async": a part's words,
+    sent as soon as they are timed (after its audio, maybe after its audio.done)."""
+
+    type: Literal["audio.timestamps"] = "audio.timestamps"
+    utterance_index: int
+    sentence_index: int
+    timestamp_info: TimestampInfo
 
 
 class LiveSessionDone(BaseModel):
@@ -432,8 +522,13 @@ class LiveError(BaseModel):
 
 
 def json_text(message: BaseModel) -> str:
-    """A message as JSON text, unset fields left out: any string fits (one that cannot be
-    UTF-8, a lone surrogate, goes out as a ``\\u`` escape)."""
+    """A message as JSON text, unset fields left out (but those a message always carries,
+    its ``ALWAYS``): any string fits (one that cannot be UTF-8, a lone surrogate, goes out as
+    a ``\\u`` escape)."""
+    keep: frozenset[str] = getattr(message, "ALWAYS", frozenset())
+    if keep:
+        data = message.model_dump()
+        return json.dumps({k: v for k, v in data.items() if v is not None or k in keep}, ensure_ascii=True)
     try:
         return message.model_dump_json(exclude_none=True)
     except PydanticSerializationError:
@@ -441,7 +536,16 @@ def json_text(message: BaseModel) -> str:
 
 
 # What goes over /v1/audio/speech/stream besides binary audio, both ways.
-LIVE_MESSAGES = (LiveSessionConfig, LiveInputText, LiveAudioStart, LiveAudioDone, LiveSessionDone, LiveError)
+LIVE_MESSAGES = (
+    LiveSessionConfig,
+    LiveInputText,
+    LiveAudioStart,
+    LiveAudioChunk,
+    LiveAudioDone,
+    LiveAudioTimestamps,
+    LiveSessionDone,
+    LiveError,
+)
 
 
 # ---------- liveness and readiness ----------
@@ -457,3 +561,7 @@ class ReadyStatus(BaseModel):
     models: list[str]
     warmed_up: bool
     error: str | None = None
+    # Word timings: "aligner" (ALIGNER_MODEL_PATH loaded) or "estimate" (none, or it failed to load)
+    word_timings: Literal["aligner", "estimate"] = "estimate"
+    aligner: str | None = None  # the aligner's name
+    aligner_error: str | None = None  # why the configured aligner is not in use

@@ -14,6 +14,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from ..engine.interface import SpeechEngine
+from ..engine.models.aligner import WordAligner
 from ..engine.runtime.readiness import Readiness
 from ..settings import Settings
 from ..telemetry.metrics import ServerMetrics
@@ -27,6 +28,8 @@ class ServerState:
     readiness: Readiness = field(default_factory=Readiness)
     engine: SpeechEngine | None = None  # set in the app's lifespan, before the first request
     voices: VoiceStore | None = None  # opened in the app's lifespan
+    aligner: WordAligner | None = None  # ALIGNER_MODEL_PATH, loaded in the app's lifespan (else estimates)
+    aligner_error: str | None = None  # why the configured aligner is not in use
 
     def require_engine(self) -> SpeechEngine:
         if self.engine is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -19,11 +20,23 @@ from starlette.types import Send
 
 from ..audio.render import Renderer
 from ..constants import SAMPLE_RATE
-from ..engine.errors import GenerationError
+from ..engine.errors import GenerationError, SynthesisTimeout
 from ..engine.runtime.stream import SynthesisStream
-from .protocol import ErrorDetail, SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, SpeechUsage
+from ..settings import Settings
+from .errors import timeout_error
+from .protocol import (
+    ErrorDetail,
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    SpeechAudioTimestamps,
+    SpeechStreamError,
+    SpeechUsage,
+)
+from .timing_protocol import our_words
+from .word_timings import SegmentTimings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
@@ -51,6 +64,21 @@ async def until_ready(request: Request, work: asyncio.Future | asyncio.Task, str
     return work.result()
 
 
+async def awaited(request: Request, work: Awaitable[T], stream: SynthesisStream, settings: Settings) -> T:
+    """``work`` (the first audio, or a whole response) as a route awaits it: a client that
+    left raises ClientGone (the route answers 499), one out of time is a 504, and anything
+    else that goes wrong cancels the stream."""
+    try:
+        return await until_ready(request, asyncio.ensure_future(work), stream)
+    except ClientGone:
+        raise
+    except SynthesisTimeout as exc:
+        raise timeout_error(settings) from exc
+    except BaseException:
+        stream.cancel()
+        raise
+
+
 class SpeechStreamingResponse(StreamingResponse):
     """A streamed body that is closed as soon as the response ends, early or not: a client
     that left, or one that stopped reading (api/limits.py), stops its generation at once,
@@ -65,12 +93,17 @@ class SpeechStreamingResponse(StreamingResponse):
                 await close()
 
 
-async def _encoded(first: np.ndarray | None, rest: AsyncIterator[np.ndarray], fmt: str, speed: float, rate: int):
+async def _encoded(first: object, rest: AsyncIterator, fmt: str, speed: float, rate: int):
+    """Each audio chunk's bytes; word timings (``SegmentTimings``) pass through."""
     renderer = Renderer(fmt, speed, rate)
+
+    async def one(item: object):
+        return await asyncio.to_thread(renderer.chunk, item) if isinstance(item, np.ndarray) else item
+
     if first is not None:
-        yield await asyncio.to_thread(renderer.chunk, first)
-        async for chunk in rest:
-            yield await asyncio.to_thread(renderer.chunk, chunk)
+        yield await one(first)
+        async for item in rest:
+            yield await one(item)
     yield await asyncio.to_thread(renderer.finish)
 
 
@@ -79,7 +112,7 @@ async def audio_body(
 ) -> AsyncIterator[bytes]:
     try:
         async for data in _encoded(first, rest, fmt, speed, rate):
-            if data:
+            if isinstance(data, bytes) and data:
                 yield data
     except Exception:
         log.exception("synthesis failed mid-stream")
@@ -97,7 +130,10 @@ async def sse_body(
 ) -> AsyncIterator[bytes]:
     try:
         async for data in _encoded(first, rest, fmt, speed, rate):
-            if data:
+            if isinstance(data, SegmentTimings):
+                words = our_words(data.words)
+                yield _event(SpeechAudioTimestamps(segment_index=data.index, words=words, estimated=data.estimated))
+            elif data:
                 yield _event(SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii")))
         usage = stream.usage
         total = usage.input_tokens + usage.output_frames

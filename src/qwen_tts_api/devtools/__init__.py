@@ -48,6 +48,7 @@ def cpu_settings(**overrides) -> Settings:
         codec_dtype="float32",
         attn="",
         customvoice_model_path=None,
+        aligner_model_path=None,
         base_model_path=None,
         voicedesign_model_path=None,
         audio_sample_dirs=[],

@@ -98,14 +98,14 @@ class LiveRequest(Request):
             return True
         return False
 
-    def end_part(self) -> tuple[int, str]:
+    def end_part(self) -> tuple[int, str, str]:
         """The part's generation ended (its audio is out): the next part comes after.
-        Returns the ended part's index and text, as reported."""
+        Returns the ended part's index, its text as reported and as typed."""
         part = self.part
         assert part is not None
         if not part.closed:  # the model ended before its text did: what follows is a new part
             self.splitter.close_current()
-        ended = (self.index, self.job.spoken(part.text))
+        ended = (self.index, self.job.spoken(part.text), part.text)
         self.index += 1
         self.tokens = None
         return ended

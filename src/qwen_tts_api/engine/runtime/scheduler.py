@@ -325,8 +325,8 @@ class Scheduler:
         if request.stopping:  # cancelled or out of time: nobody hears the rest
             self._finish(request)
         elif isinstance(request, LiveRequest):
-            index, text = request.end_part()
-            request.stream.emit(PartEnded(index, text))
+            index, text, typed = request.end_part()
+            request.stream.emit(PartEnded(index, text, typed=typed))
             request.move_to(RequestState.BETWEEN_PARTS)
             self._next_part(request)
         else:

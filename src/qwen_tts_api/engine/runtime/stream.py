@@ -30,8 +30,9 @@ class PartEnded:
     """A live turn's part has ended; ``error`` says why it failed, if it did."""
 
     index: int
-    text: str
+    text: str  # as spoken (numbers written out)
     error: str | None = None
+    typed: str | None = None  # a live part's text as the client sent it
 
 
 @dataclass
