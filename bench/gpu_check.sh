@@ -147,6 +147,9 @@ section "0.6b one stream: package vs our server (CUDA graphs${GPU_CHECK_EAGER:+,
   "${PY[@]}" bench/latency.py --model 0.6b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" --runs 1 \
   --no-engine --server bfloat16 ${GPU_CHECK_EAGER:+--server bfloat16+eager} --model-dir "$MODELS"
 
+section "word timings: the 0.6B forced aligner per second of audio, bfloat16" 60 6 \
+  "${PY[@]}" bench/aligner.py --model-dir "$MODELS" --device "$DEVICE" --dtype bfloat16
+
 await_model 1.7b
 section "1.7b: our server (CUDA graphs) at 1/16/32/64 concurrent" 120 10 \
   "${PY[@]}" bench/concurrency.py --model 1.7b --device "$DEVICE" --dtype bfloat16 --frames "$FRAMES" \
