@@ -134,17 +134,20 @@ class CharacterClock:
             return None
         starts: list[float] = []
         ends: list[float] = []
+        # Words do not overlap: one pass over them, in order, as the characters advance.
         spans = sorted((w.place[0], w.place[1], w.start, w.end) for w in placed if w.place)
+        at = 0
         for index in range(self._at, stop):
-            inside = next(((s, e, ts, te) for s, e, ts, te in spans if s <= index < e), None)
-            if inside is not None:
-                s, e, ts, te = inside
+            while at < len(spans) and spans[at][1] <= index:
+                at += 1
+            if at < len(spans) and spans[at][0] <= index:
+                s, e, ts, te = spans[at]
                 step = (te - ts) / (e - s)
                 starts.append(round(ts + step * (index - s), 3))
                 ends.append(round(ts + step * (index - s + 1), 3))
                 self._last_end = te
             else:
-                following = next((ts for s, _, ts, _ in spans if s > index), self._last_end)
+                following = spans[at][2] if at < len(spans) else self._last_end
                 starts.append(round(self._last_end, 3))
                 ends.append(round(max(following, self._last_end), 3))
         characters = list(self.text[self._at : stop])
