@@ -215,6 +215,27 @@ def test_device_auto(clean_env):
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
 
 
+def test_the_fast_profile_is_one_switch_on_a_cpu(clean_env, caplog):
+    from qwen_tts_api.engine.models.loading import with_profile
+
+    caplog.set_level(logging.INFO, logger="qwen_tts_api.engine.models.loading")
+    standard = with_profile(Settings(device="cpu"))
+    assert (standard.quantize, standard.compile) == ("none", "auto")
+    assert "QWEN_TTS_PROFILE=fast runs int8 weights and the compiled step" in caplog.text
+    caplog.clear()
+    clean_env.setenv("QWEN_TTS_PROFILE", "fast")
+    clean_env.setenv("QWEN_TTS_DEVICE", "cpu")
+    fast = with_profile(Settings())
+    assert (fast.profile, fast.quantize, fast.compile) == ("fast", "int8", "on")
+    assert "CPU setup: int8 weights, compiled step" in caplog.text and "QWEN_TTS_PROFILE=fast runs" not in caplog.text
+    clean_env.setenv("QWEN_TTS_COMPILE", "off")  # a setting made by hand stays
+    assert (with_profile(Settings()).quantize, with_profile(Settings()).compile) == ("int8", "off")
+    # On a GPU its defaults are the fast setup already: the profile changes nothing.
+    clean_env.delenv("QWEN_TTS_COMPILE")
+    on_gpu = with_profile(Settings(device="cuda:0", profile="fast"))
+    assert (on_gpu.quantize, on_gpu.compile) == ("none", "auto")
+
+
 @pytest.mark.slow  # starts a server
 def test_serve_refuses_non_model_directory(tmp_path):
     result = _serve({"BASE_MODEL_PATH": str(tmp_path)})

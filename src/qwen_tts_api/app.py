@@ -55,10 +55,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 unowned,
             )
         if engine is None:
-            from .engine.models.loading import load_models
+            from .engine.models.loading import load_models, with_profile
 
-            models = await asyncio.to_thread(load_models, settings)
-            engine = Engine.from_settings(models, settings)
+            profiled = await asyncio.to_thread(with_profile, settings)
+            models = await asyncio.to_thread(load_models, profiled)
+            engine = Engine.from_settings(models, profiled)
         state.engine = engine
         if settings.aligner_model_path is not None:
             await asyncio.to_thread(_load_aligner, state, settings.aligner_model_path)

@@ -44,10 +44,11 @@ def serve(demo: bool = False) -> int:
     import uvicorn
 
     from .app import create_app, server_options
-    from .engine.models.loading import ModelLoadError, load_models
+    from .engine.models.loading import ModelLoadError, load_models, with_profile
     from .engine.runtime.engine import Engine
 
     try:
+        settings = with_profile(settings)
         engine = Engine.from_settings(load_models(settings, sources), settings)
     except ModelLoadError as exc:
         return _fail(str(exc))

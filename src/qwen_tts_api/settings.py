@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8", "int8-weight-only"] = Field(
         default="none", validation_alias=AliasChoices("QWEN_TTS_QUANTIZE")
     )
+    # fast: on a CPU, int8 weights and the compiled step unless QWEN_TTS_QUANTIZE or
+    # QWEN_TTS_COMPILE say otherwise (engine/models/loading.py, with_profile).
+    profile: Literal["standard", "fast"] = Field(default="standard", validation_alias=AliasChoices("QWEN_TTS_PROFILE"))
     attn: str = Field(default="flash_attention_2", validation_alias=AliasChoices("QWEN_TTS_ATTN"))
     # The talker step and code predictor as torch.compile graphs (engine/generation/compiled.py):
     # auto = on CUDA only (on a CPU it is compiled slowly and gains little, see BENCHMARKS).

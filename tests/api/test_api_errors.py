@@ -158,6 +158,7 @@ def test_openapi_describes_what_the_server_sends(http):
         "word_timings",
         "aligner",
         "aligner_error",
+        "step",
     }
     # Word timings: every body and event they travel in.
     assert fields(schema_of("/v1/audio/speech/with-timestamps", "post", "200")) >= {"words", "captions", "estimated"}

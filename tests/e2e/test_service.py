@@ -213,6 +213,7 @@ def test_ready_after_warm_up(server, http):
         "models": ["customvoice", "base", "voicedesign"],
         "warmed_up": True,
         "word_timings": "aligner",
+        "step": "eager",
     }
     readiness = server.app.state.server.readiness
     readiness.warmed_up = False  # as it is while the warm-up runs

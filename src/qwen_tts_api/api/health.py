@@ -41,6 +41,7 @@ async def ready(state: StateDep) -> JSONResponse:
         word_timings="aligner" if state.aligner is not None else "estimate",
         aligner=state.aligner.name if state.aligner is not None else None,
         aligner_error=state.aligner_error,
+        step=state.engine.step_state() if state.engine is not None else "eager",
     )
     if failure:
         body.status, body.error = "failed", failure

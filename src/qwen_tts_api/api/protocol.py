@@ -565,3 +565,6 @@ class ReadyStatus(BaseModel):
     word_timings: Literal["aligner", "estimate"] = "estimate"
     aligner: str | None = None  # the aligner's name
     aligner_error: str | None = None  # why the configured aligner is not in use
+    # How the steps run: "compiled" where QWEN_TTS_COMPILE's graphs run (compiled during the
+    # warm-up), else "eager" (off, or a graph failed and the eager step took over)
+    step: Literal["eager", "compiled"] = "eager"

@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Speaker ids, dialects and language ids follow the published CustomVoice config where
 # they are known; the exact numbers only need to be valid codec-vocabulary rows.
@@ -425,10 +426,12 @@ def build_model(
     shape: ModelShape | None = None,
     generation: dict | None = None,
     size: str = "tiny",
+    stored_dtype: Any = None,
 ) -> Path:
     """Write one checkpoint. ``kind`` is one of ``KINDS``; ``size`` one of
     ``SIZES`` (``shape`` varies the tiny one); ``generation`` overrides entries of its
-    generation_config.json."""
+    generation_config.json; ``stored_dtype`` the talker's torch dtype on disk (None: float32
+    for tiny models, bfloat16 as published for the published sizes)."""
     import torch
     from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
@@ -454,8 +457,9 @@ def build_model(
         # The end-of-speech logit stays at zero so greedy decoding of random weights runs to
         # the token budget: output length then follows the input length deterministically.
         model.talker.codec_head.weight[CODEC_IDS["codec_eos_token_id"]].zero_()
-    if size != "tiny":
-        model.to(torch.bfloat16)  # as published: half the disk and write time of float32
+    if stored_dtype is None:  # as published (half the disk and write time of float32); tiny models: float32
+        stored_dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    model.to(stored_dtype)
     model.save_pretrained(str(directory), safe_serialization=True)
     if size == "tiny":
         # save_pretrained writes the class defaults; keep our exact dict (no nested model_type).

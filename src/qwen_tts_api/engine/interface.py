@@ -8,7 +8,7 @@ import-linter contract (pyproject.toml) keeps it so.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -29,6 +29,10 @@ class SpeechEngine(Protocol):
     @property
     def failure(self) -> str | None:
         """Why the engine can no longer generate (restart the process), or None."""
+        ...
+
+    def step_state(self) -> Literal["eager", "compiled"]:
+        """How the steps run: ``compiled`` where the compiled graphs run (``QWEN_TTS_COMPILE``), else ``eager``."""
         ...
 
     def start(self, kind: ModelKind, job: SpeechJob) -> SynthesisStream:

@@ -11,7 +11,7 @@ from helpers import SR, LiveServer, batch_sizes, cpu_settings, decode_audio
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from qwen_tts_api.engine.generation.sampling import TokenSampler
-from qwen_tts_api.engine.models.quantize import Int8Linear
+from qwen_tts_api.engine.models.quantize import Int8Linear, Int8Part
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (0, 0.7), (10, 1.0), (10, 0.8)])
@@ -42,13 +42,28 @@ def test_int8_linear_is_close_to_its_float_layer(kernel, tolerance):
     quantised = [Int8Linear.of(layer, kernel) for layer in layers]
     for layer, q in zip(layers, quantised):
         exact = layer(x)
-        assert q.weight_int8.dtype == torch.int8
+        weight, scale = q.int8_weight()
+        assert weight.dtype == torch.int8 and scale.shape == (layer.out_features,)
         assert float((q(x) - exact).norm() / exact.norm()) < tolerance
-    # Joined layers give the same outputs as the separate ones, and share their memory.
+    # Layers quantised together give the same outputs as each alone; their parts (the
+    # package's q, k, v modules) take their columns of one product, in any order of calls.
     separate = torch.cat([q(x) for q in quantised], dim=-1)
-    joined = Int8Linear.joined(quantised)
-    assert joined.kernel == kernel and torch.equal(joined(x), separate)
-    assert quantised[1].weight_int8.data_ptr() == joined.weight_int8[128:].data_ptr()
+    whole = Int8Linear.of(layers, kernel)
+    assert whole.kernel == kernel and torch.equal(whole(x), separate)
+    parts = whole.parts([128, 64, 64])
+    assert Int8Linear.joined(parts) is whole and Int8Linear.joined(parts[::-1]) is not whole
+    assert torch.equal(torch.cat([part(x) for part in parts], dim=-1), separate)
+    y = torch.randn(3, 1, 256)
+    assert torch.equal(parts[1](y), whole(y)[..., 128:192]) and torch.equal(parts[0](x), separate[..., :128])
+    # Separate layers joined later: one layer with their weights side by side.
+    assert torch.equal(Int8Linear.joined(quantised)(x), separate)
+
+
+@torch.inference_mode()
+def test_the_dynamic_int8_kernel_keeps_only_the_packed_weights():
+    layer = Int8Linear.of(torch.nn.Linear(1024, 3072, bias=False), "dynamic")
+    assert list(layer.buffers()) == [] and list(layer.parameters()) == []
+    assert layer.int8_weight()[0].shape == (3072, 1024)
 
 
 @torch.inference_mode()
@@ -88,9 +103,12 @@ def test_a_server_quantised_to_int8_speaks(demo_models, quantize):
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
         talker = server.app.state.server.engine.models["customvoice"].tts.model.talker
         layer = talker.code_predictor.model.layers[0]
-        assert isinstance(layer.mlp.down_proj, Int8Linear) and isinstance(
-            talker.model.layers[0].self_attn.q_proj, Int8Linear
-        )
+        attention = talker.model.layers[0].self_attn
+        assert isinstance(layer.mlp.down_proj, Int8Linear) and isinstance(attention.q_proj, Int8Part)
+        # q, k and v are one int8 layer (one copy of their weights), which the step calls too.
+        assert attention.q_proj.whole is attention.k_proj.whole is attention.v_proj.whole
+        step = server.app.state.server.engine.scheduler.runner._parts["customvoice"]
+        assert step.stack.layers[0].qkv.__self__ is attention.q_proj.whole
         assert layer.mlp.down_proj.kernel == ("dynamic" if quantize == "int8" else "weight-only")
         assert isinstance(talker.codec_head, torch.nn.Linear)  # the logits stay in the model dtype
         r = http.post(
@@ -133,8 +151,9 @@ def test_bfloat16_on_a_cpu_keeps_the_codec_in_float32(demo_models):
 
 @pytest.mark.slow  # starts a server
 def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkeypatch):
-    """QWEN_TTS_COMPILE=on: the step's graphs are compiled during warm-up (before /ready) and
-    kept in the data directory; requests then give the eager server's audio, alone and batched."""
+    """QWEN_TTS_COMPILE=on: the step's graphs are compiled during warm-up (before /ready, which
+    says they run) and kept in the data directory; requests then give the eager server's
+    audio, alone and batched."""
     # Unset for the server to set (to its data directory), and unset again after the test.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
@@ -151,7 +170,8 @@ def test_a_compiled_server_speaks_as_the_eager_one(demo_models, tmp_path, monkey
     compiled_settings = cpu_settings(**base, compile="on", data_dir=tmp_path)
     with LiveServer(compiled_settings) as server, httpx.Client(base_url=server.url, timeout=300) as http:
         assert server.app.state.server.engine.runner.compiled_rows("customvoice") == 1  # on a CPU: batches step eagerly
-        assert http.get("/ready").status_code == 200
+        ready = http.get("/ready")
+        assert ready.status_code == 200 and ready.json()["step"] == "compiled"
         assert any((tmp_path / "compile-cache").iterdir()), "compiled graphs are kept in the data directory"
         compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert compiles >= 3, "the talker step for one row, the code predictor's frame for one row and several"

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..models.compact import MappedFiles
+
 KEPT = "_qwen_tts_api_"  # what this project keeps on a codec's modules starts so (``forget_kept_weights``)
 MATRIX = KEPT + "transposed_rows"  # a transposed convolution's weight as a matrix (see _overlap_add)
 IMAGE = KEPT + "image"  # a convolution's weight as a one-row image's, in the device's memory format
@@ -39,7 +41,9 @@ class LayerStates:
         need = module.kernel_size - 1  # the module's own left padding
         if need:
             x = self._joined(module, x, need)
-        weight = _kept(conv, IMAGE, lambda: image(conv.weight.detach()))  # (out, in, 1, k)
+        weight = _kept(
+            conv, IMAGE, lambda: image(conv.weight.detach()), lambda kept: kept.squeeze(2)
+        )  # (out, in, 1, k)
         return F.conv2d(x, weight, conv.bias, dilation=(1, conv.dilation[0]), groups=conv.groups)
 
     def transposed(self, module, x: torch.Tensor) -> torch.Tensor:
@@ -64,12 +68,20 @@ class LayerStates:
         return joined
 
 
-def _kept(conv, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A weight in the layout this decoder needs: made once per model, kept on the module."""
+def _kept(
+    conv, name: str, make: Callable[[], torch.Tensor], original: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """A weight in the layout this decoder needs: made once per model, kept on the module.
+    The module's own weight then becomes a view of it (``original``: the view in the module's
+    shape), so the codec's weights stay in memory once, not once per layout."""
     weight = getattr(conv, name, None)
     if weight is None:
         weight = make()
         setattr(conv, name, weight)
+        view, replaced = original(weight), conv.weight.detach()
+        if view.shape == replaced.shape and view.dtype == replaced.dtype and view.data_ptr() != replaced.data_ptr():
+            conv.weight.data = view
+            MappedFiles().release(replaced)  # the checkpoint's pages it was read from, if mapped
     return weight
 
 
@@ -88,7 +100,13 @@ def _overlap_add(conv, joined: torch.Tensor) -> torch.Tensor:
     last, whose own output went out then). PyTorch runs ConvTranspose1d without oneDNN on a
     CPU; the product runs in BLAS. Same output, up to the order of float sums."""
     # (in, out, k) -> (in, k * out)
-    weight = _kept(conv, MATRIX, lambda: conv.weight.detach().permute(0, 2, 1).reshape(conv.weight.shape[0], -1))
+    channels_in, channels_out, kernel = conv.weight.shape
+    weight = _kept(
+        conv,
+        MATRIX,
+        lambda: conv.weight.detach().permute(0, 2, 1).reshape(channels_in, -1),
+        lambda kept: kept.view(channels_in, kernel, channels_out).permute(0, 2, 1),
+    )
     stride, batch, frames = conv.stride[0], joined.shape[0], joined.shape[-1]
     overlap = conv.kernel_size[0] // stride
     rows = joined.permute(0, 2, 3, 1).reshape(batch, frames, -1)  # (B, L, in): channels-last memory, no copy

@@ -31,7 +31,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,6 +39,7 @@ from ..models.quantize import Int8Linear
 from .kv_cache import SlotCache, WholeCacheWriter
 from .transformer import DecoderStack
 
+StepState = Literal["eager", "compiled"]  # how a model's steps run (``/ready``)
 CompileMode = str | None  # torch.compile's mode: None (default) or "reduce-overhead" (CUDA graphs)
 # Graphs per forward: one row and many, two predictor input lengths, per model served (each
 # model's forwards are the same code to the compiler); past the limit it would run eagerly.
@@ -107,6 +108,11 @@ class _CompiledForward:
         cpu = stack.device.type == "cpu"
         options = None if self.cuda_graphs else {"cpp_wrapper": cpu, "cpp_wrapper_build_separate": cpu}
         self._graph: Callable[..., Any] = torch.compile(self._forward, fullgraph=True, mode=mode, options=options)
+
+    @property
+    def state(self) -> StepState:
+        """``eager`` once the compiled forward failed and the eager one took over."""
+        return "eager" if self.broken else "compiled"
 
     def _forward(self, *args: Any) -> Any:
         raise NotImplementedError

@@ -136,8 +136,15 @@ def probe_first_chunks(tts, frames: int, limit: int = TOGETHER_LIMIT) -> frozens
             break
         sizes.add(size)
     found = frozenset(sizes)
-    setattr(codec, TOGETHER, {**getattr(codec, TOGETHER, {}), frames: found})
+    keep_first_chunk_sizes(tts, frames, found)
     return found
+
+
+def keep_first_chunk_sizes(tts, frames: int, sizes: frozenset[int]) -> None:
+    """Keep on the codec which batch sizes of first chunks of ``frames`` frames decode in one
+    call (what ``probe_first_chunks`` found, now or at an earlier start)."""
+    codec = tts.model.speech_tokenizer.model.decoder
+    setattr(codec, TOGETHER, {**getattr(codec, TOGETHER, {}), frames: sizes})
 
 
 def _same(share: DecodedChunk, samples: torch.Tensor, state: DecoderState) -> bool:

@@ -315,8 +315,14 @@ def probe_decoding_together(tts) -> bool:
         np.array_equal(ours, theirs.float().cpu().numpy()) and same_state(decoder.state(), state)
         for ours, (theirs, state), decoder in zip(samples, lone, together)
     )
-    setattr(codec, TOGETHER_EXACT, exact)
+    keep_decoding_together(tts, exact)
     return exact
+
+
+def keep_decoding_together(tts, exact: bool) -> None:
+    """Keep on the codec whether streams decode together exactly (what
+    ``probe_decoding_together`` found, now or at an earlier start)."""
+    setattr(tts.model.speech_tokenizer.model.decoder, TOGETHER_EXACT, exact)
 
 
 def same_state(ours: DecoderState, theirs: DecoderState) -> bool:

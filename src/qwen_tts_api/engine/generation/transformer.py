@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models.quantize import Int8Linear
+from ..models.quantize import Int8Linear, Int8Part
 from .kv_cache import KVWriter
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -33,7 +33,7 @@ PackageModule = Any
 def plain(layer: PackageModule) -> Linear:
     """A linear layer's own weight, called without the module machinery (int8 layers: their
     forward, without the module call's hooks; other layers as they are)."""
-    if type(layer) is Int8Linear:
+    if type(layer) in (Int8Linear, Int8Part):
         return layer.forward
     if type(layer) is not torch.nn.Linear:
         return layer
@@ -54,12 +54,13 @@ def per_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 def join_weights(*layers: PackageModule) -> Linear:
     """One call for several projections of the same input, their outputs side by side.
 
-    Bias-free layers become one matrix product: their weights are concatenated and each
+    Bias-free layers become one matrix product: float weights are concatenated and each
     module is re-pointed, in place, at its slice of the result, so the package's modules
-    (still used for prefill) and this path share one copy. Weights already joined are used
-    as they are. Others are called one after another. ``DecoderStack`` does this once per
+    (still used for prefill) and this path share one copy; int8 layers are joined when
+    quantised (``quantize.Int8Part``). Weights already joined are used as they are. Others
+    are called one after another. ``DecoderStack`` does this once per
     model, when the engine builds the model's ``StepParts``."""
-    if all(type(layer) is Int8Linear and layer.bias is None for layer in layers):
+    if all(type(layer) in (Int8Linear, Int8Part) and layer.bias is None for layer in layers):
         return Int8Linear.joined(list(layers)).forward
     if not all(type(layer) is torch.nn.Linear and layer.bias is None for layer in layers):
         return lambda x: torch.cat([layer(x) for layer in layers], dim=-1)

@@ -13,6 +13,16 @@ from typing import Any
 from ...constants import ModelKind, display_speaker_name
 from ...settings import Settings
 from ...text.control_tokens import control_tokens_of
+from .compact import (
+    MappedFiles,
+    StoredWeights,
+    codec_deferred,
+    drop_codec_encoder,
+    map_embeddings,
+    release_freed_memory,
+    return_large_blocks,
+    widen,
+)
 from .openmp import release_worker_threads
 from .precision import codec_dtype_for, resolve_dtype
 from .quantize import QUANTIZE_MODES, dynamic_kernel_available, quantize_int8
@@ -130,6 +140,29 @@ def resolve_device(device: str) -> str:
     return chosen
 
 
+# QWEN_TTS_PROFILE=fast on a CPU: what it sets, unless set by hand.
+FAST_CPU_SETUP = {"quantize": "int8", "compile": "on"}
+
+
+def with_profile(settings: Settings) -> Settings:
+    """``settings`` with the device resolved and ``QWEN_TTS_PROFILE``'s choices made for what
+    was not set by hand; logs which CPU setup runs and how to get the other."""
+    settings = settings.model_copy(update={"device": resolve_device(settings.device)})
+    if settings.device != "cpu":
+        return settings
+    if settings.profile == "fast":
+        chosen = {name: value for name, value in FAST_CPU_SETUP.items() if name not in settings.model_fields_set}
+        settings = settings.model_copy(update=chosen)
+    fast = settings.quantize == "int8" and settings.compile == "on"
+    log.info(
+        "CPU setup: %s weights, %s step%s",
+        "int8" if settings.quantize != "none" else "float",
+        "compiled" if settings.compile == "on" else "eager",
+        "" if fast else "; QWEN_TTS_PROFILE=fast runs int8 weights and the compiled step (see README, CPU speed)",
+    )
+    return settings
+
+
 def load_model(
     kind: ModelKind,
     path: Path,
@@ -146,27 +179,36 @@ def load_model(
 
     _check_device(settings.device)
     dtype = dtype or resolve_dtype(settings.dtype, settings.device, quantize=settings.quantize)
-    kwargs: dict[str, Any] = {"device_map": settings.device, "dtype": getattr(torch, dtype)}
+    codec_dtype = codec_dtype or codec_dtype_for(settings.codec_dtype, settings.device, dtype)
+    # On a CPU, a talker stored in bfloat16 loads as stored and is quantised or widened after
+    # (compact.py): the same numbers without a float32 copy of the whole checkpoint.
+    stored = StoredWeights.of(path) if settings.device == "cpu" and dtype in ("float32", "bfloat16") else None
+    compact = stored is not None and stored.bfloat16
+    kwargs: dict[str, Any] = {
+        "device_map": settings.device,
+        "dtype": torch.bfloat16 if compact else getattr(torch, dtype),
+    }
     attn = resolve_attention(settings.attn_implementation, settings.device)
     if attn:
         kwargs["attn_implementation"] = attn
     started = time.perf_counter()
     try:
-        tts = Qwen3TTSModel.from_pretrained(str(path), **kwargs)
+        with codec_deferred() as codec:
+            if codec is None:
+                compact, kwargs["dtype"] = False, getattr(torch, dtype)
+            tts = Qwen3TTSModel.from_pretrained(str(path), **kwargs)
+        model = tts.model
+        _shrink_talker(kind, model, settings, dtype, stored if compact else None)
+        if codec is not None:
+            codec.load(model, getattr(torch, dtype))  # in the model's dtype, as the package loads it
     except Exception as exc:  # transformers raises many types; report one clear error
         raise ModelLoadError(f"could not load {kind} model from {path}: {exc}") from exc
-    model = tts.model
-    codec_dtype = codec_dtype or codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if codec_dtype != dtype:
         model.speech_tokenizer.model.to(getattr(torch, codec_dtype))
         log.info("%s: the codec runs in %s, the talker and code predictor in %s", kind, codec_dtype, dtype)
-    if settings.quantize != "none":
-        kernel = QUANTIZE_MODES[settings.quantize]
-        if kernel == "dynamic" and not (settings.device == "cpu" and dynamic_kernel_available()):
-            log.warning("QWEN_TTS_QUANTIZE=int8 runs fbgemm on a CPU; on %s: int8-weight-only", settings.device)
-            kernel = "weight-only"
-        replaced = quantize_int8(model.talker, kernel)
-        log.info("%s: %d talker and code-predictor linears quantised to int8 (%s)", kind, replaced, kernel)
+    if kind != ModelKind.BASE and settings.device == "cpu" and drop_codec_encoder(model):
+        log.debug("%s: the codec's encoder is dropped (only cloning uses it)", kind)
+    release_freed_memory()
     speakers = [display_speaker_name(s) for s in (model.get_supported_speakers() or [])]
     languages = [str(lang).lower() for lang in (model.get_supported_languages() or ["auto"])]
     max_new = int((model.generate_config or {}).get("max_new_tokens", 2048))
@@ -184,12 +226,40 @@ def load_model(
     )
 
 
+def _shrink_talker(kind: ModelKind, model: Any, settings: Settings, dtype: str, stored: StoredWeights | None) -> None:
+    """Quantise the talker's linears (``QWEN_TTS_QUANTIZE``); a talker ``stored`` in bfloat16
+    and loaded so is then widened to ``dtype``, its text embedding mapped from the file."""
+    import torch
+
+    release = MappedFiles().release if stored is not None else None  # the checkpoint's pages, once used
+    if settings.quantize != "none":
+        kernel = QUANTIZE_MODES[settings.quantize]
+        if kernel == "dynamic" and not (settings.device == "cpu" and dynamic_kernel_available()):
+            log.warning("QWEN_TTS_QUANTIZE=int8 runs fbgemm on a CPU; on %s: int8-weight-only", settings.device)
+            kernel = "weight-only"
+        replaced = quantize_int8(model.talker, kernel, release)
+        log.info("%s: %d talker and code-predictor linears quantised to int8 (%s)", kind, replaced, kernel)
+    if stored is not None:
+        mapped = map_embeddings(model.talker, stored, getattr(torch, dtype), release)
+        widen(model, getattr(torch, dtype), release)
+        log.info(
+            "%s: loaded as stored (bfloat16), %s in %s%s",
+            kind,
+            "the linears in int8, the rest" if settings.quantize != "none" else "run",
+            dtype,
+            f"; {mapped} embedding tables are read from the file as used" if mapped else "",
+        )
+    release_freed_memory()
+
+
 def load_models(
     settings: Settings, sources: dict[ModelKind, ModelSource] | None = None
 ) -> dict[ModelKind, LoadedModel]:
     """Every configured model (``sources``: already resolved, else resolved here)."""
     settings = settings.model_copy(update={"device": resolve_device(settings.device)})
     _check_device(settings.device)
+    if settings.device == "cpu":
+        return_large_blocks()
     dtype = resolve_dtype(settings.dtype, settings.device, quantize=settings.quantize)
     codec_dtype = codec_dtype_for(settings.codec_dtype, settings.device, dtype)
     if sources is None:

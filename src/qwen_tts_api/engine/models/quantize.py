@@ -1,16 +1,19 @@
 """``QWEN_TTS_QUANTIZE``: int8 weights for the talker's and code predictor's linears.
 
 Each output channel's weights are scaled into int8 symmetrically (one scale per channel).
-Two kernels multiply by them:
+Projections of the same input (q, k and v; gate and up) become one layer, so that a step
+makes one product of them; the package's own modules (prefill) call it through ``Int8Part``s,
+which take their columns of that one product. Each weight so exists once, in the form its
+kernel reads. Two kernels multiply by them:
 
-- ``int8`` (dynamic): the activations are quantised too and fbgemm multiplies int8 by int8
-  (``torch.ops.quantized.linear_dynamic``), which reads the weights at close to memory speed
-  and costs nearly the same for 1 to 8 rows. fbgemm takes one activation scale for the whole
-  input, which would make a row's result depend on its batch neighbours; so every row is
-  first divided by its own largest magnitude and two constant columns (+1 and -1, against
-  zero weights) pin the input's range to [-1, 1]. The scale is then the same for every
-  input, each row is quantised on its own (one scale per row), and the integer product is
-  exact: a row's output never depends on the others in its batch.
+- ``int8`` (dynamic): the activations are quantised too and fbgemm multiplies int8 by int8,
+  which reads the weights at close to memory speed and costs nearly the same for 1 to 8
+  rows. fbgemm's dynamic quantisation takes one activation scale for the whole input, which
+  would make a row's result depend on its batch neighbours; so every row is first divided by
+  its own largest magnitude, and the product is taken with the fixed scale and zero point
+  that range [-1, 1] gets (7-bit, so that AVX2's int16 pair sums cannot saturate); the row
+  is multiplied back after. A row's output never depends on the others in its batch. Only
+  fbgemm's packed copy of the weights is kept (``linear_unpack`` gives them back).
 - ``int8-weight-only``: PyTorch's weight-only kernel (``torch._weight_int8pack_mm``,
   bfloat16 activations): closer to bfloat16, about half as fast on a CPU.
 
@@ -23,18 +26,29 @@ keep the model dtype.
 from __future__ import annotations
 
 import itertools
+import os
 import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import torch
 
 Kernel = Literal["dynamic", "weight-only"]
 QUANTIZE_MODES: dict[str, Kernel] = {"int8": "dynamic", "int8-weight-only": "weight-only"}
-MAX_KEPT_ROWS = 16  # input buffers kept per layer: one per batch size up to this many rows
+# The activations' fixed quantisation: rows scaled into [-1, 1] as unsigned 7-bit values,
+# what fbgemm's dynamic quantisation (reduce_range) chooses for that range.
+ROW_SCALE = 2 / 127
+ROW_ZERO_POINT = 64
 
 
 def dynamic_kernel_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _fixed_scale_product(rows: torch.Tensor, packed: Any) -> torch.Tensor:
+    """fbgemm's int8 product of ``rows`` (each within [-1, 1]) quantised at the fixed scale."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, ROW_SCALE, ROW_ZERO_POINT, packed)
 
 
 # A compiled graph cannot hold fbgemm's packed weights (a TorchScript object), so under
@@ -46,23 +60,30 @@ def dynamic_kernel_available() -> bool:
 _COMPILED_LAYERS: weakref.WeakValueDictionary[int, Int8Linear] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
 _LIBRARY = torch.library.Library("qwen_tts_api", "DEF")
-_LIBRARY.define("int8_dynamic_linear(Tensor pinned, int handle, int out_features) -> Tensor")
+_LIBRARY.define("int8_dynamic_linear(Tensor rows, int handle, int out_features) -> Tensor")
 
 
-def _int8_dynamic_linear(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return torch.ops.quantized.linear_dynamic(pinned, _COMPILED_LAYERS[handle].packed(), True)
+def _int8_dynamic_linear(rows: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return _fixed_scale_product(rows, _COMPILED_LAYERS[handle].packed)
 
 
 _LIBRARY.impl("int8_dynamic_linear", _int8_dynamic_linear, "CPU")
 
 
 @torch.library.register_fake("qwen_tts_api::int8_dynamic_linear")
-def _(pinned: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return pinned.new_empty(pinned.shape[0], out_features)
+def _(rows: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], out_features)
+
+
+def _quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(int8 weight, bfloat16 scale per output channel)`` of a float weight."""
+    scale = weight.detach().abs().amax(dim=1).float().clamp(min=1e-12) / 127  # |w| and its max exact in any dtype
+    rows = weight.detach().to(torch.float32, copy=True)  # a copy to work in: the same arithmetic, no temporaries
+    return rows.div_(scale[:, None]).round_().clamp_(-127, 127).to(torch.int8), scale.to(torch.bfloat16)
 
 
 class Int8Linear(torch.nn.Module):
-    weight_int8: torch.Tensor  # (out, in) int8
+    weight_int8: torch.Tensor  # (out, in) int8: the weight-only kernel's form
     scale: torch.Tensor  # (out,) bfloat16
 
     def __init__(
@@ -72,43 +93,69 @@ class Int8Linear(torch.nn.Module):
         bias: torch.Tensor | None = None,
         kernel: Kernel = "weight-only",
     ):
+        """``weight``: (out, in) int8; ``scale``: (out,) bfloat16. The dynamic kernel keeps only
+        fbgemm's packing of them; the weight-only kernel keeps them as they are."""
         super().__init__()
-        self.register_buffer("weight_int8", weight)  # (out, in) int8
-        self.register_buffer("scale", scale)  # (out,) bfloat16
+        self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.kernel: Kernel = kernel
-        self._packed: Any = None  # fbgemm's packed weights (dynamic kernel), made on first use
-        self._pinned: dict[int, torch.Tensor] = {}  # per batch size: the input buffer, its last columns +1, -1
+        self.packed: Any = None  # fbgemm's packed weights (dynamic kernel)
+        if kernel == "dynamic":
+            torch.backends.quantized.engine = "fbgemm"  # the kernel the packed weights are made for
+            zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+            per_channel = torch._make_per_channel_quantized_tensor(weight, scale.double(), zero_points, 0)
+            self.packed = torch.ops.quantized.linear_prepack(per_channel, None)
+        else:
+            self.register_buffer("weight_int8", weight)
+            self.register_buffer("scale", scale)
         self._handle: int | None = None  # its number for compiled graphs (``compilable``)
+        self._shared: tuple[torch.Tensor, torch.Tensor, int] | None = None  # for parts: input, product, takers left
 
     @classmethod
-    def of(cls, linear: torch.nn.Linear, kernel: Kernel = "weight-only") -> Int8Linear:
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        bias = None if linear.bias is None else linear.bias.detach()
-        return cls(quantized, scale.to(torch.bfloat16), bias, kernel)
+    def of(cls, linears: torch.nn.Linear | Sequence[torch.nn.Linear], kernel: Kernel = "weight-only") -> Int8Linear:
+        """One int8 layer for a linear, or for several bias-free ones over the same input (their
+        outputs side by side)."""
+        if isinstance(linears, torch.nn.Linear):
+            weight, scale = _quantized(linears.weight)
+            bias = None if linears.bias is None else linears.bias.detach()
+            return cls(weight, scale, bias, kernel)
+        assert all(linear.bias is None for linear in linears), "only bias-free layers are joined"
+        quantized = [_quantized(linear.weight) for linear in linears]  # per channel: the same as each alone
+        return cls(torch.cat([w for w, _ in quantized]), torch.cat([s for _, s in quantized]), kernel=kernel)
 
     @classmethod
-    def joined(cls, layers: list[Int8Linear]) -> Int8Linear:
-        """One layer for several bias-free ones over the same input; each keeps a view of
-        the joined buffers (one copy in memory). Layers joined before are used as they are."""
-        base, scale_base = layers[0].weight_int8._base, layers[0].scale._base
-        if (
-            base is not None
-            and scale_base is not None
-            and all(layer.weight_int8._base is base and layer.scale._base is scale_base for layer in layers)
-            and base.shape[0] == sum(layer.weight_int8.shape[0] for layer in layers)
-        ):
-            return cls(base, scale_base, kernel=layers[0].kernel)
-        weight = torch.cat([layer.weight_int8 for layer in layers])
-        scale = torch.cat([layer.scale for layer in layers])
-        offset = 0
-        for layer in layers:
-            rows = layer.weight_int8.shape[0]
-            layer.weight_int8, layer.scale = weight[offset : offset + rows], scale[offset : offset + rows]
-            offset += rows
-        return cls(weight, scale, kernel=layers[0].kernel)
+    def joined(cls, layers: Sequence[Int8Linear | Int8Part]) -> Int8Linear:
+        """One layer for several bias-free ones over the same input: the parts of one layer,
+        in order, are that layer; separate layers are joined into a new one."""
+        first = layers[0]
+        if isinstance(first, Int8Part) and Int8Part.cover(layers):
+            return first.whole
+        weights = [layer.int8_weight() for layer in layers]
+        return cls(torch.cat([w for w, _ in weights]), torch.cat([s for _, s in weights]), kernel=first.kernel)
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(int8 weight, bfloat16 scale)``, unpacked from fbgemm's copy for the dynamic kernel."""
+        if self.kernel != "dynamic":
+            return self.weight_int8, self.scale
+        quantized, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return quantized.int_repr(), quantized.q_per_channel_scales().to(torch.bfloat16)
+
+    def parts(self, widths: Sequence[int]) -> list[Int8Part]:
+        """Modules for consecutive column ranges of this layer's output, which share one product."""
+        assert sum(widths) == self.out_features
+        starts = list(itertools.accumulate(widths, initial=0))
+        return [Int8Part(self, start, end, len(widths)) for start, end in itertools.pairwise(starts)]
+
+    def shared_product(self, x: torch.Tensor, takers: int) -> torch.Tensor:
+        """This layer's output for ``x``, computed once for ``takers`` parts that ask in turn
+        for the same input (the package's attention: q, k, v of one hidden state)."""
+        if self._shared is not None and self._shared[0] is x:
+            _, out, left = self._shared
+            self._shared = (x, out, left - 1) if left > 1 else None
+            return out
+        out = self(x)
+        self._shared = (x, out, takers - 1) if takers > 1 else None
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dynamic":
@@ -117,60 +164,22 @@ class Int8Linear(torch.nn.Module):
         out = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         return self._shaped(out, x)
 
-    def packed(self) -> Any:
-        if self._packed is None:
-            self._packed = self._pack()
-        return self._packed
-
     def compilable(self) -> None:
-        """Ready the layer to be traced by torch.compile: weights packed and a number given."""
+        """Ready the layer to be traced by torch.compile: given a number."""
         if self.kernel == "dynamic" and self._handle is None:
-            self.packed()
             self._handle = next(_HANDLES)
             _COMPILED_LAYERS[self._handle] = self
 
-    def _pack(self) -> Any:
-        """fbgemm's packed weights, with two zero columns for the range-pinning inputs."""
-        weight = torch.cat([self.weight_int8, self.weight_int8.new_zeros(self.weight_int8.shape[0], 2)], dim=1)
-        scales = self.scale.double()
-        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        quantized = torch._make_per_channel_quantized_tensor(weight, scales, zero_points, 0)
-        return torch.ops.quantized.linear_prepack(quantized, None)
-
-    def _input(self, count: int, width: int) -> torch.Tensor:
-        """A (count, width + 2) buffer whose last two columns are +1 and -1. The steps' few
-        batch sizes keep theirs; a prompt's rows (prefill) get a new one each time."""
-        buffer = self._pinned.get(count)
-        if buffer is None:
-            buffer = torch.empty(count, width + 2)
-            buffer[:, width], buffer[:, width + 1] = 1.0, -1.0
-            if count <= MAX_KEPT_ROWS:
-                self._pinned[count] = buffer
-        return buffer
-
     def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self._dynamic_traced(x)
-        packed = self.packed()
-        width = x.shape[-1]
-        rows = x.reshape(-1, width).float()
-        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        pinned = self._input(rows.shape[0], width)
-        torch.div(rows, peak, out=pinned[:, :width])  # every row, and so the input, spans [-1, 1]
-        # reduce_range: 7-bit activations, so that AVX2's int16 pair sums cannot saturate.
-        out = torch.ops.quantized.linear_dynamic(pinned, packed, True).mul_(peak)
-        return self._shaped(out, x)
-
-    def _dynamic_traced(self, x: torch.Tensor) -> torch.Tensor:
-        """The same arithmetic as ``_dynamic`` in operators a graph can hold (no buffers
-        reused in place); the compiler fuses the scaling around the opaque product."""
-        assert self._handle is not None, "call compilable() before tracing an int8 layer"
-        width, out_features = x.shape[-1], self.weight_int8.shape[0]
-        rows = x.reshape(-1, width).float()
+        rows = x.reshape(-1, x.shape[-1]).float()
         peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-        pins = torch.tensor([1.0, -1.0], device=rows.device).expand(rows.shape[0], 2)
-        pinned = torch.cat([rows / peak, pins], dim=1)
-        out = torch.ops.qwen_tts_api.int8_dynamic_linear(pinned, self._handle, out_features) * peak
+        if torch.compiler.is_compiling():
+            # The same arithmetic in operators a graph can hold: the compiler fuses the
+            # scaling around the opaque product.
+            assert self._handle is not None, "call compilable() before tracing an int8 layer"
+            out = torch.ops.qwen_tts_api.int8_dynamic_linear(rows / peak, self._handle, self.out_features) * peak
+        else:
+            out = _fixed_scale_product(rows / peak, self.packed).mul_(peak)
         return self._shaped(out, x)
 
     def _shaped(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -179,17 +188,72 @@ class Int8Linear(torch.nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-def quantize_int8(talker: Any, kernel: Kernel = "weight-only") -> int:
-    """Replace the linears inside the talker's and code predictor's decoder layers;
-    returns how many were replaced."""
-    if kernel == "dynamic":
-        torch.backends.quantized.engine = "fbgemm"  # the kernel the packed weights are made for
-    replaced = 0
-    for stack in (talker.model.layers, talker.code_predictor.model.layers):
-        for layer in stack:
-            for block in (layer.self_attn, layer.mlp):
-                for name, child in list(block.named_children()):
-                    if type(child) is torch.nn.Linear:
-                        setattr(block, name, Int8Linear.of(child, kernel))
-                        replaced += 1
-    return replaced
+class Int8Part(torch.nn.Module):
+    """Columns ``start:end`` of a joined ``Int8Linear``'s output: where the package's module
+    for one projection was (q_proj, gate_proj...)."""
+
+    bias = None
+
+    def __init__(self, whole: Int8Linear, start: int, end: int, takers: int):
+        super().__init__()
+        self.whole, self.start, self.end, self.takers = whole, start, end, takers
+        self.kernel = whole.kernel
+
+    @staticmethod
+    def cover(layers: Sequence[Int8Linear | Int8Part]) -> bool:
+        """Whether ``layers`` are all the parts of one layer, in order."""
+        whole = getattr(layers[0], "whole", None)
+        ends = [0, *(getattr(layer, "end", -1) for layer in layers)]
+        return (
+            whole is not None
+            and all(getattr(layer, "whole", None) is whole and layer.start == end for layer, end in zip(layers, ends))
+            and ends[-1] == whole.out_features
+        )
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, scale = self.whole.int8_weight()
+        return weight[self.start : self.end], scale[self.start : self.end]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.whole.shared_product(x, self.takers)[..., self.start : self.end]
+
+
+Release = Callable[[torch.Tensor], None]  # told of each float weight once its int8 form is made
+
+
+def _int8_of(linears: list[torch.nn.Linear], kernel: Kernel) -> list[Int8Linear | Int8Part]:
+    """The int8 modules for linears over the same input: parts of one layer, or each alone
+    where they cannot be joined."""
+    if len(linears) > 1 and all(linear.bias is None for linear in linears):
+        return list(Int8Linear.of(linears, kernel).parts([linear.out_features for linear in linears]))
+    return [Int8Linear.of(linear, kernel) for linear in linears]
+
+
+JOINED = {"self_attn": (("q_proj", "k_proj", "v_proj"), ("o_proj",)), "mlp": (("gate_proj", "up_proj"), ("down_proj",))}
+# Layers quantised and packed at once at start-up (fbgemm packs on one thread).
+QUANTIZING_THREADS = 2
+
+
+def quantize_int8(talker: Any, kernel: Kernel = "weight-only", release: Release | None = None) -> int:
+    """Replace the linears inside the talker's and code predictor's decoder layers, a few at
+    a time on as many threads (each float weight is freed, and ``release``d, as its int8 form
+    takes its place); returns how many were replaced."""
+    groups = [
+        (block, names, [getattr(block, name) for name in names])
+        for stack in (talker.model.layers, talker.code_predictor.model.layers)
+        for layer in stack
+        for block_name, block_groups in JOINED.items()
+        for block in (getattr(layer, block_name),)
+        for names in block_groups
+    ]
+    groups = [group for group in groups if all(type(linear) is torch.nn.Linear for linear in group[2])]
+    threads = max(1, min(QUANTIZING_THREADS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads, thread_name_prefix="quantize") as pool:
+        made = pool.map(lambda group: _int8_of(group[2], kernel), groups)
+        for (block, names, linears), modules in zip(groups, made):
+            for name, module in zip(names, modules):
+                setattr(block, name, module)
+            if release is not None:
+                for linear in linears:
+                    release(linear.weight)
+    return sum(len(linears) for _, _, linears in groups)

@@ -19,6 +19,7 @@ from ...constants import ModelKind
 from ...settings import Settings
 from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable
+from ..generation.compiled import StepState
 from ..models.loading import LoadedModel
 from ..models.openmp import release_worker_threads
 from .admission import Admission
@@ -88,6 +89,11 @@ class Engine:
     @property
     def decodes_on_its_own_thread(self) -> bool:
         return self._audio is not None
+
+    def step_state(self) -> StepState:
+        """How the models' steps run (``/ready``): ``compiled`` where a model's graphs run."""
+        states = {self.runner.step_state(kind) for kind in self.models}
+        return "compiled" if "compiled" in states else "eager"
 
     def compiled(self, kind: ModelKind) -> bool:
         """Whether ``kind``'s talker step runs as a compiled graph."""

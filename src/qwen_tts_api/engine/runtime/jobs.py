@@ -71,6 +71,7 @@ class EngineConfig:
     compile: str = "off"  # QWEN_TTS_COMPILE: auto | on | off (generation/compiled.py)
     cuda_graphs: str = "auto"  # QWEN_TTS_CUDA_GRAPHS: auto | off
     compile_cache_dir: Path | None = None  # where compiled graphs persist (None: torch's default)
+    probe_cache_dir: Path | None = None  # where start-up probes' results persist (None: not kept)
     prefill_chunk: int = 256  # prompt positions per prefill chunk, one chunk per step while others speak; 0: whole
     decode_thread: str = "off"  # QWEN_TTS_DECODE_THREAD: auto | on | off (audio_worker.py)
     decode_together: str = "auto"  # QWEN_TTS_DECODE_TOGETHER: auto | on | off (streaming_decoder.decodes_together)
@@ -91,6 +92,7 @@ class EngineConfig:
             compile=settings.compile,
             cuda_graphs=settings.cuda_graphs,
             compile_cache_dir=settings.compile_cache_dir,
+            probe_cache_dir=settings.data_dir,
             prefill_chunk=settings.prefill_chunk,
             decode_thread=settings.decode_thread,
             decode_together=settings.decode_together,

@@ -24,7 +24,7 @@ from ...voices.prompt import ClonePrompt
 from ..errors import EngineUnavailable, generation_error
 from ..generation.batching import FrameBatch
 from ..generation.clone import PromptCache
-from ..generation.compiled import compile_choice, keep_compiled_graphs_in, talker_graph_rows
+from ..generation.compiled import StepState, compile_choice, keep_compiled_graphs_in, talker_graph_rows
 from ..generation.first_chunks import group_first_chunks
 from ..generation.rows import BatchRow
 from ..generation.sampling import SamplingParams
@@ -131,6 +131,13 @@ class BatchRunner:
     def prompt_cache_stats(self) -> tuple[int, int]:
         """Clone-prompt cache (hits, misses) so far."""
         return self._prompts.hits, self._prompts.misses
+
+    def step_state(self, kind: ModelKind) -> StepState:
+        """How ``kind``'s steps run: compiled while a graph of it runs (one that failed hands its
+        part to the eager forward), else eagerly."""
+        parts = self._parts[kind]
+        states = {graph.state for graph in (parts.talker_graph, parts.code_predictor.graph) if graph is not None}
+        return "compiled" if "compiled" in states else "eager"
 
     def compiled_rows(self, kind: ModelKind) -> int | None:
         """Batches up to how many rows step through ``kind``'s compiled talker graph (0: none
