@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,25 +85,28 @@ async def _jobs(engine: Engine, kind: ModelKind, model: LoadedModel) -> list[Spe
     ]
 
 
+async def _kept_or_probed(engine: Engine, kept: ProbeCache, key: str, probe: Callable[[], Any]) -> Any:
+    """The answer an earlier start on this machine kept under ``key`` (``probe_cache.py``), else
+    ``probe``'s, measured on the scheduler thread (which owns the model) and kept."""
+    found = kept.get(key)
+    if found is None:
+        found = await asyncio.wrap_future(engine.scheduler.call(probe))
+        kept.put(key, found)
+    return found
+
+
 async def _probe_first_chunks(engine: Engine, model: LoadedModel, kept: ProbeCache) -> None:
     """Which numbers of streams starting together decode their first chunks in one call
-    here (``first_chunks.probe_first_chunks``); measured on the scheduler thread, which owns
-    the model, unless an earlier start on this machine measured it (``probe_cache.py``)."""
+    here (``first_chunks.probe_first_chunks``)."""
     frames, limit = engine.config.first_chunk_frames, min(TOGETHER_LIMIT, engine.config.max_batch)
     key = kept.key("first-chunks", model, frames, limit)
-    found = kept.get(key)
-    if isinstance(found, list):
+    try:
+        found = await _kept_or_probed(engine, kept, key, lambda: sorted(probe_first_chunks(model.tts, frames, limit)))
         sizes = frozenset(int(size) for size in found)
-        keep_first_chunk_sizes(model.tts, frames, sizes)
-    else:
-        try:
-            sizes = await asyncio.wrap_future(
-                engine.scheduler.call(lambda: probe_first_chunks(model.tts, frames, limit))
-            )
-        except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
-            log.exception("%s: probing first chunks decoded together failed; each stream decodes alone", model.name)
-            return
-        kept.put(key, sorted(sizes))
+    except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
+        log.exception("%s: probing first chunks decoded together failed; each stream decodes alone", model.name)
+        return
+    keep_first_chunk_sizes(model.tts, frames, sizes)
     if sizes:
         log.info("%s: first chunks of %s streams starting together are decoded in one call", model.name, sorted(sizes))
     else:
@@ -110,24 +115,18 @@ async def _probe_first_chunks(engine: Engine, model: LoadedModel, kept: ProbeCac
 
 async def _probe_decoding_together(engine: Engine, model: LoadedModel, kept: ProbeCache) -> None:
     """With ``QWEN_TTS_DECODE_TOGETHER=auto`` on a CPU: whether streams' chunks decoded in
-    one call are exact here (``streaming_decoder.probe_decoding_together``), unless an earlier
-    start on this machine found out."""
+    one call are exact here (``streaming_decoder.probe_decoding_together``)."""
     codec = model.tts.model.speech_tokenizer.model.decoder
     if engine.config.decode_together != "auto" or next(codec.parameters()).device.type != "cpu":
         together = decodes_together(model.tts, engine.config.decode_together)
     else:
         key = kept.key("decoding-together", model)
-        found = kept.get(key)
-        if isinstance(found, bool):
-            together = found
-            keep_decoding_together(model.tts, found)
-        else:
-            try:
-                together = await asyncio.wrap_future(engine.scheduler.call(lambda: probe_decoding_together(model.tts)))
-            except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
-                log.exception("%s: probing decoding together failed; each stream decodes alone", model.name)
-                return
-            kept.put(key, together)
+        try:
+            together = bool(await _kept_or_probed(engine, kept, key, lambda: probe_decoding_together(model.tts)))
+        except Exception:  # noqa: BLE001 - only a saving: without it each stream decodes alone
+            log.exception("%s: probing decoding together failed; each stream decodes alone", model.name)
+            return
+        keep_decoding_together(model.tts, together)
     how = "in one codec call per chunk length" if together else "one stream at a time (QWEN_TTS_DECODE_TOGETHER)"
     log.info("%s: concurrent streams' chunks are decoded %s", model.name, how)
 
